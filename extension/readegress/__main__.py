@@ -1,0 +1,7 @@
+"""``python -m readegress``."""
+
+import sys
+
+from readegress.cli import main
+
+sys.exit(main())

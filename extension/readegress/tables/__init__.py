@@ -1,0 +1,1 @@
+"""Table specs, query contexts and table implementations."""

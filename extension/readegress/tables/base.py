@@ -1,0 +1,207 @@
+"""What a table is, and the one place every table call goes through.
+
+A table module declares a row ``NamedTuple`` whose fields are the spec's
+columns in order (typed and immutable like a frozen dataclass, but a plain
+tuple underneath, so 10k rows cost no per-field conversion), and a class
+with ``generate(ctx) -> Iterable[row]``. Rows stay typed Python values inside
+the project; they become osquery strings (``None`` → ``""``, ``True`` →
+``"1"``) only in :meth:`BoundTable.to_osquery_rows`, and stay as they are for
+SQLite (:meth:`BoundTable.to_sqlite_rows`).
+
+:class:`TableCalls` wraps every call from every front end (Thrift and the
+embedded engine): a per-call timeout, a concurrency limit per table, and any
+exception turned into :class:`TableCallError` carrying the table name, logged
+once. Python cannot kill a thread, so a call that overruns its timeout keeps
+its worker until it returns; its slot in the concurrency limit stays taken,
+and later calls fail fast instead of piling up behind it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Protocol
+
+from readegress.tables.context import QueryContext
+from readegress.tables.spec import TableSpec, load_specs
+
+log = logging.getLogger("readegress.tables")
+
+DEFAULT_CALL_TIMEOUT = 10.0
+DEFAULT_CONCURRENCY = 2
+
+
+class Table(Protocol):
+    """A table implementation; constructed with the shared :class:`TableEnv`."""
+
+    row_type: type
+
+    def generate(self, ctx: QueryContext) -> Iterable[Any]: ...
+
+
+class TableCallError(RuntimeError):
+    """A table call failed; ``str()`` is the message osquery or the user sees."""
+
+
+def _osq(v: object) -> str:
+    if v is None:
+        return ""
+    if v is True:
+        return "1"
+    if v is False:
+        return "0"
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return str(v)
+
+
+class BoundTable:
+    """A spec bound to its implementation, with the row converters built once."""
+
+    def __init__(self, spec: TableSpec, impl: Table) -> None:
+        fields = tuple(getattr(impl.row_type, "_fields", ()))
+        if fields != spec.column_names:
+            raise TypeError(
+                f"{spec.name}: row fields {fields} do not match spec columns {spec.column_names}"
+            )
+        self.spec = spec
+        self.impl = impl
+        self.name = spec.name
+        self._names = fields
+
+    def rows(self, ctx: QueryContext) -> list[tuple[Any, ...]]:
+        return list(self.impl.generate(ctx))
+
+    def to_osquery_rows(self, rows: Sequence[tuple[Any, ...]]) -> list[dict[str, str]]:
+        names = self._names
+        return [{n: _osq(v) for n, v in zip(names, r)} for r in rows]
+
+    def to_sqlite_rows(self, rows: Sequence[tuple[Any, ...]]) -> Sequence[tuple[Any, ...]]:
+        # Row values are already SQLite values: int/str/float/None, and bool,
+        # which apsw binds as INTEGER 1/0 (bool is an int).
+        return rows
+
+
+class TableEnv:
+    """Shared, lazily built collectors the tables read from.
+
+    One per process: the extension keeps it for its lifetime (so first-seen
+    times and closed-socket totals accumulate); ``readegress query`` builds
+    one for a single query.
+    """
+
+    def __init__(self, *, background: bool = False, poll_interval: float = 5.0) -> None:
+        self.background = background
+        self.poll_interval = poll_interval
+        self._lock = threading.Lock()
+        self._monitor: Any = None
+        #: One-line notes about what this host's data cannot show (e.g. not root),
+        #: each kept once; the CLI prints them, the health table reports them.
+        self.warnings: dict[str, None] = {}
+
+    def warn(self, message: str) -> None:
+        self.warnings.setdefault(message, None)
+
+    def snapshot(self) -> Any:
+        """A fresh monitor snapshot; its warnings are recorded once each."""
+        snap = self.monitor.snapshot()
+        if snap.unreadable_processes:
+            self.warn(
+                f"not root: the descriptors of {snap.unreadable_processes} processes of other"
+                " users are unreadable; their sockets are shown with empty owners"
+            )
+        for w in snap.warnings:
+            self.warn(w)
+        return snap
+
+    @property
+    def monitor(self) -> Any:
+        """The :class:`readegress.kernel.monitor.SocketMonitor` (built on first use)."""
+        with self._lock:
+            if self._monitor is None:
+                from readegress.kernel.monitor import SocketMonitor
+
+                self._monitor = SocketMonitor()
+                if self.background:
+                    self._monitor.start(self.poll_interval)
+            return self._monitor
+
+    def close(self) -> None:
+        with self._lock:
+            if self._monitor is not None:
+                self._monitor.close()
+                self._monitor = None
+
+
+def load_tables(env: TableEnv, names: Iterable[str] | None = None) -> dict[str, BoundTable]:
+    """Instantiate the tables named in the specs (all of them by default)."""
+    specs = load_specs()
+    wanted = set(names) if names is not None else None
+    out: dict[str, BoundTable] = {}
+    for name, spec in specs.items():
+        if wanted is not None and name not in wanted:
+            continue
+        module_name, _, attr = spec.implementation.partition(":")
+        cls = getattr(importlib.import_module(module_name), attr)
+        out[name] = BoundTable(spec, cls(env))
+    return out
+
+
+class TableCalls:
+    """The one wrapper around every table call (timeout, concurrency, errors)."""
+
+    def __init__(
+        self,
+        tables: dict[str, BoundTable],
+        *,
+        timeout: float = DEFAULT_CALL_TIMEOUT,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> None:
+        self.tables = tables
+        self.timeout = timeout
+        self._slots = {name: threading.BoundedSemaphore(concurrency) for name in tables}
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, concurrency * max(1, len(tables))),
+            thread_name_prefix="readegress-table",
+        )
+
+    def generate(self, name: str, ctx: QueryContext) -> list[tuple[Any, ...]]:
+        table = self.tables.get(name)
+        if table is None:
+            raise TableCallError(f"unknown table {name!r}")
+        slot = self._slots[name]
+        if not slot.acquire(timeout=self.timeout):
+            msg = f"{name}: busy (earlier calls still running after {self.timeout:g}s)"
+            log.error(msg)
+            raise TableCallError(msg)
+
+        def run() -> list[tuple[Any, ...]]:
+            try:
+                return table.rows(ctx)
+            finally:
+                slot.release()
+
+        try:
+            fut: Future[list[tuple[Any, ...]]] = self._pool.submit(run)
+        except RuntimeError:
+            slot.release()
+            raise TableCallError(f"{name}: shutting down") from None
+        try:
+            return fut.result(timeout=self.timeout)
+        except FutureTimeout:
+            msg = f"{name}: generate timed out after {self.timeout:g}s"
+            log.error(msg)
+            raise TableCallError(msg) from None
+        except TableCallError:
+            raise
+        except Exception as e:  # any bug in a table becomes an error status, never a crash
+            msg = f"{name}: {type(e).__name__}: {e}"
+            log.exception("table call failed: %s", msg)
+            raise TableCallError(msg) from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,216 @@
+"""Table specs: the single source of every table's schema.
+
+Specs are TOML files in the top-level ``tables/`` folder, one per table. The
+Thrift runtime builds its column routes from them, the embedded SQLite engine
+its virtual-table schemas, the pack validator its schema and the README its
+table reference. ``validate_spec`` applies osquery's own code-generator rules
+(``tools/codegen/gentable.py``): a description ends with a period, column
+names are unique and not reserved, ``*_events`` tables carry a BIGINT ``time``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on 3.9/3.10
+    import tomli as tomllib
+
+# osquery's column types, spelled as they travel in registration routes.
+COLUMN_TYPES = ("TEXT", "INTEGER", "BIGINT", "UNSIGNED BIGINT", "DOUBLE", "BLOB")
+
+# Column option bits as osquery encodes them in the route's "op" field.
+INDEX = 1
+REQUIRED = 2
+ADDITIONAL = 4
+OPTIMIZED = 8
+HIDDEN = 16
+OPTION_BITS = {
+    "index": INDEX,
+    "required": REQUIRED,
+    "additional": ADDITIONAL,
+    "optimized": OPTIMIZED,
+    "hidden": HIDDEN,
+}
+
+# Names osquery's code generator refuses for columns (SQL keywords it trips on).
+RESERVED_COLUMN_NAMES = frozenset({"table", "set", "group", "order", "select", "from", "where"})
+
+
+class SpecError(ValueError):
+    """A spec file is malformed; the message starts with ``file:`` or ``file:line:``."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    description: str
+    options: int = 0
+
+    @property
+    def sqlite_affinity(self) -> str:
+        """The SQLite declared type for this osquery type."""
+        if self.type in ("INTEGER", "BIGINT", "UNSIGNED BIGINT"):
+            return "INTEGER"
+        if self.type == "DOUBLE":
+            return "REAL"
+        return self.type
+
+    @property
+    def hidden(self) -> bool:
+        return bool(self.options & HIDDEN)
+
+    @property
+    def pushdown(self) -> bool:
+        """Whether osquery forwards constraints on this column to the extension."""
+        return bool(self.options & (INDEX | REQUIRED | ADDITIONAL))
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    description: str
+    implementation: str
+    columns: tuple[Column, ...]
+    examples: tuple[str, ...]
+    path: str = ""
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def routes(self) -> list[dict[str, str]]:
+        """Registration routes exactly as osquery's core expects them."""
+        return [
+            {"id": "column", "name": c.name, "type": c.type, "op": str(c.options)}
+            for c in self.columns
+        ]
+
+    def create_sql(self) -> str:
+        """``CREATE TABLE`` body for SQLite (hidden columns declared HIDDEN)."""
+        cols = ", ".join(
+            f'"{c.name}" {c.sqlite_affinity}{" HIDDEN" if c.hidden else ""}' for c in self.columns
+        )
+        return f'CREATE TABLE "{self.name}"({cols})'
+
+
+def _line_of(text: str, needle: str) -> int:
+    """Line of ``needle``; ``name = "x"#2`` asks for its second occurrence."""
+    needle, _, nth = needle.partition("#")
+    want = int(nth) if nth else 1
+    for i, line in enumerate(text.splitlines(), 1):
+        if needle in line:
+            want -= 1
+            if want == 0:
+                return i
+    return 1
+
+
+def parse_spec(text: str, path: str = "<spec>") -> TableSpec:
+    """Parse and validate one spec; errors carry ``path:line``."""
+    try:
+        data: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        # tomllib reports "(at line N, column M)" or "(at end of document)".
+        msg = str(e)
+        m = re.search(r"\(at line (\d+), column \d+\)", msg)
+        line = int(m.group(1)) if m else max(1, len(text.splitlines()))
+        raise SpecError(f"{path}:{line}: {msg}") from None
+
+    def err(msg: str, needle: str) -> SpecError:
+        return SpecError(f"{path}:{_line_of(text, needle)}: {msg}")
+
+    for key in ("name", "description", "implementation", "columns"):
+        if key not in data:
+            raise SpecError(f"{path}:1: missing key '{key}'")
+    columns = []
+    for raw in data["columns"]:
+        name = raw.get("name", "")
+        unknown = set(raw) - {"name", "type", "description", *OPTION_BITS}
+        if unknown:
+            raise err(f"column {name!r}: unknown key(s) {sorted(unknown)}", f'"{name}"')
+        ctype = raw.get("type", "")
+        if ctype not in COLUMN_TYPES:
+            raise err(f"column {name!r}: type {ctype!r} is not one of {COLUMN_TYPES}", f'"{name}"')
+        options = 0
+        for opt, bit in OPTION_BITS.items():
+            if raw.get(opt, False):
+                options |= bit
+        columns.append(Column(name, ctype, str(raw.get("description", "")), options))
+    spec = TableSpec(
+        name=str(data["name"]),
+        description=str(data["description"]),
+        implementation=str(data["implementation"]),
+        columns=tuple(columns),
+        examples=tuple(str(e) for e in data.get("examples", ())),
+        path=path,
+    )
+    for problem, needle in validate_spec(spec):
+        raise err(problem, needle)
+    return spec
+
+
+def validate_spec(spec: TableSpec) -> list[tuple[str, str]]:
+    """osquery's spec rules; returns ``(problem, text to locate it)`` pairs."""
+    problems: list[tuple[str, str]] = []
+    if not spec.name.isidentifier() or spec.name.lower() != spec.name:
+        problems.append((f"table name {spec.name!r} must be a lower-case identifier", "name"))
+    if not spec.description.endswith("."):
+        problems.append(("table description must end with a period", "description"))
+    seen: set[str] = set()
+    for c in spec.columns:
+        if not c.name.isidentifier():
+            problems.append((f"column name {c.name!r} is not an identifier", f'"{c.name}"'))
+        if c.name in seen:
+            problems.append((f"column {c.name!r} is declared twice", f'name = "{c.name}"#2'))
+        if c.name in RESERVED_COLUMN_NAMES:
+            problems.append((f"column name {c.name!r} is reserved", f'"{c.name}"'))
+        if not c.description.endswith("."):
+            problems.append((f"column {c.name!r}: description must end with a period", f'"{c.name}"'))
+        seen.add(c.name)
+    if spec.name.endswith("_events"):
+        times = [c for c in spec.columns if c.name == "time"]
+        if not times or times[0].type != "BIGINT":
+            problems.append(("an *_events table needs a BIGINT 'time' column", "name"))
+    if not spec.examples:
+        problems.append(("a spec needs at least one example query", "name"))
+    return problems
+
+
+def spec_dir() -> Path:
+    """Where the specs are: $READEGRESS_TABLES, the source tree, or the installed copy."""
+    env = os.environ.get("READEGRESS_TABLES")
+    if env:
+        return Path(env)
+    source_tree = Path(__file__).resolve().parents[3] / "tables"
+    if source_tree.is_dir():
+        return source_tree
+    return Path(sys.prefix) / "share" / "readegress" / "tables"
+
+
+def load_specs(directory: Path | None = None) -> dict[str, TableSpec]:
+    """Every ``*.toml`` spec in ``directory``, by table name, in file-name order."""
+    d = directory or spec_dir()
+    files = sorted(d.glob("*.toml"))
+    if not files:
+        raise SpecError(f"{d}: no table specs found (set READEGRESS_TABLES)")
+    specs: dict[str, TableSpec] = {}
+    for f in files:
+        spec = parse_spec(f.read_text(encoding="utf-8"), str(f))
+        if spec.name in specs:
+            raise SpecError(f"{f}:1: table {spec.name!r} already declared in {specs[spec.name].path}")
+        specs[spec.name] = spec
+    return specs
