@@ -76,13 +76,16 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
-    from readegress.tables.spec import OPTION_BITS, SpecError, load_specs
+    from readegress.tables.spec import OPTION_BITS, SpecError, load_specs, render_markdown
 
     try:
         specs = load_specs()
     except SpecError as e:
         _err(f"error: {e}")
         return EXIT_ERROR
+    if args.markdown:
+        sys.stdout.write(render_markdown(specs))
+        return EXIT_OK
     for spec in specs.values():
         if args.names:
             print(spec.name)
@@ -119,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("tables", help="list tables and columns from the specs")
     t.add_argument("--names", action="store_true", help="table names only")
+    t.add_argument("--markdown", action="store_true", help="the README's table reference")
     t.set_defaults(func=cmd_tables)
 
     sub.add_parser(

@@ -214,3 +214,21 @@ def load_specs(directory: Path | None = None) -> dict[str, TableSpec]:
             raise SpecError(f"{f}:1: table {spec.name!r} already declared in {specs[spec.name].path}")
         specs[spec.name] = spec
     return specs
+
+
+def render_markdown(specs: dict[str, TableSpec]) -> str:
+    """The README's table reference, generated from the specs (kept in sync by a test)."""
+    out: list[str] = []
+    for spec in specs.values():
+        out.append(f"### `{spec.name}`\n\n{spec.description}\n")
+        out.append("| column | type | notes | description |")
+        out.append("|---|---|---|---|")
+        for c in spec.columns:
+            opts = ", ".join(o for o, bit in OPTION_BITS.items() if c.options & bit)
+            desc = c.description.replace("|", "\\|")
+            out.append(f"| `{c.name}` | {c.type} | {opts} | {desc} |")
+        out.append("\nExamples:\n")
+        out.append("```sql")
+        out.extend(f"{e};" for e in spec.examples)
+        out.append("```\n")
+    return "\n".join(out).rstrip() + "\n"

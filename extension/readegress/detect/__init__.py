@@ -1,0 +1,1 @@
+"""Detection: events, the sensitive catalogue and config, and the correlation core."""

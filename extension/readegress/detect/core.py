@@ -1,0 +1,617 @@
+"""The correlation core: sensitive read → egress, per host, keyed by process identity.
+
+Pure: no I/O, no clock (time comes from events and :meth:`Correlator.advance`),
+no globals. The extension, ``readegress replay``, the native sources and the
+fleet analyser all feed this one class.
+
+Input must be roughly time-ordered per host (sources sort each batch with
+:func:`readegress.detect.events.sort_key`); reads that arrive late are still
+inserted in time order, so only an egress fed *before* its read is missed.
+
+Process identity. osquery's event tables carry no start time, so the core
+keeps its own view of each pid: a *generation* that a new process with the
+same number starts. A fork/clone/vfork creating pid P, a different start time
+(where the source knows it) or a different parent (other than reparenting to
+pid 1) all mean "another process": reads of the old one never chain to the
+new one. An exec keeps the generation (same process, new image, inherited
+descriptors) and the images are all recorded.
+
+Scopes, strongest first: ``process`` (the reader sends), ``lineage`` (parent,
+child, ancestor, sibling of one pipeline, same process group or session),
+``user`` (same login uid, else same uid), ``host``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Optional
+
+from readegress.detect.catalogue import SensitiveClass
+from readegress.detect.config import Config
+from readegress.detect.events import AUID_UNSET, Egress, Event, Exec, ProcessStart, SensitiveRead
+from readegress.net.classify import classify
+
+SCOPES = ("process", "lineage", "user", "host")
+SCOPE_FACTOR = {"process": 1.0, "lineage": 0.8, "user": 0.4, "host": 0.2}
+
+#: Programs whose presence in a chain suggests packing or encoding the data.
+ENCODERS = frozenset(
+    {
+        "tar", "gzip", "pigz", "bzip2", "xz", "zstd", "lz4", "zip", "7z", "7za", "rar",
+        "openssl", "gpg", "gpg2", "age", "base64", "base32", "basenc", "xxd", "od",
+        "hexdump", "uuencode", "split",
+    }
+)  # fmt: skip
+COMMON_PORTS = frozenset({80, 443})
+
+# Points each reason adds to a detection's score.
+REASON_POINTS = {
+    "quick_egress": 10,  # egress within 10 s of the read
+    "uncommon_port": 10,  # not 80/443
+    "first_seen_destination": 10,  # address not contacted from this host before (in memory)
+    "encoder_in_lineage": 15,  # tar/gzip/openssl/base64/xxd/... in the chain
+    "multiple_sensitive_files": 10,  # two or more alerting files read in the chain
+    "exec_after_read": 0,  # the reader exec'd the sender (bash < key; exec nc)
+    "transfer_on_existing_socket": 5,  # bytes moved on a socket older than the read
+    "bulk_transfer": 15,  # >= 1 MiB sent after the read
+    "bytes_ge_file_size": 15,  # at least as many bytes sent as the file holds
+    "long_lived_socket": 10,  # socket age >= 10 min
+    "keepalive": 5,  # keepalive armed: a session meant to last
+}
+BULK_BYTES = 1 << 20
+LONG_LIVED_SECONDS = 600
+MAX_LINEAGE_DEPTH = 6
+#: Parents whose children are unrelated to each other (init, kthreadd).
+NON_LINEAGE_PARENTS = frozenset({0, 1, 2})
+
+
+@dataclass(frozen=True)
+class Detection:
+    id: str
+    host: str
+    read_time: float
+    egress_time: float
+    pid: int
+    start: Optional[int]
+    executable: str
+    executables: tuple[str, ...]
+    cmdline: Optional[str]
+    uid: Optional[int]
+    auid: Optional[int]
+    reader_pid: int
+    reader_executable: str
+    path: str
+    sensitive_class: str
+    remote_address: str
+    remote_port: int
+    remote_class: str
+    protocol: str
+    scope: str
+    score: int
+    reasons: tuple[str, ...]
+    other_paths: tuple[str, ...]
+    egress_kind: str
+    bytes_sent: Optional[int]
+    file_size: Optional[int]
+    read_source: str
+    egress_source: str
+    cookie: Optional[int] = None
+    socket_age: Optional[int] = None
+    keepalive: Optional[bool] = None
+
+    @property
+    def delay(self) -> float:
+        return max(0.0, self.egress_time - self.read_time)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["executables"] = list(self.executables)
+        d["reasons"] = list(self.reasons)
+        d["other_paths"] = list(self.other_paths)
+        d["delay"] = round(self.delay, 3)
+        return d
+
+
+def enrich(
+    d: Detection,
+    *,
+    bytes_sent: Optional[int],
+    socket_age: Optional[int] = None,
+    keepalive: Optional[bool] = None,
+) -> Detection:
+    """Add live socket facts (read by the caller, after the settle delay) and rescore."""
+    reasons = list(d.reasons)
+
+    def add(r: str) -> None:
+        if r not in reasons:
+            reasons.append(r)
+
+    if bytes_sent is not None:
+        if bytes_sent >= BULK_BYTES:
+            add("bulk_transfer")
+        if d.file_size is not None and d.file_size > 0 and bytes_sent >= d.file_size:
+            add("bytes_ge_file_size")
+    if socket_age is not None and socket_age >= LONG_LIVED_SECONDS:
+        add("long_lived_socket")
+    if keepalive:
+        add("keepalive")
+    gained = sum(REASON_POINTS[r] for r in reasons if r not in d.reasons)
+    return replace(
+        d,
+        bytes_sent=bytes_sent if bytes_sent is not None else d.bytes_sent,
+        socket_age=socket_age if socket_age is not None else d.socket_age,
+        keepalive=keepalive if keepalive is not None else d.keepalive,
+        reasons=tuple(reasons),
+        score=d.score + gained,
+    )
+
+
+@dataclass
+class _Proc:
+    gen: int
+    marker: str  # stable identity marker: start ticks, else when the core first saw it
+    ppid: Optional[int]
+    start: Optional[int]
+    images: list[str]
+    uid: Optional[int]
+    auid: Optional[int]
+    pgid: Optional[int]
+    sid: Optional[int]
+    cmdline: Optional[str]
+    last: float
+
+
+@dataclass
+class _Read:
+    time: float
+    pid: int
+    gen: int
+    marker: str
+    ppid: Optional[int]
+    uid: Optional[int]
+    auid: Optional[int]
+    pgid: Optional[int]
+    sid: Optional[int]
+    executable: str
+    path: str
+    cls: str
+    weight: int
+    alone: bool
+    size: Optional[int]
+    source: str
+
+
+@dataclass
+class _Host:
+    procs: OrderedDict[int, _Proc] = field(default_factory=OrderedDict)
+    reads: deque[_Read] = field(default_factory=deque)
+    children: dict[int, set[int]] = field(default_factory=dict)
+    destinations: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    newest: float = 0.0
+
+
+STAT_NAMES = (
+    "events", "reads", "sensitive_reads", "egress", "egress_considered", "candidates",
+    "approved", "low_only", "duplicates", "detections_emitted", "evicted_reads",
+    "evicted_processes", "pid_reuse", "late_events",
+)  # fmt: skip
+
+
+class Correlator:
+    """Feeds events, returns candidate detections (score not yet thresholded)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        max_processes: int = 100_000,
+        max_destinations: int = 10_000,
+        max_ids: int = 100_000,
+        process_ttl: float = 3600.0,
+    ) -> None:
+        self.config = config
+        self.window = config.window_seconds
+        self.max_reads = config.max_reads
+        self.max_processes = max_processes
+        self.max_destinations = max_destinations
+        self.max_ids = max_ids
+        self.process_ttl = process_ttl
+        self.hosts: dict[str, _Host] = {}
+        self._gen = 0
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self.stats: dict[str, int] = dict.fromkeys(STAT_NAMES, 0)
+
+    # ----- process view -------------------------------------------------
+    def _host(self, name: str) -> _Host:
+        h = self.hosts.get(name)
+        if h is None:
+            h = self.hosts[name] = _Host()
+        return h
+
+    def _new_proc(self, h: _Host, p: Any, t: float, image: str) -> _Proc:
+        self._gen += 1
+        old = h.procs.pop(p.pid, None)
+        if old is not None:
+            self.stats["pid_reuse"] += 1
+            if old.ppid is not None:
+                h.children.get(old.ppid, set()).discard(p.pid)
+        st = _Proc(
+            gen=self._gen,
+            marker=str(p.start) if p.start is not None else f"t{t:.3f}",
+            ppid=p.ppid,
+            start=p.start,
+            images=[image] if image else [],
+            uid=p.uid,
+            auid=p.auid,
+            pgid=p.pgid,
+            sid=p.sid,
+            cmdline=p.cmdline,
+            last=t,
+        )
+        h.procs[p.pid] = st
+        if p.ppid is not None:
+            h.children.setdefault(p.ppid, set()).add(p.pid)
+        while len(h.procs) > self.max_processes:
+            pid, gone = h.procs.popitem(last=False)
+            self.stats["evicted_processes"] += 1
+            if gone.ppid is not None:
+                h.children.get(gone.ppid, set()).discard(pid)
+        return st
+
+    def _observe(self, h: _Host, e: Event) -> _Proc:
+        p = e.proc
+        st = h.procs.get(p.pid)
+        if isinstance(e, ProcessStart) or st is None:
+            return self._new_proc(h, p, e.time, p.executable)
+        reused = (p.start is not None and st.start is not None and p.start != st.start) or (
+            p.ppid is not None
+            and st.ppid is not None
+            and p.ppid != st.ppid
+            and p.ppid not in NON_LINEAGE_PARENTS  # reparenting to init is not reuse
+        )
+        if reused:
+            return self._new_proc(h, p, e.time, p.executable)
+        h.procs.move_to_end(p.pid)
+        st.last = max(st.last, e.time)
+        if p.executable and (not st.images or st.images[-1] != p.executable):
+            # An exec; or a later event naming another image, which means an
+            # exec we did not see (osquery reports the exe at event time).
+            st.images.append(p.executable)
+            del st.images[:-8]
+        if isinstance(e, Exec) and p.cmdline is not None:
+            st.cmdline = p.cmdline
+        for attr in ("ppid", "start", "uid", "auid", "pgid", "sid", "cmdline"):
+            v = getattr(p, attr)
+            if v is not None and getattr(st, attr) is None:
+                setattr(st, attr, v)
+                if attr == "ppid":
+                    h.children.setdefault(v, set()).add(p.pid)
+        return st
+
+    # ----- feeding ------------------------------------------------------
+    def feed_many(self, events: Iterable[Event]) -> list[Detection]:
+        out: list[Detection] = []
+        for e in events:
+            out.extend(self.feed(e))
+        return out
+
+    def feed(self, e: Event) -> list[Detection]:
+        self.stats["events"] += 1
+        h = self._host(e.host)
+        if e.time < h.newest - 1.0:
+            self.stats["late_events"] += 1
+        h.newest = max(h.newest, e.time)
+        if isinstance(e, SensitiveRead):
+            self.stats["reads"] += 1
+            cls = self.config.catalogue.match(e.path)
+            if cls is None:
+                # Still a process observation (ppid, image) worth keeping.
+                self._observe(h, e)
+                return []
+            self._add_read(h, e, cls)
+            return []
+        if isinstance(e, Egress):
+            return self._egress(h, e)
+        self._observe(h, e)
+        return []
+
+    def _add_read(self, h: _Host, e: SensitiveRead, cls: SensitiveClass) -> None:
+        self.stats["sensitive_reads"] += 1
+        st = self._observe(h, e)
+        p = e.proc
+        r = _Read(
+            time=e.time,
+            pid=p.pid,
+            gen=st.gen,
+            marker=st.marker,
+            ppid=st.ppid,
+            uid=p.uid if p.uid is not None else st.uid,
+            auid=p.auid if p.auid is not None else st.auid,
+            pgid=st.pgid,
+            sid=st.sid,
+            executable=p.executable or (st.images[-1] if st.images else ""),
+            path=e.path,
+            cls=cls.name,
+            weight=cls.weight,
+            alone=cls.alone,
+            size=e.size,
+            source=e.source,
+        )
+        if not h.reads or h.reads[-1].time <= r.time:
+            h.reads.append(r)
+        else:  # late read: keep the deque time-ordered
+            items = list(h.reads)
+            i = len(items)
+            while i > 0 and items[i - 1].time > r.time:
+                i -= 1
+            items.insert(i, r)
+            h.reads = deque(items)
+        while len(h.reads) > self.max_reads:
+            h.reads.popleft()
+            self.stats["evicted_reads"] += 1
+
+    def _lineage(self, h: _Host, pid: int, st: _Proc) -> tuple[set[tuple[int, int]], set[int]]:
+        """(pid, gen) pairs related to the process, and ancestors known only by pid."""
+        related: set[tuple[int, int]] = set()
+        ancestors: set[int] = set()
+        cur: Optional[int] = st.ppid
+        depth = 0
+        while cur is not None and cur not in NON_LINEAGE_PARENTS and depth < MAX_LINEAGE_DEPTH:
+            a = h.procs.get(cur)
+            if a is None:
+                # An ancestor the core never saw: known by its pid only.
+                ancestors.add(cur)
+                break
+            related.add((cur, a.gen))
+            cur = a.ppid
+            depth += 1
+        # Descendants (breadth-first, bounded) and siblings of the process.
+        frontier = [pid]
+        seen = {pid}
+        for _ in range(MAX_LINEAGE_DEPTH):
+            nxt = []
+            for q in frontier:
+                for c in h.children.get(q, ()):
+                    if c not in seen:
+                        seen.add(c)
+                        cs = h.procs.get(c)
+                        if cs is not None and cs.ppid == q:
+                            related.add((c, cs.gen))
+                            nxt.append(c)
+            frontier = nxt
+        if st.ppid is not None and st.ppid not in NON_LINEAGE_PARENTS:
+            for s in h.children.get(st.ppid, ()):
+                ss = h.procs.get(s)
+                if s != pid and ss is not None and ss.ppid == st.ppid:
+                    related.add((s, ss.gen))
+        return related, ancestors
+
+    def _scope(
+        self,
+        r: _Read,
+        pid: int,
+        st: _Proc,
+        related: set[tuple[int, int]],
+        ancestors: set[int],
+        uid: Optional[int],
+        auid: Optional[int],
+    ) -> str:
+        if r.pid == pid and r.gen == st.gen:
+            return "process"
+        if (r.pid, r.gen) in related or r.pid in ancestors:
+            return "lineage"
+        # Reader's parent is the sender, or they share a parent (pipeline).
+        if r.ppid is not None and (
+            r.ppid == pid or (r.ppid == st.ppid and r.ppid not in NON_LINEAGE_PARENTS)
+        ):
+            return "lineage"
+        if (st.pgid is not None and r.pgid == st.pgid and st.pgid > 1) or (
+            st.sid is not None and r.sid == st.sid and st.sid > 1
+        ):
+            return "lineage"
+        if auid is not None and auid != AUID_UNSET and r.auid == auid:
+            return "user"
+        if uid is not None and r.uid == uid:
+            return "user"
+        return "host"
+
+    def _egress(self, h: _Host, e: Egress) -> list[Detection]:
+        self.stats["egress"] += 1
+        st = self._observe(h, e)
+        rclass = classify(e.remote_address)
+        first_seen = e.remote_address not in h.destinations
+        h.destinations[e.remote_address] = None
+        h.destinations.move_to_end(e.remote_address)
+        while len(h.destinations) > self.max_destinations:
+            h.destinations.popitem(last=False)
+        if rclass not in self.config.egress_classes:
+            return []
+        self.stats["egress_considered"] += 1
+        lo = e.time - self.window
+        p = e.proc
+        uid = p.uid if p.uid is not None else st.uid
+        auid = p.auid if p.auid is not None else st.auid
+        related, ancestors = self._lineage(h, p.pid, st)
+        scored: list[tuple[float, int, _Read, str]] = []
+        for r in reversed(h.reads):
+            if r.time > e.time:
+                continue  # a read after the egress is not a chain
+            if r.time < lo:
+                break
+            scope = self._scope(r, p.pid, st, related, ancestors, uid, auid)
+            scored.append((r.weight * SCOPE_FACTOR[scope], -SCOPES.index(scope), r, scope))
+        if not scored:
+            return []
+        self.stats["candidates"] += 1
+        scored.sort(key=lambda x: (x[0], x[1], x[2].time), reverse=True)
+        images = tuple(dict.fromkeys(st.images + ([p.executable] if p.executable else [])))
+        best: Optional[tuple[float, int, _Read, str]] = None
+        approved_any = False
+        for cand in scored:
+            r = cand[2]
+            if not r.alone:
+                continue
+            chain_images = tuple(dict.fromkeys((*images, r.executable)))
+            if any(
+                a.matches(chain_images, r.cls, e.remote_address, e.remote_port, e.time)
+                for a in self.config.approved
+            ):
+                approved_any = True
+                continue
+            best = cand
+            break
+        if best is None:
+            self.stats["approved" if approved_any else "low_only"] += 1
+            return []
+        base, _, r, scope = best
+        det_id = _detection_id(e.host, r, p.pid, st.marker, e.remote_address, e.remote_port)
+        if det_id in self._ids:
+            self.stats["duplicates"] += 1
+            return []
+        self._ids[det_id] = None
+        while len(self._ids) > self.max_ids:
+            self._ids.popitem(last=False)
+
+        reasons: list[str] = []
+        delay = e.time - r.time
+        if delay <= 10:
+            reasons.append("quick_egress")
+        if e.remote_port not in COMMON_PORTS:
+            reasons.append("uncommon_port")
+        if first_seen:
+            reasons.append("first_seen_destination")
+        lineage_images = set(images) | {r.executable}
+        for key in related:
+            rs = h.procs.get(key[0])
+            if rs is not None and rs.gen == key[1]:
+                lineage_images.update(rs.images)
+        if any(img.rsplit("/", 1)[-1] in ENCODERS for img in lineage_images if img):
+            reasons.append("encoder_in_lineage")
+        strong = SCOPES.index(scope)
+        others = tuple(
+            dict.fromkeys(
+                c[2].path for c in scored if c[2].path != r.path and SCOPES.index(c[3]) <= strong
+            )
+        )
+        if any(c[2].alone and c[2].path != r.path and c[3] == scope for c in scored):
+            reasons.append("multiple_sensitive_files")
+        if scope == "process" and r.executable and images and images[-1] != r.executable:
+            reasons.append("exec_after_read")
+        if e.kind == "transfer":
+            reasons.append("transfer_on_existing_socket")
+        d = Detection(
+            id=det_id,
+            host=e.host,
+            read_time=r.time,
+            egress_time=e.time,
+            pid=p.pid,
+            start=st.start,
+            executable=p.executable or (images[-1] if images else ""),
+            executables=tuple(dict.fromkeys((*images, r.executable))),
+            cmdline=st.cmdline,
+            uid=uid,
+            auid=auid,
+            reader_pid=r.pid,
+            reader_executable=r.executable,
+            path=r.path,
+            sensitive_class=r.cls,
+            remote_address=e.remote_address,
+            remote_port=e.remote_port,
+            remote_class=rclass.value,
+            protocol=e.protocol,
+            scope=scope,
+            score=round(base) + sum(REASON_POINTS[x] for x in reasons),
+            reasons=tuple(reasons),
+            other_paths=others,
+            egress_kind=e.kind,
+            bytes_sent=None,
+            file_size=r.size,
+            read_source=r.source,
+            egress_source=e.source,
+            cookie=e.cookie,
+        )
+        if e.bytes_sent is not None:
+            d = enrich(d, bytes_sent=e.bytes_sent)
+        self.stats["detections_emitted"] += 1
+        return [d]
+
+    # ----- time and memory ---------------------------------------------
+    def advance(self, now: float) -> None:
+        """Forget reads older than the window and processes idle past their TTL."""
+        for h in self.hosts.values():
+            lo = now - self.window
+            while h.reads and h.reads[0].time < lo:
+                h.reads.popleft()
+            stale = now - self.process_ttl
+            while h.procs:
+                pid, st = next(iter(h.procs.items()))
+                if st.last >= stale:
+                    break
+                del h.procs[pid]
+                if st.ppid is not None:
+                    kids = h.children.get(st.ppid)
+                    if kids is not None:
+                        kids.discard(pid)
+                        if not kids:
+                            del h.children[st.ppid]
+
+    def size(self) -> dict[str, int]:
+        return {
+            "hosts": len(self.hosts),
+            "reads": sum(len(h.reads) for h in self.hosts.values()),
+            "processes": sum(len(h.procs) for h in self.hosts.values()),
+            "detection_ids": len(self._ids),
+        }
+
+    # ----- persistence --------------------------------------------------
+    def to_state(self) -> dict[str, Any]:
+        """A JSON-able snapshot: reads in the window, process view, emitted ids, stats."""
+        return {
+            "version": 1,
+            "gen": self._gen,
+            "ids": list(self._ids),
+            "stats": dict(self.stats),
+            "hosts": {
+                name: {
+                    "procs": [[pid, asdict(st)] for pid, st in h.procs.items()],
+                    "reads": [asdict(r) for r in h.reads],
+                    "destinations": list(h.destinations),
+                    "newest": h.newest,
+                }
+                for name, h in self.hosts.items()
+            },
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if state.get("version") != 1:
+            raise ValueError("unsupported correlator state version")
+        self._gen = int(state["gen"])
+        self._ids = OrderedDict((str(i), None) for i in state["ids"])
+        for k, v in state.get("stats", {}).items():
+            if k in self.stats:
+                self.stats[k] = int(v)
+        self.hosts = {}
+        for name, hs in state["hosts"].items():
+            h = _Host()
+            for pid, st in hs["procs"]:
+                proc = _Proc(**st)
+                h.procs[int(pid)] = proc
+                if proc.ppid is not None:
+                    h.children.setdefault(proc.ppid, set()).add(int(pid))
+            h.reads = deque(_Read(**r) for r in hs["reads"])
+            h.destinations = OrderedDict((d, None) for d in hs["destinations"])
+            h.newest = float(hs.get("newest", 0.0))
+            self.hosts[str(name)] = h
+
+
+def _detection_id(
+    host: str, r: _Read, pid: int, marker: str, address: str, port: int
+) -> str:
+    """Stable across restarts and replays: derived only from the evidence."""
+    key = "|".join(
+        (host, str(r.pid), r.marker, r.path, f"{r.time:.3f}", str(pid), marker, address, str(port))
+    )
+    return hashlib.sha256(key.encode()).hexdigest()[:20]

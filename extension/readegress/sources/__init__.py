@@ -1,0 +1,1 @@
+"""Event sources: osquery event tables (live or logged) and native kernel sources."""

@@ -1,0 +1,421 @@
+"""The pure correlation core, with plain events: scopes, windows, identity, catalogue, approvals."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+import pytest
+
+from readegress.detect.config import Config, parse_config
+from readegress.detect.core import Correlator, Detection, enrich
+from readegress.detect.events import Egress, Event, Exec, Proc, ProcessStart, SensitiveRead
+from readegress.sources.osquery_rows import (
+    FILE_EVENTS,
+    PROCESS_EVENTS,
+    SOCKET_EVENTS,
+    event_from_row,
+    recognise,
+)
+
+BASE = """
+window_seconds = 120
+threshold = 50
+egress_classes = ["public"]
+
+[[class]]
+name = "shadow"
+level = "high"
+paths = ["/etc/shadow"]
+
+[[class]]
+name = "ssh_private_key"
+level = "high"
+paths = ["~/.ssh/id_*"]
+exclude = ["~/.ssh/*.pub"]
+
+[[class]]
+name = "aws"
+level = "high"
+paths = ["~/.aws/credentials"]
+
+[[class]]
+name = "sudoers"
+level = "medium"
+paths = ["/etc/sudoers"]
+
+[[class]]
+name = "account_lists"
+level = "low"
+paths = ["/etc/passwd"]
+"""
+
+
+def config(extra: str = "") -> Config:
+    return parse_config(BASE + extra, "test.toml")
+
+
+def read(t: float, pid: int, path: str = "/etc/shadow", host: str = "h1", **kw: Any) -> Event:
+    proc = Proc(pid=pid, ppid=kw.pop("ppid", 1000), executable=kw.pop("exe", "/usr/bin/cat"),
+                uid=kw.pop("uid", 0), auid=kw.pop("auid", None), start=kw.pop("start", None),
+                pgid=kw.pop("pgid", None), sid=kw.pop("sid", None))
+    return SensitiveRead(host, t, proc, path, "test", **kw)
+
+
+def connect(t: float, pid: int, addr: str = "8.8.8.8", port: int = 4444, host: str = "h1",
+            **kw: Any) -> Event:
+    proc = Proc(pid=pid, ppid=kw.pop("ppid", None), executable=kw.pop("exe", "/usr/bin/curl"),
+                uid=kw.pop("uid", 0), auid=kw.pop("auid", None), start=kw.pop("start", None),
+                pgid=kw.pop("pgid", None), sid=kw.pop("sid", None))
+    return Egress(host, t, proc, addr, port, "test", **kw)
+
+
+def fork(t: float, child: int, parent: int, exe: str = "/bin/bash", host: str = "h1",
+         uid: int = 0) -> Event:
+    return ProcessStart(host, t, Proc(pid=child, ppid=parent, executable=exe, uid=uid), "test")
+
+
+def execve(t: float, pid: int, exe: str, ppid: Optional[int] = None, host: str = "h1",
+           uid: int = 0) -> Event:
+    return Exec(host, t, Proc(pid=pid, ppid=ppid, executable=exe, uid=uid, cmdline=exe), "test")
+
+
+def run(events: list[Event], cfg: Optional[Config] = None) -> tuple[list[Detection], Correlator]:
+    c = Correlator(cfg or config())
+    return c.feed_many(events), c
+
+
+def test_process_scope() -> None:
+    dets, _ = run([read(100, 10), connect(105, 10)])
+    assert len(dets) == 1
+    d = dets[0]
+    assert (d.scope, d.pid, d.path, d.sensitive_class) == ("process", 10, "/etc/shadow", "shadow")
+    assert d.score >= 50 and "quick_egress" in d.reasons and "uncommon_port" in d.reasons
+    assert d.delay == 5
+
+
+@pytest.mark.parametrize(("delay", "chained"), [(0, True), (120, True), (120.001, False)])
+def test_window_edges(delay: float, chained: bool) -> None:
+    dets, _ = run([read(100, 10), connect(100 + delay, 10)])
+    assert bool(dets) is chained
+
+
+def test_connect_before_read_is_not_a_chain() -> None:
+    dets, _ = run([connect(99, 10), read(100, 10)])
+    assert dets == []
+    # And a read fed late (after the egress it follows in time) does not chain either.
+    c = Correlator(config())
+    assert c.feed(connect(100, 10)) == []
+    c.feed(read(101, 10))
+    assert c.feed(connect(99.5, 11, addr="1.1.1.1")) == []
+
+
+def test_lineage_parent_reads_child_sends() -> None:
+    dets, _ = run([fork(90, 21, 20), read(100, 20, ppid=5), connect(101, 21)])
+    assert [d.scope for d in dets] == ["lineage"]
+
+
+def test_lineage_child_reads_parent_sends() -> None:
+    dets, _ = run([fork(90, 21, 20), read(100, 21, ppid=20), connect(101, 20, ppid=5)])
+    assert [d.scope for d in dets] == ["lineage"]
+
+
+def test_lineage_pipeline_siblings_with_encoder() -> None:
+    # sh -c 'tar czf - ~/.aws | openssl enc | curl ...': three children of one shell.
+    events = [
+        fork(90, 31, 30), execve(90, 31, "/usr/bin/tar"),
+        fork(90, 32, 30), execve(90, 32, "/usr/bin/openssl"),
+        fork(90, 33, 30), execve(90, 33, "/usr/bin/curl"),
+        read(100, 31, "/home/alice/.aws/credentials", ppid=30, exe="/usr/bin/tar"),
+        connect(101, 33, port=443),
+    ]
+    dets, _ = run(events)
+    assert len(dets) == 1
+    d = dets[0]
+    assert d.scope == "lineage" and d.reader_executable == "/usr/bin/tar"
+    assert "encoder_in_lineage" in d.reasons
+
+
+def test_lineage_process_group() -> None:
+    dets, _ = run([read(100, 41, ppid=2000, pgid=40, uid=5), connect(101, 42, pgid=40, ppid=3000,
+                                                                     uid=6)])
+    assert [d.scope for d in dets] == ["lineage"]
+
+
+def test_user_scope_by_auid_then_uid() -> None:
+    dets, _ = run([read(100, 50, auid=1000, uid=0, ppid=7), connect(101, 60, auid=1000, uid=33)])
+    assert [d.scope for d in dets] == ["user"]
+    dets, _ = run([read(100, 50, uid=1000, ppid=7), connect(101, 60, uid=1000)])
+    assert [d.scope for d in dets] == ["user"]
+
+
+def test_host_scope_scores_below_threshold_without_more_evidence() -> None:
+    dets, _ = run([read(100, 50, uid=1, ppid=7), connect(101, 60, uid=2)])
+    assert [d.scope for d in dets] == ["host"]
+    assert dets[0].score < 50
+
+
+def test_exec_keeps_the_chain() -> None:
+    # bash opens the key through '<' and execs nc: same process, new image.
+    events = [
+        execve(90, 70, "/bin/bash", ppid=5),
+        read(100, 70, "/root/.ssh/id_rsa", exe="/bin/bash", ppid=5),
+        execve(100.5, 70, "/usr/bin/nc", ppid=5),
+        connect(101, 70, exe="/usr/bin/nc"),
+    ]
+    dets, _ = run(events)
+    assert len(dets) == 1
+    d = dets[0]
+    assert d.scope == "process"
+    assert d.executables == ("/bin/bash", "/usr/bin/nc")
+    assert d.executable == "/usr/bin/nc" and d.reader_executable == "/bin/bash"
+    assert "exec_after_read" in d.reasons
+
+
+@pytest.mark.parametrize(
+    "reuse",
+    [
+        [fork(102, 80, 999, exe="/usr/bin/python3", uid=1)],  # fork evidence
+        [execve(102, 80, "/usr/bin/python3", ppid=999, uid=1)],  # another parent
+    ],
+)
+def test_pid_reuse_breaks_the_chain(reuse: list[Event]) -> None:
+    events = [read(100, 80, ppid=5, uid=0), *reuse, connect(103, 80, uid=1, exe="/usr/bin/python3")]
+    dets, c = run(events)
+    assert all(d.scope not in ("process", "lineage") for d in dets), dets
+    assert c.stats["pid_reuse"] == 1
+
+
+def test_pid_reuse_by_start_time() -> None:
+    dets, c = run([read(100, 80, start=5000, uid=1), connect(101, 80, start=7000, uid=2)])
+    assert [d.scope for d in dets] == ["host"]
+    dets, _ = run([read(100, 80, start=5000), connect(101, 80, start=5000)])
+    assert [d.scope for d in dets] == ["process"]
+
+
+def test_same_pid_on_two_hosts_never_joins() -> None:
+    dets, _ = run([read(100, 10, host="a"), connect(101, 10, host="b")])
+    assert dets == []
+
+
+@pytest.mark.parametrize(
+    ("address", "detected"),
+    [
+        ("::ffff:8.8.8.8", True),
+        ("2606:4700:4700::1111", True),
+        ("64:ff9b::808:808", True),
+        ("::ffff:10.0.0.1", False),
+        ("100.64.1.1", False),
+        ("169.254.169.254", False),
+        ("fd00::1", False),
+        ("fe80::1", False),
+        ("10.1.2.3", False),
+        ("127.0.0.1", False),
+        ("::1", False),
+    ],
+)
+def test_destination_classes(address: str, detected: bool) -> None:
+    dets, _ = run([read(100, 10), connect(101, 10, addr=address)])
+    assert bool(dets) is detected
+
+
+def test_loopback_counts_when_configured() -> None:
+    cfg = config().__class__(**{**config().__dict__, "egress_classes": frozenset(
+        {*config().egress_classes, *parse_config(BASE.replace('["public"]', '["loopback"]'))
+         .egress_classes})})
+    dets, _ = run([read(100, 10), connect(101, 10, addr="127.0.0.1")], cfg)
+    assert len(dets) == 1 and dets[0].remote_class == "loopback"
+
+
+@pytest.mark.parametrize(
+    ("path", "cls"),
+    [
+        ("/root/.ssh/id_rsa", "ssh_private_key"),
+        ("/home/alice/.ssh/id_ed25519", "ssh_private_key"),
+        ("/home/alice/.ssh/id_rsa.pub", None),
+        ("/home/a/b/.ssh/id_rsa", None),
+        ("/home/bob/.aws/credentials", "aws"),
+        ("/root/.aws/credentials", "aws"),
+        ("/srv/.aws/credentials", None),
+        ("/etc/shadow", "shadow"),
+        ("/etc/shadow.bak", None),
+    ],
+)
+def test_catalogue_globbing_over_home_directories(path: str, cls: Optional[str]) -> None:
+    m = config().catalogue.match(path)
+    assert (m.name if m else None) == cls
+
+
+APPROVED = """
+[[approved]]
+executable = "/usr/bin/ssh"
+class = "ssh_private_key"
+owner = "platform"
+
+[[approved]]
+executable = "backup-agent"
+class = "aws"
+destination = "8.8.4.0/24"
+port = 443
+owner = "backup team"
+expires = 2030-01-01
+"""
+
+
+def test_approved_jobs_are_pairs() -> None:
+    cfg = config(APPROVED)
+    key = "/home/alice/.ssh/id_rsa"
+    ssh = run([read(100, 10, key, exe="/usr/bin/ssh"), connect(101, 10, exe="/usr/bin/ssh")], cfg)
+    assert ssh[0] == [] and ssh[1].stats["approved"] == 1
+    # ssh is approved for its key, not for shadow.
+    dets, _ = run([read(100, 10, exe="/usr/bin/ssh"), connect(101, 10, exe="/usr/bin/ssh")], cfg)
+    assert len(dets) == 1
+    # scp reading the key is not ssh.
+    dets, _ = run([read(100, 10, key, exe="/usr/bin/scp"), connect(101, 10, exe="/usr/bin/scp")],
+                  cfg)
+    assert len(dets) == 1
+
+
+@pytest.mark.parametrize(
+    ("address", "port", "when", "approved"),
+    [
+        ("8.8.4.4", 443, 101, True),
+        ("::ffff:8.8.4.4", 443, 101, True),
+        ("8.8.8.8", 443, 101, False),  # other destination
+        ("8.8.4.4", 8443, 101, False),  # other port
+        ("8.8.4.4", 443, 1_900_000_000, False),  # approval expired (2030-01-01)
+    ],
+)
+def test_approved_destination_port_and_expiry(address: str, port: int, when: float,
+                                              approved: bool) -> None:
+    cfg = config(APPROVED)
+    exe = "/opt/backup/bin/backup-agent"
+    dets, _ = run([read(when - 1, 10, "/root/.aws/credentials", exe=exe),
+                   connect(when, 10, addr=address, port=port, exe=exe)], cfg)
+    assert (dets == []) is approved
+
+
+def test_low_classes_never_alert_alone() -> None:
+    dets, c = run([read(100, 10, "/etc/passwd"), connect(101, 10)])
+    assert dets == [] and c.stats["low_only"] == 1
+    # With a high read in the chain the low one is context.
+    dets, _ = run([read(99, 10, "/etc/passwd"), read(100, 10), connect(101, 10)])
+    assert dets[0].path == "/etc/shadow" and "/etc/passwd" in dets[0].other_paths
+
+
+def test_reads_outside_catalogue_are_ignored() -> None:
+    dets, c = run([read(100, 10, "/etc/hostname"), connect(101, 10)])
+    assert dets == [] and c.stats["sensitive_reads"] == 0
+
+
+def test_one_detection_per_chain_and_destination() -> None:
+    dets, c = run([read(100, 10), connect(101, 10), connect(102, 10), connect(103, 10,
+                                                                              addr="1.1.1.1")])
+    assert [d.remote_address for d in dets] == ["8.8.8.8", "1.1.1.1"]
+    assert c.stats["duplicates"] == 1
+    assert "first_seen_destination" in dets[1].reasons
+
+
+def test_strongest_scope_wins() -> None:
+    dets, _ = run([read(100, 11, uid=0, ppid=3), read(100.5, 10, "/etc/sudoers", ppid=3),
+                   connect(101, 10)])
+    # process scope on a medium class (40) beats lineage on a high one (64)? No: 64 > 40.
+    assert dets[0].path == "/etc/shadow" and dets[0].scope == "lineage"
+    assert "/etc/sudoers" in dets[0].other_paths
+
+
+def test_enrich_adds_reasons_and_score() -> None:
+    dets, _ = run([read(100, 10, size=1200), connect(101, 10)])
+    d = enrich(dets[0], bytes_sent=5 << 20, socket_age=900, keepalive=True)
+    assert {"bulk_transfer", "bytes_ge_file_size", "long_lived_socket", "keepalive"} <= set(
+        d.reasons)
+    assert d.score == dets[0].score + 15 + 15 + 10 + 5
+    assert d.bytes_sent == 5 << 20
+
+
+def test_transfer_on_existing_socket() -> None:
+    dets, _ = run([read(100, 10, size=100), connect(101, 10, kind="transfer",
+                                                    bytes_sent=2 << 20)])
+    assert {"transfer_on_existing_socket", "bulk_transfer", "bytes_ge_file_size"} <= set(
+        dets[0].reasons)
+
+
+def test_state_roundtrip_neither_loses_nor_repeats() -> None:
+    c = Correlator(config())
+    assert c.feed(read(100, 10)) == []
+    assert len(c.feed(connect(101, 10))) == 1
+    state = json.loads(json.dumps(c.to_state()))
+    c2 = Correlator(config())
+    c2.load_state(state)
+    assert c2.feed(connect(102, 10)) == []  # the same detection is not repeated
+    assert len(c2.feed(connect(103, 10, addr="1.1.1.1"))) == 1  # the read was not lost
+
+
+def test_memory_is_bounded() -> None:
+    cfg = config().__class__(**{**config().__dict__, "max_reads": 100})
+    c = Correlator(cfg)
+    for i in range(1000):
+        c.feed(read(100 + i * 0.01, 10_000 + i))
+    assert c.size()["reads"] == 100 and c.stats["evicted_reads"] == 900
+    c.advance(10_000)
+    assert c.size()["reads"] == 0
+
+
+def test_detection_ids_are_stable() -> None:
+    a, _ = run([read(100, 10), connect(101, 10)])
+    b, _ = run([read(100, 10), connect(101, 10)])
+    assert a[0].id == b[0].id
+    c, _ = run([read(100, 10), connect(101, 10, addr="1.1.1.1")])
+    assert c[0].id != a[0].id
+
+
+# ----- osquery rows → events (pure) --------------------------------------
+SOCK = {"action": "connect", "pid": "10", "path": "/usr/bin/curl", "fd": "3", "auid": "1000",
+        "family": "2", "protocol": "0", "local_address": "", "remote_address": "8.8.8.8",
+        "local_port": "0", "remote_port": "443", "socket": "", "time": "101", "uptime": "5",
+        "eid": "0000000001", "success": "1", "status": "succeeded"}
+
+
+@pytest.mark.parametrize(
+    ("changes", "egress"),
+    [
+        ({}, True),
+        ({"status": "in_progress"}, True),
+        ({"status": "failed", "success": "0"}, False),
+        ({"action": "accept"}, False),
+        ({"action": "bind"}, False),
+        ({"family": "1", "remote_address": "/run/x.sock"}, False),
+    ],
+)
+def test_socket_rows_failed_connects_and_accepts_ignored(changes: dict[str, str],
+                                                          egress: bool) -> None:
+    row = {**SOCK, **changes}
+    assert recognise(row) == SOCKET_EVENTS
+    e = event_from_row(SOCKET_EVENTS, row, "h1")
+    assert isinstance(e, Egress) is egress
+
+
+def test_process_rows_fork_child_is_pid() -> None:
+    row = {"pid": "21", "parent": "20", "path": "/bin/bash", "cmdline": "", "cwd": "/",
+           "auid": "1000", "uid": "1000", "time": "90", "syscall": "fork", "eid": "1"}
+    assert recognise(row) == PROCESS_EVENTS
+    e = event_from_row(PROCESS_EVENTS, row, "h1")
+    assert isinstance(e, ProcessStart) and e.proc.pid == 21 and e.proc.ppid == 20
+    e = event_from_row(PROCESS_EVENTS, {**row, "syscall": "execve", "cmdline": "nc x 1"}, "h1")
+    assert isinstance(e, Exec) and e.proc.cmdline == "nc x 1"
+    assert event_from_row(PROCESS_EVENTS, {**row, "syscall": "kill"}, "h1") is None
+
+
+def test_file_rows_only_reads() -> None:
+    row = {"operation": "open", "pid": "10", "ppid": "1", "time": "100",
+           "executable": "/usr/bin/cat", "partial": "0", "cwd": "/", "path": "/etc/shadow",
+           "dest_path": "", "uid": "0", "gid": "0", "auid": "1000", "eid": "1"}
+    assert recognise(row) == FILE_EVENTS
+    assert isinstance(event_from_row(FILE_EVENTS, row, "h"), SensitiveRead)
+    assert event_from_row(FILE_EVENTS, {**row, "operation": "write"}, "h") is None
+
+
+def test_numerics_rows() -> None:
+    row = {**SOCK, "pid": 10, "time": 101, "remote_port": 443, "family": 2}
+    e = event_from_row(SOCKET_EVENTS, row, "h1")
+    assert isinstance(e, Egress) and e.time == 101.0 and e.remote_port == 443

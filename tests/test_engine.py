@@ -1,0 +1,178 @@
+"""The embedded SQLite engine: pushdown as osquery does it, errors, and the CLI's query path."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple, Optional
+
+import pytest
+
+from readegress.sql.engine import Engine, SQLError
+from readegress.sql.local import LocalSource
+from readegress.tables.base import BoundTable, TableCalls, TableEnv
+from readegress.tables.context import QueryContext
+from readegress.tables.spec import parse_spec
+
+SPEC = parse_spec(
+    """
+name = "numbers"
+description = "Test numbers."
+implementation = "tests:Numbers"
+examples = ["SELECT * FROM numbers"]
+[[columns]]
+name = "n"
+type = "BIGINT"
+description = "A number."
+index = true
+[[columns]]
+name = "label"
+type = "TEXT"
+description = "Its label."
+[[columns]]
+name = "half"
+type = "DOUBLE"
+description = "Half of it."
+[[columns]]
+name = "even"
+type = "INTEGER"
+description = "1 when even."
+[[columns]]
+name = "secret"
+type = "TEXT"
+description = "Hidden."
+hidden = true
+"""
+)
+
+
+class Row(NamedTuple):
+    n: int
+    label: Optional[str]
+    half: float
+    even: bool
+    secret: str
+
+
+class Numbers:
+    row_type = Row
+
+    def __init__(self, env: TableEnv) -> None:
+        self.seen: list[QueryContext] = []
+
+    def generate(self, ctx: QueryContext) -> Iterator[Row]:
+        self.seen.append(ctx)
+        wanted = ctx.int_equals("n")
+        for i in range(10):
+            if wanted is None or i in wanted:
+                yield Row(i, None if i == 3 else f"n{i}", i / 2, i % 2 == 0, "s")
+
+
+class Boom:
+    row_type = Row
+
+    def __init__(self, env: TableEnv) -> None:
+        pass
+
+    def generate(self, ctx: QueryContext) -> Iterator[Row]:
+        raise OSError("disk on fire")
+        yield  # pragma: no cover
+
+
+@pytest.fixture
+def engine() -> Iterator[tuple[Engine, Numbers]]:
+    impl = Numbers(TableEnv())
+    table = BoundTable(SPEC, impl)
+    calls = TableCalls({"numbers": table}, timeout=5)
+    e = Engine()
+    e.register(LocalSource(table, calls))
+    yield e, impl
+    calls.close()
+    e.close()
+
+
+def test_types_and_nulls(engine: tuple[Engine, Numbers]) -> None:
+    e, _ = engine
+    names, rows = e.query("SELECT n, label, half, even, typeof(even) FROM numbers WHERE n = 3")
+    assert names == ["n", "label", "half", "even", "typeof(even)"]
+    assert rows == [(3, None, 1.5, 0, "integer")]
+
+
+def test_equals_and_in_are_pushed_down(engine: tuple[Engine, Numbers]) -> None:
+    e, impl = engine
+    _, rows = e.query("SELECT n FROM numbers WHERE n IN (2, 5, 11) ORDER BY n")
+    assert rows == [(2,), (5,)]
+    pushed = [c.int_equals("n") for c in impl.seen]
+    assert all(p is not None and len(p) == 1 for p in pushed), pushed
+    assert set().union(*pushed) == {2, 5, 11}  # type: ignore[arg-type]
+
+
+def test_unindexed_columns_are_not_pushed(engine: tuple[Engine, Numbers]) -> None:
+    e, impl = engine
+    _, rows = e.query("SELECT n FROM numbers WHERE label = 'n4'")
+    assert rows == [(4,)]
+    assert impl.seen[-1].constraints == ()
+
+
+def test_range_constraint_and_recheck(engine: tuple[Engine, Numbers]) -> None:
+    e, impl = engine
+    _, rows = e.query("SELECT count(*) FROM numbers WHERE n > 6")
+    assert rows == [(3,)]
+    assert impl.seen[-1].int_lower_bound("n") == 7
+
+
+def test_hidden_column_only_when_named(engine: tuple[Engine, Numbers]) -> None:
+    e, _ = engine
+    names, _ = e.query("SELECT * FROM numbers LIMIT 1")
+    assert "secret" not in names
+    _, rows = e.query("SELECT secret FROM numbers LIMIT 1")
+    assert rows == [("s",)]
+
+
+def test_cols_used_reaches_the_table(engine: tuple[Engine, Numbers]) -> None:
+    e, impl = engine
+    e.query("SELECT label FROM numbers")
+    assert impl.seen[-1].cols_used == {"label"}
+
+
+def test_join_calls_generate_per_outer_row(engine: tuple[Engine, Numbers]) -> None:
+    e, impl = engine
+    _, rows = e.query(
+        "SELECT a.n, b.label FROM numbers a JOIN numbers b ON b.n = a.n WHERE a.n < 3"
+    )
+    assert sorted(rows) == [(0, "n0"), (1, "n1"), (2, "n2")]
+    assert any(c.int_equals("n") == {2} for c in impl.seen)
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [("SELEC 1", "syntax error"), ("SELECT * FROM nope", "no such table: nope"),
+     ("SELECT nope FROM numbers", "no such column: nope")],
+)
+def test_sql_errors(engine: tuple[Engine, Numbers], sql: str, message: str) -> None:
+    e, _ = engine
+    with pytest.raises(SQLError, match=message):
+        e.query(sql)
+
+
+def test_table_exception_is_an_sql_error_naming_the_table() -> None:
+    table = BoundTable(SPEC, Boom(TableEnv()))
+    calls = TableCalls({"numbers": table}, timeout=5)
+    e = Engine()
+    e.register(LocalSource(table, calls))
+    with pytest.raises(SQLError, match="numbers: OSError: disk on fire"):
+        e.query("SELECT * FROM numbers")
+    calls.close()
+
+
+def test_row_type_must_match_spec() -> None:
+    class Wrong(NamedTuple):
+        n: int
+
+    class Impl:
+        row_type = Wrong
+
+        def generate(self, ctx: QueryContext) -> Iterator[Wrong]:
+            yield Wrong(1)
+
+    with pytest.raises(TypeError, match="do not match spec columns"):
+        BoundTable(SPEC, Impl())
