@@ -152,7 +152,7 @@ class Engine:
         with self._lock:
             if name in self.tables:
                 self.db.execute(f'DROP TABLE IF EXISTS temp."{name}"')
-            self.db.create_module(name, _Module(source), use_bestindex_object=True)
+            self.db.create_module(name, _Module(source), use_bestindex_object=True)  # type: ignore[arg-type]
             self.db.execute(f'CREATE VIRTUAL TABLE temp."{name}" USING "{name}"()')
             self.tables[name] = source
 
@@ -180,13 +180,14 @@ class Engine:
 
     def columns(self, sql: str) -> list[tuple[str, str]]:
         """Column names and declared types a query would return, without running it."""
+        import apsw.ext
+
         with self._lock:
             try:
-                cur = self.db.cursor()
-                cur.execute(f"SELECT * FROM ({sql}) LIMIT 0")
-                return [(d[0], d[1] or "") for d in cur.getdescription()]
+                info = apsw.ext.query_info(self.db, sql)
             except apsw.Error as e:
                 raise SQLError(_sqlite_message(e)) from None
+        return [(d[0], d[1] or "") for d in (info.description or ())]
 
     def close(self) -> None:
         with self._lock:

@@ -38,7 +38,8 @@ DEFAULT_CONCURRENCY = 2
 class Table(Protocol):
     """A table implementation; constructed with the shared :class:`TableEnv`."""
 
-    row_type: type
+    @property
+    def row_type(self) -> type: ...
 
     def generate(self, ctx: QueryContext) -> Iterable[Any]: ...
 

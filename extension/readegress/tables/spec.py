@@ -55,15 +55,6 @@ class Column:
     options: int = 0
 
     @property
-    def sqlite_affinity(self) -> str:
-        """The SQLite declared type for this osquery type."""
-        if self.type in ("INTEGER", "BIGINT", "UNSIGNED BIGINT"):
-            return "INTEGER"
-        if self.type == "DOUBLE":
-            return "REAL"
-        return self.type
-
-    @property
     def hidden(self) -> bool:
         return bool(self.options & HIDDEN)
 
@@ -100,9 +91,14 @@ class TableSpec:
         ]
 
     def create_sql(self) -> str:
-        """``CREATE TABLE`` body for SQLite (hidden columns declared HIDDEN)."""
+        """``CREATE TABLE`` for SQLite with osquery's declared types (hidden columns HIDDEN).
+
+        SQLite derives affinity from the declared name (BIGINT → INTEGER,
+        DOUBLE → REAL), and the declared name is what ``PRAGMA table_info``
+        and osquery's own schema output show.
+        """
         cols = ", ".join(
-            f'"{c.name}" {c.sqlite_affinity}{" HIDDEN" if c.hidden else ""}' for c in self.columns
+            f'"{c.name}" {c.type}{" HIDDEN" if c.hidden else ""}' for c in self.columns
         )
         return f'CREATE TABLE "{self.name}"({cols})'
 
