@@ -1,0 +1,284 @@
+"""procfs: identities, process details and the incremental socket-inode map.
+
+Real processes and real /proc, except where a test needs content the kernel
+will not produce on demand (pid reuse, an unreadable fd directory as seen by
+a non-root user on a tree we control): those use a fake procfs root.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import stat
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psutil
+
+import loopback
+from readegress.kernel import procfs
+from readegress.kernel.procfs import ProcFs, SocketInodeMap
+from readegress.kernel.records import ProcessIdentity
+from readegress.kernel.sockdiag import SockDiag
+
+if TYPE_CHECKING:
+    from conftest import FakeProc
+
+WEIRD_COMM = "a) b (c"
+
+
+def _live_inodes() -> set[int]:
+    with SockDiag() as d:
+        return {s.inode for s in d.dump_all() if s.inode}
+
+
+def test_boot_facts() -> None:
+    bid = procfs.boot_id()
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", bid)
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    assert abs(procfs.boot_time() - (time.time() - uptime)) < 2
+    assert procfs.clock_ticks() == os.sysconf("SC_CLK_TCK")
+
+
+def test_start_ticks_after_last_paren_with_weird_comm() -> None:
+    with loopback.server(socket.AF_INET) as srv:
+        srv.ask(f"comm {WEIRD_COMM}", "COMM")
+        raw = Path(f"/proc/{srv.pid}/stat").read_bytes()
+        assert f"({WEIRD_COMM})".encode() in raw
+        ppid, flags, ticks = procfs.parse_stat(raw)
+        assert ppid == os.getpid() and not flags & procfs.PF_KTHREAD
+        # psutil derives create_time from the same field (parsed after the last ')').
+        pfs = ProcFs()
+        created = psutil.Process(srv.pid).create_time()
+        assert abs(pfs.boot_time + ticks / pfs.clock_ticks - created) < 0.02
+        assert procfs.read_start_ticks(srv.pid) == ticks == procfs.parse_start_ticks(raw)
+        info = pfs.process_info_for_pid(srv.pid)
+        assert info is not None
+        assert info.name == WEIRD_COMM
+        assert info.identity == ProcessIdentity(pfs.boot_id, srv.pid, ticks)
+        assert info.ppid == os.getpid() and info.uid == os.getuid()
+        assert info.path == os.path.realpath(sys.executable)
+        assert info.cmdline.split()[1:3] == [loopback.HERE, "server"]
+        assert info.start_time == pfs.boot_time + ticks // pfs.clock_ticks
+
+
+def test_process_info_is_none_for_gone_or_reused_processes() -> None:
+    pfs = ProcFs()
+    with loopback.server(socket.AF_INET) as srv:
+        ident = pfs.identity(srv.pid)
+        assert ident is not None and pfs.process_info(ident) is not None
+        # Same pid, other start ticks: a different process, so no details.
+        other = ProcessIdentity(ident.boot_id, ident.pid, ident.start_ticks + 1)
+        assert pfs.process_info(other) is None
+        srv.exit()
+    assert pfs.process_info(ident) is None
+    assert procfs.read_start_ticks(srv.pid) is None
+    assert pfs.identity(srv.pid) is None
+    assert procfs.socket_inodes_of(srv.pid) == {}
+
+
+def test_socket_inode_map_finds_real_owners() -> None:
+    m = SocketInodeMap()
+    pfs = ProcFs()
+    with loopback.server(socket.AF_INET6) as srv, loopback.client(srv) as cli:
+        udp_fd, _port = map(int, cli.ask("udp", "UDP"))
+        cli_fds = procfs.socket_inodes_of(cli.pid)
+        srv_fds = procfs.socket_inodes_of(srv.pid)
+        m.refresh(_live_inodes())
+        cli_ident = pfs.identity(cli.pid)
+        srv_ident = pfs.identity(srv.pid)
+        assert m.owners_of(cli_fds[cli.fd]) == ((cli_ident, cli.fd),)
+        assert m.owners_of(cli_fds[udp_fd]) == ((cli_ident, udp_fd),)
+        assert m.owners_of(srv_fds[srv.listen_fd]) == ((srv_ident, srv.listen_fd),)
+        assert m.owners_of(srv_fds[srv.accepted()]) == ((srv_ident, srv.conn_fd),)
+        ids = m.identities()
+        assert ids[cli.pid] == cli_ident and 2 not in ids  # kthreadd: kernel thread, skipped
+        assert m.unreadable == 0  # root reads every fd directory
+        # A warm refresh does not re-read the peers' descriptors.
+        m.refresh(_live_inodes())
+        assert m.owners_of(cli_fds[cli.fd]) == ((cli_ident, cli.fd),)
+        assert m.identities()[cli.pid] is ids[cli.pid]  # the cached process was kept
+
+
+def test_socket_inode_map_follows_real_fd_reuse() -> None:
+    m = SocketInodeMap()
+    with loopback.server(socket.AF_INET) as srv:
+        (fd,) = map(int, srv.ask("open", "OPEN"))  # /dev/null
+        m.refresh(_live_inodes())
+        ident = m.identities()[srv.pid]
+        # The number of a closed file comes back as a socket: cached as "not a socket".
+        srv.ask(f"closefd {fd}", "CLOSEDFD")
+        udp_fd, _ = map(int, srv.ask("udp", "UDP"))
+        assert udp_fd == fd
+        udp_ino = procfs.socket_inodes_of(srv.pid)[fd]
+        m.refresh(_live_inodes())
+        assert m.owners_of(udp_ino) == ((ident, fd),)
+        # The same number again, now a closed socket replaced by another one.
+        srv.ask(f"closefd {fd}", "CLOSEDFD")
+        lfd, _ = map(int, srv.ask("listen", "LISTEN2"))
+        assert lfd == fd
+        new_ino = procfs.socket_inodes_of(srv.pid)[fd]
+        m.refresh(_live_inodes())
+        assert m.owners_of(new_ino) == ((ident, fd),)
+        assert m.owners_of(udp_ino) == ()
+
+
+def test_fd_count_shortcut_still_finds_sockets_behind_moved_numbers() -> None:
+    m = SocketInodeMap()
+    assert m.fd_counts  # Linux >= 6.2: stat() of an fd directory gives the count
+    with loopback.server(socket.AF_INET) as srv:
+        a, _b, c = (int(srv.ask("open", "OPEN")[0]) for _ in range(3))
+        srv.ask(f"closefd {a}", "CLOSEDFD")  # a hole below b and c
+        m.refresh(_live_inodes())  # the first refresh lists everything
+        ident = m.identities()[srv.pid]
+        for _ in range(5):  # (a socket appearing elsewhere on the host forces a listing)
+            m.refresh(_live_inodes())
+            if srv.pid not in m.listed:
+                break
+        assert srv.pid not in m.listed  # count unchanged: not listed again
+        # Same count, other numbers: c closes, a socket takes the hole at a.
+        srv.ask(f"closefd {c}", "CLOSEDFD")
+        udp_fd, _ = map(int, srv.ask("udp", "UDP"))
+        assert udp_fd == a
+        udp_ino = procfs.socket_inodes_of(srv.pid)[a]
+        m.refresh(_live_inodes())
+        assert m.owners_of(udp_ino) == ((ident, a),)
+        assert srv.pid in m.listed  # the unexplained inode forced a full listing
+
+
+# ------------------------------------------------------------------ fake procfs
+
+
+def test_fake_map_is_incremental(fake_proc: FakeProc) -> None:
+    fake = fake_proc
+    fake.add(100, 5000, {0: "/dev/null", 3: "socket:[1000]", 4: "socket:[1001]"})
+    fake.add(200, 6000, {3: "pipe:[77]", 9: "socket:[1002]"})
+    m = SocketInodeMap(str(fake.root))
+    live = {1000, 1001, 1002}
+    m.refresh(live)
+    assert m.readlinks == 5
+    boot = "00000000-1111-2222-3333-444444444444"
+    a = ProcessIdentity(boot, 100, 5000)
+    b = ProcessIdentity(boot, 200, 6000)
+    assert m.owners_of(1000) == ((a, 3),) and m.owners_of(1002) == ((b, 9),)
+    held = m.owners_of(1000)
+    m.refresh(live)
+    assert m.readlinks == 0  # nothing new: no readlink at all
+    assert m.owners_of(1000) is held  # unchanged entries keep their tuple
+    fake.relink(100, 5, "socket:[1003]")
+    m.refresh(live | {1003})
+    assert m.readlinks == 1 and m.owners_of(1003) == ((a, 5),)
+    # A closed fd disappears without any readlink.
+    (fake.root / "100/fd/5").unlink()
+    m.refresh(live)
+    assert m.readlinks == 0 and m.owners_of(1003) == ()
+
+
+def test_fake_map_pid_reuse_drops_cached_descriptors(fake_proc: FakeProc) -> None:
+    fake = fake_proc
+    fake.add(100, 5000, {3: "socket:[1000]"})
+    m = SocketInodeMap(str(fake.root))
+    m.refresh({1000})
+    first = m.identities()[100]
+    # Same pid, same fd number, later start ticks: a new process.
+    fake.add(100, 7000, {3: "socket:[2000]"})
+    m.refresh({2000})
+    second = m.identities()[100]
+    assert (first.pid, second.pid) == (100, 100) and first != second
+    assert second.start_ticks == 7000
+    assert m.owners_of(2000) == ((second, 3),) and m.owners_of(1000) == ()
+    assert m.readlinks == 1  # re-read because of the identity change, not a stale check
+
+
+def test_fake_map_detects_stale_entries_cheaply(fake_proc: FakeProc) -> None:
+    fake = fake_proc
+    fake.add(100, 5000, {0: "/dev/null", 1: "/dev/null", 3: "socket:[1000]", 4: "socket:[1001]"})
+    m = SocketInodeMap(str(fake.root))
+    m.refresh({1000, 1001})
+    ident = m.identities()[100]
+    # fd 3: its socket closed and the number was reused by a new socket.
+    fake.relink(100, 3, "socket:[2000]")
+    m.refresh({1001, 2000})
+    assert m.owners_of(2000) == ((ident, 3),)
+    assert m.readlinks == 1  # only fd 3: its old inode left the dump
+    # fd 0: a file number reused by a socket; found by re-reading non-socket fds once.
+    fake.relink(100, 0, "socket:[3000]")
+    m.refresh({1001, 2000, 3000})
+    assert m.owners_of(3000) == ((ident, 0),)
+    assert m.readlinks == 2  # fds 0 and 1 (the only ones not holding a live socket)
+    # A live inode nobody holds (e.g. a socket of an unreadable process) is searched once.
+    m.refresh({1001, 2000, 3000, 4242})
+    assert m.readlinks == 1 and m.owners_of(4242) == ()
+    m.refresh({1001, 2000, 3000, 4242})
+    assert m.readlinks == 0
+
+
+def test_fake_map_searches_reused_numbers_only_in_the_sockets_uid(fake_proc: FakeProc) -> None:
+    fake = fake_proc
+    fake.add(100, 5000, {0: "/dev/null", 1: "/dev/null", 3: "socket:[1000]"})
+    fake.add(200, 6000, {0: "/dev/null", 1: "/dev/null", 2: "/dev/null"})
+    os.chown(fake.root / "100/fd", 1000, 1000)  # the fd directory's owner: the euid
+    os.chown(fake.root / "200/fd", 2000, 2000)
+    m = SocketInodeMap(str(fake.root))
+    m.refresh({1000}, {1000: 1000})
+    a = m.identities()[100]
+    fake.relink(100, 0, "socket:[3000]")  # a file's number reused by a socket
+    m.refresh({1000, 3000}, {1000: 1000, 3000: 1000})
+    assert m.owners_of(3000) == ((a, 0),)
+    assert m.readlinks == 2  # fds 0 and 1 of uid 1000's process; uid 2000's untouched
+    # A socket created by uid 2000 but held by uid 1000's process (passed over a
+    # unix socket): not searched there, so left without owner rather than guessed.
+    fake.relink(100, 1, "socket:[4000]")
+    m.refresh({1000, 3000, 4000}, {1000: 1000, 3000: 1000, 4000: 2000})
+    assert m.owners_of(4000) == () and m.readlinks == 3  # only uid 2000's fds
+
+
+def test_fake_process_info(fake_proc: FakeProc) -> None:
+    fake = fake_proc
+    fake.add(100, 5000, {}, comm="x) y")
+    pfs = ProcFs(str(fake.root))
+    info = pfs.process_info_for_pid(100)
+    assert info is not None
+    assert (info.name, info.path, info.cmdline, info.uid, info.ppid) == (
+        "x) y",
+        "/usr/bin/fake",
+        "fake --flag",
+        1000,
+        1,
+    )
+    assert info.start_time == 1700000000 + 5000 // pfs.clock_ticks
+    assert pfs.process_info_for_pid(101) is None
+
+
+def test_fake_unreadable_fd_dirs_are_counted_not_guessed(
+    world_readable_fake_proc: FakeProc,
+) -> None:
+    fake = world_readable_fake_proc
+    fake.add(100, 5000, {3: "socket:[1000]"})
+    fake.add(200, 6000, {3: "socket:[2000]"})
+    for p in fake.root.rglob("*"):
+        if p.is_dir() and not p.is_symlink():
+            os.chmod(p, 0o755)
+    os.chmod(fake.root / "100/fd", 0)  # like another user's fd directory
+
+    def as_nobody() -> dict[str, object]:
+        m = SocketInodeMap(str(fake.root))
+        m.refresh({1000, 2000})
+        return {
+            "unreadable": m.unreadable,
+            "pids": sorted(m.identities()),
+            "owners_1000": m.owners_of(1000),
+            "owners_2000": [[i.pid, fd] for i, fd in m.owners_of(2000)],
+        }
+
+    got = loopback.run_as_user(as_nobody)
+    assert got == {"unreadable": 1, "pids": [200], "owners_1000": [], "owners_2000": [[200, 3]]}
+    # Root reads both (the permission bits do not stop CAP_DAC_OVERRIDE).
+    assert stat.S_IMODE(os.stat(fake.root / "100/fd").st_mode) == 0
+    m = SocketInodeMap(str(fake.root))
+    m.refresh({1000, 2000})
+    assert m.unreadable == 0 and m.owners_of(1000)
