@@ -82,3 +82,15 @@ def test_columns_are_immutable() -> None:
     spec = parse_spec(GOOD)
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.columns[0].name = "x"  # type: ignore[misc]
+
+
+def test_readme_table_reference_is_generated_from_the_specs() -> None:
+    from pathlib import Path
+
+    from readegress.tables.spec import readme_with_reference
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    assert text == readme_with_reference(text, load_specs()), (
+        "README's table reference is stale: run `readegress tables --update-readme README.md`"
+    )

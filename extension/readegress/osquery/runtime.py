@@ -29,6 +29,11 @@ Lifecycle, as supervised by :class:`ExtensionRuntime`:
    SIGINT: stop serving, remove the socket, exit 0. On SIGTERM/SIGINT the
    extension also deregisters, so the core drops its tables at once.
 
+:func:`run_extension` also takes readegress's own ``--config F`` and
+``--state-dir D``, builds the detection service with them, hands it the
+manager client once registered (``on_registered``), and stops it (saving its
+state) on exit.
+
 Exit codes: 0 clean stop (including "core gone"); 1 could not register
 (core never reachable, registration refused, tables failed to load).
 """
@@ -85,7 +90,9 @@ class ExtensionRuntime:
 
     ``tables`` is either the bound tables (wrapped here in a
     :class:`TableCalls`, closed on exit) or a ready :class:`TableCalls`
-    (the caller's to close). :meth:`run` blocks and returns the exit code;
+    (the caller's to close). ``on_registered(manager)`` is called after each
+    successful registration (readegress starts its detection service there).
+    :meth:`run` blocks and returns the exit code;
     :meth:`stop` may be called from any thread; :meth:`start` runs it on a
     background thread (for tests and embedding).
     """
@@ -103,6 +110,7 @@ class ExtensionRuntime:
         min_sdk_version: str = MIN_SDK_VERSION,
         gone_after: float | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        on_registered: Callable[[ManagerClient], None] | None = None,
     ) -> None:
         if isinstance(tables, TableCalls):
             self.calls = tables
@@ -132,6 +140,7 @@ class ExtensionRuntime:
         self._thread: threading.Thread | None = None
         self._started = False
         self._tmp_seq = 0
+        self._on_registered = on_registered
         self.exit_code: int | None = None
 
     # -- public surface ---------------------------------------------------
@@ -301,6 +310,13 @@ class ExtensionRuntime:
             ", ".join(sorted(self.calls.tables)) or "no tables",
             final,
         )
+        if self._on_registered is not None:
+            # e.g. start the detection service, which queries the core; a failure
+            # there must not undo a registration that worked.
+            try:
+                self._on_registered(self._manager)
+            except Exception:
+                log.exception("%s: on_registered callback failed", self.name)
         return "ok", ""
 
     def _register(self, *, initial: bool) -> int | None:
@@ -474,6 +490,8 @@ class ExtensionArgs:
     verbose: bool = False
     call_timeout: float | None = None
     gone_after: float | None = None
+    config: str | None = None
+    state_dir: str | None = None
     ignored: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -488,7 +506,11 @@ _VALUE_FLAGS = {
     "extensions_interval": "interval",
     "call_timeout": "call_timeout",
     "gone_after": "gone_after",
+    "config": "config",
+    "state_dir": "state_dir",
 }
+# Flags whose value is a path, not a number of seconds.
+_PATH_FLAGS = frozenset({"config", "state_dir"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
 
@@ -523,9 +545,9 @@ def parse_extension_args(argv: Sequence[str]) -> ExtensionArgs:
                 continue
             value = items[i]
             i += 1
-        if target == "socket":
+        if target == "socket" or target in _PATH_FLAGS:
             if value:
-                args.socket = value
+                setattr(args, target, value)
             else:
                 args.warnings.append(f"flag {arg} has an empty value; ignored")
             continue
@@ -575,9 +597,10 @@ def run_extension(argv: Sequence[str], *, tables: Mapping[str, BoundTable] | Non
     """Entry point of ``readegress extension``; returns the process exit code.
 
     ``argv`` is what osquery passed (``--socket PATH --timeout N --interval N
-    [--verbose]`` and perhaps more, which is ignored). Without ``tables`` the
-    real tables are loaded from the specs, sharing one background
-    :class:`TableEnv` for the life of the process.
+    [--verbose]`` and perhaps more, which is ignored), plus readegress's own
+    ``--config F`` and ``--state-dir D``. Without ``tables`` the real tables
+    are loaded from the specs, sharing one background :class:`TableEnv` (with
+    the config and the detection service) for the life of the process.
     """
     args = parse_extension_args(argv)
     _configure_logging(args.verbose)
@@ -587,7 +610,9 @@ def run_extension(argv: Sequence[str], *, tables: Mapping[str, BoundTable] | Non
         log.debug("ignoring launch arguments: %s", " ".join(args.ignored))
     env: TableEnv | None = None
     if tables is None:
-        env = TableEnv(background=True)
+        from readegress.service import open_environment
+
+        env = open_environment(args.config, state_dir=args.state_dir, background=True)
         try:
             tables = load_tables(env)
         except Exception as e:
@@ -605,6 +630,7 @@ def run_extension(argv: Sequence[str], *, tables: Mapping[str, BoundTable] | Non
         timeout=args.timeout,
         interval=args.interval,
         gone_after=args.gone_after,
+        on_registered=env.attach_manager if env is not None else None,
     )
     previous = _install_signal_handlers(runtime)
     try:
@@ -613,4 +639,4 @@ def run_extension(argv: Sequence[str], *, tables: Mapping[str, BoundTable] | Non
         _restore_signal_handlers(previous)
         calls.close()
         if env is not None:
-            env.close()
+            env.close()  # stops the detection service first, which saves its state

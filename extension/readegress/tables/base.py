@@ -24,10 +24,14 @@ import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from readegress.tables.context import QueryContext
 from readegress.tables.spec import TableSpec, load_specs
+
+if TYPE_CHECKING:
+    from readegress.detect.config import Config
+    from readegress.service.detection_service import DetectionService, QueryClient
 
 log = logging.getLogger("readegress.tables")
 
@@ -92,12 +96,27 @@ class TableEnv:
 
     One per process: the extension keeps it for its lifetime (so first-seen
     times and closed-socket totals accumulate); ``readegress query`` builds
-    one for a single query.
+    one for a single query. ``config`` is readegress's config (``None`` when
+    it could not be loaded: ``config_problems`` says why), ``service`` the
+    detection service behind ``read_then_egress`` (``None`` when there is
+    none), ``manager`` the osquery core's client once the extension is
+    registered (``None`` under ``readegress query``).
     """
 
-    def __init__(self, *, background: bool = False, poll_interval: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        background: bool = False,
+        poll_interval: float = 5.0,
+        config: Optional[Config] = None,
+    ) -> None:
         self.background = background
         self.poll_interval = poll_interval
+        self.config = config
+        self.config_path = config.path if config is not None else ""
+        self.config_problems: tuple[str, ...] = ()
+        self.service: Optional[DetectionService] = None
+        self.manager: Optional[QueryClient] = None
         self._lock = threading.Lock()
         self._monitor: Any = None
         #: One-line notes about what this host's data cannot show (e.g. not root),
@@ -110,11 +129,8 @@ class TableEnv:
     def snapshot(self) -> Any:
         """A fresh monitor snapshot; its warnings are recorded once each."""
         snap = self.monitor.snapshot()
-        if snap.unreadable_processes:
-            self.warn(
-                f"not root: the descriptors of {snap.unreadable_processes} processes of other"
-                " users are unreadable; their sockets are shown with empty owners"
-            )
+        # The monitor words its own warnings (e.g. not root: N processes'
+        # descriptors unreadable); each distinct one is kept once.
         for w in snap.warnings:
             self.warn(w)
         return snap
@@ -131,7 +147,15 @@ class TableEnv:
                     self._monitor.start(self.poll_interval)
             return self._monitor
 
+    def attach_manager(self, manager: QueryClient) -> None:
+        """The extension registered: tables and the service may now query the core."""
+        self.manager = manager
+        if self.service is not None:
+            self.service.attach(manager)
+
     def close(self) -> None:
+        if self.service is not None:
+            self.service.stop()  # before the monitor it reads goes away
         with self._lock:
             if self._monitor is not None:
                 self._monitor.close()

@@ -228,3 +228,16 @@ def render_markdown(specs: dict[str, TableSpec]) -> str:
         out.extend(f"{e};" for e in spec.examples)
         out.append("```\n")
     return "\n".join(out).rstrip() + "\n"
+
+
+README_BEGIN = "<!-- tables:begin -->"
+README_END = "<!-- tables:end -->"
+
+
+def readme_with_reference(readme: str, specs: dict[str, TableSpec]) -> str:
+    """The README text with its table reference section regenerated from the specs."""
+    head, sep, rest = readme.partition(README_BEGIN)
+    _, sep2, tail = rest.partition(README_END)
+    if not sep or not sep2:
+        raise SpecError(f"README lacks the {README_BEGIN} ... {README_END} markers")
+    return f"{head}{README_BEGIN}\n{render_markdown(specs)}{README_END}{tail}"

@@ -1,0 +1,622 @@
+"""The detection service: osquery events → correlation core → settled, stored detections.
+
+One background thread (started once the extension is registered, so it has a
+core to query) runs :meth:`DetectionService.cycle` every ``poll_interval``
+seconds, or sooner when a pending detection is due:
+
+1. poll the osquery event tables after their cursors
+   (:class:`~readegress.sources.osquery_source.OsqueryEventSource`), feed the
+   sorted batch to the one :class:`~readegress.detect.core.Correlator`;
+   each candidate it returns waits as *pending*;
+2. ``settle_seconds`` after its egress, a pending candidate gets the live
+   socket facts (bytes sent, socket age, keepalive; see
+   :mod:`readegress.service.socket_facts`), is rescored with
+   :func:`~readegress.detect.core.enrich`, and kept only if its score reaches
+   ``config.threshold``. A kept detection is *final*: it never changes again,
+   so osquery's differential logging reports each one once;
+3. the state is persisted (cursors, correlator, pending and final
+   detections, counters) whenever something changed, so a restart neither
+   loses nor repeats a detection.
+
+Detections therefore never depend on when someone queries
+``read_then_egress``. Memory is bounded: final detections by
+``config.max_detections`` (oldest dropped and counted), pending ones by the
+same number (the oldest settled early, without waiting, and counted), the
+core by its own limits. Everything that went missing is counted and shown by
+``readegress_health``.
+
+Thread-safety: only the service thread touches the correlator and the
+source; tables read :meth:`detections` and :meth:`status`, which return
+copies taken under a lock. The clock is injectable, and tests drive
+:meth:`cycle` directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, Optional, Protocol
+
+import readegress
+from readegress.detect.config import Config
+from readegress.detect.core import Correlator, Detection, enrich
+from readegress.service.socket_facts import SocketFacts, lookup
+from readegress.service.state import StateError, StateStore
+from readegress.sources.osquery_source import (
+    DEFAULT_PAGE_ROWS,
+    Cursor,
+    OsqueryEventSource,
+    TableStatus,
+)
+
+log = logging.getLogger("readegress.service")
+
+STATE_FORMAT = "readegress-state"
+STATE_VERSION = 1
+#: Pages of every table one cycle may read before it yields (it continues at once).
+MAX_PAGES_PER_CYCLE = 20
+#: The core forgets reads older than the window before "now minus this": an
+#: event osquery stores in the very second of a poll may still arrive.
+ADVANCE_LAG = 2.0
+
+COUNTERS = (
+    "cycles",  # service cycles run
+    "cycle_errors",  # cycles that raised (logged; the thread carries on)
+    "candidates",  # candidate detections from the core
+    "duplicates",  # candidates already pending or final (ignored)
+    "finalized",  # detections kept (score >= threshold after settling)
+    "below_threshold",  # settled candidates scoring below the threshold
+    "dropped_detections",  # final detections dropped as max_detections was exceeded
+    "settled_early",  # pending candidates settled before their delay (pending full)
+    "facts_socket",  # settled with the live egress socket's counters
+    "facts_closed",  # settled with closed-socket totals only
+    "facts_none",  # settled with no socket facts
+    "facts_unavailable",  # settlements where the kernel monitor could not be read
+    "persist_errors",  # state saves that failed
+    "state_loads",  # state documents loaded at start
+    "state_corrupt",  # state documents rejected at start
+)
+
+
+class QueryClient(Protocol):
+    """What the service needs of the osquery core (``ManagerClient`` fits)."""
+
+    def query(self, sql: str, timeout: float | None = None) -> list[dict[str, str]]: ...
+
+
+class MonitorAccess(Protocol):
+    """Where socket facts come from (``TableEnv`` fits: its monitor and snapshots)."""
+
+    @property
+    def monitor(self) -> Any: ...
+
+    def snapshot(self) -> Any: ...
+
+
+# ----------------------------------------------------------- detections
+
+
+def detection_to_json(d: Detection) -> dict[str, Any]:
+    out = d.to_json()
+    out.pop("delay", None)  # derived
+    return out
+
+
+_DETECTION_FIELDS = tuple(f.name for f in fields(Detection))
+_TUPLE_FIELDS = ("executables", "reasons", "other_paths")
+# Fields with defaults: a record written before they existed still loads.
+_OPTIONAL_FIELDS = frozenset({"cookie", "socket_age", "keepalive"})
+
+
+def detection_from_json(data: Mapping[str, Any]) -> Detection:
+    """Inverse of :func:`detection_to_json`; raises ``ValueError`` on a malformed record."""
+    if not isinstance(data, Mapping):
+        raise ValueError("detection is not an object")
+    missing = [f for f in _DETECTION_FIELDS if f not in data and f not in _OPTIONAL_FIELDS]
+    if missing:
+        raise ValueError(f"detection lacks {missing}")
+    kw = {k: data[k] for k in _DETECTION_FIELDS if k in data}
+    for k in _TUPLE_FIELDS:
+        if not isinstance(kw[k], list) or not all(isinstance(x, str) for x in kw[k]):
+            raise ValueError(f"detection {k} is not a list of strings")
+        kw[k] = tuple(kw[k])
+    if not isinstance(kw["id"], str) or not isinstance(kw["score"], int):
+        raise ValueError("detection id/score malformed")
+    return Detection(**kw)
+
+
+@dataclass(frozen=True)
+class FinalDetection:
+    """A detection that passed the threshold after settling; immutable from then on."""
+
+    detection: Detection
+    detected_time: float  # when the service settled it (Unix seconds)
+    start_time: Optional[int] = None  # the sender's start (Unix seconds), where known
+    closed_bytes_sent: Optional[int] = None  # upper bound when the egress socket had closed
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "detection": detection_to_json(self.detection),
+            "detected_time": self.detected_time,
+            "start_time": self.start_time,
+            "closed_bytes_sent": self.closed_bytes_sent,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FinalDetection:
+        start, closed = data.get("start_time"), data.get("closed_bytes_sent")
+        for v in (start, closed):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
+                raise ValueError("final detection start_time/closed_bytes_sent malformed")
+        return cls(
+            detection_from_json(data["detection"]),
+            float(data["detected_time"]),
+            start,
+            closed,
+        )
+
+
+@dataclass(frozen=True)
+class Pending:
+    detection: Detection
+    deadline: float  # settle at or after this Unix time
+
+    def to_json(self) -> dict[str, Any]:
+        return {"detection": detection_to_json(self.detection), "deadline": self.deadline}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Pending:
+        return cls(detection_from_json(data["detection"]), float(data["deadline"]))
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """A consistent copy of the service's state for ``readegress_health``."""
+
+    mode: str  # "extension" (polls and persists) or "offline" (reads the state file)
+    running: bool  # the service thread is running
+    attached: bool  # an osquery core client is attached
+    host: str
+    sources: tuple[str, ...]  # sources configured
+    tables: dict[str, TableStatus]
+    cursors: dict[str, Cursor]
+    core_stats: dict[str, int]
+    core_size: dict[str, int]
+    counters: dict[str, int]
+    pending: int
+    finalized: int
+    newest_event_time: float  # osquery time of the newest event fed
+    last_cycle_time: float
+    state_path: str
+    state_bytes: Optional[int]
+    state_saved_time: float
+    state_note: str  # how loading went (e.g. corrupt state moved aside)
+    persist_error: str  # why state is not (or was not last) saved
+    facts_error: str  # why the kernel monitor could not be read, last time
+    version: str = readegress.__version__
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+# ----------------------------------------------------------- the service
+
+
+class DetectionService:
+    """Runs the osquery source, the correlation core, settling and persistence.
+
+    ``env`` gives the kernel socket monitor (``None``: no socket facts).
+    ``persist=False`` never writes (``readegress query`` reads the state the
+    extension left, read-only, through :meth:`open`).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        env: Optional[MonitorAccess] = None,
+        *,
+        state_dir: Optional[str] = None,
+        host: Optional[str] = None,
+        clock: Callable[[], float] = time.time,
+        persist: bool = True,
+        page_rows: int = DEFAULT_PAGE_ROWS,
+        query_timeout: float = 15.0,
+        monitor_interval: float = 5.0,
+    ) -> None:
+        self.config = config
+        self.env = env
+        self.state_dir = state_dir or config.state_dir
+        self.host = host or socket.gethostname()
+        self.clock = clock
+        self.persist = persist
+        self.query_timeout = query_timeout
+        # The monitor's first-seen times are as coarse as its poll interval.
+        self.socket_slack = 2.0 * monitor_interval + 2.0
+        self.max_detections = config.max_detections
+        self.max_pending = config.max_detections
+        self.mode = "extension" if persist else "offline"
+        self.correlator = Correlator(config)
+        self._client: Optional[QueryClient] = None
+        self.source = OsqueryEventSource(
+            self._query, config.catalogue, self.host, page_rows=page_rows, clock=clock
+        )
+        self._lock = threading.Lock()
+        self._finalized: OrderedDict[str, FinalDetection] = OrderedDict()
+        self._pending: list[Pending] = []
+        self._pending_ids: set[str] = set()
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self.store: Optional[StateStore] = None
+        self.state_note = ""
+        self.persist_error = "" if persist else "read-only: readegress query never writes state"
+        self.facts_error = ""
+        self.state_bytes: Optional[int] = None
+        self.state_saved_time = 0.0
+        self.newest_event_time = 0.0
+        self.last_cycle_time = 0.0
+        self._dirty = False
+        self._behind = False
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._status: Optional[ServiceStatus] = None
+
+    # ----- state ---------------------------------------------------------
+    def open(self) -> None:
+        """Prepare the state directory and load the saved state (never raises for bad state)."""
+        try:
+            self.store = StateStore(self.state_dir)
+            if self.persist:
+                # Created by the first save, so a service that never sees an
+                # event leaves no trace; an existing one is checked now.
+                self.store.check_directory()
+        except (StateError, OSError) as e:
+            self.persist_error = str(e)
+            log.error("state will not be kept: %s", e)
+            if self.persist:
+                self.store = None
+        if self.store is not None:
+            loaded = self.store.load(quarantine=self.persist)
+            if loaded.data is not None:
+                try:
+                    self._apply_state(loaded.data)
+                    self.counters["state_loads"] += 1
+                    self.state_note = f"loaded {self.store.path}"
+                except (KeyError, TypeError, ValueError, AttributeError) as e:
+                    self.counters["state_corrupt"] += 1
+                    if self.persist:
+                        note = self.store.reject(f"{type(e).__name__}: {e}").note
+                    else:
+                        note = f"state at {self.store.path} is unusable: {e}"
+                    self.state_note = note
+                    log.warning("%s", note)
+            elif loaded.note:
+                if loaded.corrupt:
+                    self.counters["state_corrupt"] += 1
+                self.state_note = loaded.note
+                log.warning("%s", loaded.note)
+            else:
+                self.state_note = f"no saved state at {self.store.path}" + (
+                    "; started fresh" if self.persist else ""
+                )
+            self.state_bytes = self.store.size()
+        self._publish_status()
+
+    def _apply_state(self, data: Mapping[str, Any]) -> None:
+        """Load a saved document into fresh objects, then swap them in (all or nothing)."""
+        if data.get("format") != STATE_FORMAT or data.get("version") != STATE_VERSION:
+            raise ValueError(f"not a {STATE_FORMAT} v{STATE_VERSION} document")
+        correlator = Correlator(self.config)
+        correlator.load_state(data["correlator"])
+        source = OsqueryEventSource(
+            self._query,
+            self.config.catalogue,
+            self.host,
+            page_rows=self.source.page_rows,
+            clock=self.clock,
+        )
+        source.load_state(data["source"])
+        finalized: OrderedDict[str, FinalDetection] = OrderedDict()
+        for item in data["finalized"]:
+            f = FinalDetection.from_json(item)
+            finalized[f.detection.id] = f
+        pending = [Pending.from_json(p) for p in data["pending"]]
+        counters = dict.fromkeys(COUNTERS, 0)
+        for k, v in data.get("counters", {}).items():
+            if k in counters and isinstance(v, int):
+                counters[k] = v
+        newest = float(data.get("newest_event_time", 0.0))
+        self.correlator = correlator
+        self.source = source
+        with self._lock:
+            self._finalized = finalized
+            self._pending = sorted(pending, key=lambda p: p.deadline)
+            self._pending_ids = {p.detection.id for p in pending}
+            self.counters = counters
+        self.newest_event_time = newest
+        self.state_saved_time = float(data.get("saved_time", 0.0))
+
+    def _document(self) -> dict[str, Any]:
+        with self._lock:
+            finalized = [f.to_json() for f in self._finalized.values()]
+            pending = [p.to_json() for p in self._pending]
+            counters = dict(self.counters)
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "saved_time": self.clock(),
+            "host": self.host,
+            "config_sha256": self.config.sha256,
+            "newest_event_time": self.newest_event_time,
+            "source": self.source.to_state(),
+            "correlator": self.correlator.to_state(),
+            "finalized": finalized,
+            "pending": pending,
+            "counters": counters,
+        }
+
+    def save(self) -> None:
+        """Persist now if anything changed (the service thread calls this after each cycle)."""
+        if not self.persist or self.store is None or not self._dirty:
+            return
+        try:
+            doc = self._document()
+            self.state_bytes = self.store.save(doc)
+            self.state_saved_time = doc["saved_time"]
+            self._dirty = False
+            self.persist_error = ""
+        except (OSError, ValueError) as e:  # StateError is an OSError
+            self.counters["persist_errors"] += 1
+            self.persist_error = f"saving {self.store.path} failed: {e}"
+            log.error("%s", self.persist_error)
+
+    # ----- the osquery core ------------------------------------------------
+    def _query(self, sql: str) -> list[dict[str, str]]:
+        client = self._client
+        if client is None:
+            raise ConnectionError("no osquery core attached")
+        return client.query(sql, timeout=self.query_timeout)
+
+    @property
+    def polls_osquery(self) -> bool:
+        return self._client is not None and "osquery" in self.config.sources
+
+    def attach(self, client: QueryClient, *, start: bool = True) -> None:
+        """Give the service the osquery core (once registered) and start its thread.
+
+        ``start=False`` leaves the cycles to the caller (tests drive :meth:`cycle`).
+        """
+        self._client = client
+        if start:
+            self.start()
+
+    # ----- one cycle ------------------------------------------------------
+    def cycle(self) -> None:
+        """Poll, feed, settle what is due, persist. Only the service thread (or a test) calls it."""
+        now = self.clock()
+        self._behind = False
+        if self.polls_osquery:
+            complete = False
+            for _ in range(MAX_PAGES_PER_CYCLE):
+                page = self.source.poll()
+                if page.rows:
+                    self._dirty = True
+                if page.events:
+                    self.newest_event_time = max(self.newest_event_time, page.events[-1].time)
+                    self._queue(self.correlator.feed_many(page.events), now)
+                if page.complete:
+                    complete = True
+                    break
+            if complete:
+                self.correlator.advance(now - ADVANCE_LAG)
+            else:
+                self._behind = True  # more pages wait: the next cycle starts at once
+        self._settle(now)
+        with self._lock:
+            self.counters["cycles"] += 1
+        self.last_cycle_time = now
+        self.save()
+        self._publish_status()
+
+    def _queue(self, candidates: Iterable[Detection], now: float) -> None:
+        overflow: list[Pending] = []
+        with self._lock:
+            for d in candidates:
+                self.counters["candidates"] += 1
+                if d.id in self._finalized or d.id in self._pending_ids:
+                    self.counters["duplicates"] += 1
+                    continue
+                p = Pending(d, d.egress_time + self.config.settle_seconds)
+                self._pending.append(p)
+                self._pending_ids.add(d.id)
+                self._dirty = True
+            self._pending.sort(key=lambda p: p.deadline)
+            while len(self._pending) > self.max_pending:
+                oldest = self._pending.pop(0)
+                self._pending_ids.discard(oldest.detection.id)
+                self.counters["settled_early"] += 1
+                overflow.append(oldest)
+        for p in overflow:
+            self._finalize(p.detection, SocketFacts(), now)
+
+    def _settle(self, now: float) -> None:
+        with self._lock:
+            due = [p for p in self._pending if p.deadline <= now]
+        if not due:
+            return
+        sockets: tuple[Any, ...] = ()
+        closed: Mapping[Any, Any] = {}
+        closed_info: Callable[[Any], Any] = lambda _ident: None  # noqa: E731
+        facts_ok = False
+        if self.env is not None:
+            try:
+                snap = self.env.snapshot()
+                monitor = self.env.monitor
+                sockets = snap.sockets
+                closed = monitor.closed_totals()
+                closed_info = monitor.closed_process_info
+                facts_ok = True
+                self.facts_error = ""
+            except Exception as e:  # not root, no netlink, closed monitor: bytes stay unknown
+                self.facts_error = f"{type(e).__name__}: {e}"
+                log.warning("socket facts unavailable: %s", self.facts_error)
+        else:
+            self.facts_error = "no kernel socket monitor in this process"
+        for p in due:
+            if facts_ok:
+                facts = lookup(
+                    p.detection,
+                    sockets,
+                    closed,
+                    closed_info,
+                    now=now,
+                    slack=self.socket_slack,
+                )
+            else:
+                with self._lock:
+                    self.counters["facts_unavailable"] += 1
+                facts = SocketFacts()
+            self._finalize(p.detection, facts, now)
+        done = {p.detection.id for p in due}
+        with self._lock:
+            self._pending = [p for p in self._pending if p.detection.id not in done]
+            self._pending_ids -= done
+            self._dirty = True
+
+    def _finalize(self, d: Detection, facts: SocketFacts, now: float) -> None:
+        settled = enrich(
+            d,
+            bytes_sent=facts.bytes_sent,
+            socket_age=facts.socket_age,
+            keepalive=facts.keepalive,
+        )
+        start_time: Optional[int] = None
+        owner = facts.owner
+        if owner is not None:
+            # The sender as /proc saw it, matched by pid and started by the
+            # egress: its start time, and what the event rows did not carry.
+            start_time = owner.start_time
+            if settled.cmdline is None and owner.cmdline:
+                settled = replace(settled, cmdline=owner.cmdline)
+        if facts.protocol and not settled.protocol:
+            settled = replace(settled, protocol=facts.protocol)
+        kind = (
+            "facts_socket"
+            if facts.bytes_sent is not None or facts.socket_age is not None
+            else "facts_closed"
+            if facts.closed_bytes_sent is not None
+            else "facts_none"
+        )
+        with self._lock:
+            self.counters[kind] += 1
+            if settled.score < self.config.threshold:
+                self.counters["below_threshold"] += 1
+                return
+            self._finalized[settled.id] = FinalDetection(
+                settled, now, start_time, facts.closed_bytes_sent
+            )
+            self.counters["finalized"] += 1
+            while len(self._finalized) > self.max_detections:
+                self._finalized.popitem(last=False)
+                self.counters["dropped_detections"] += 1
+            self._dirty = True
+
+    # ----- reads (any thread) ---------------------------------------------
+    def detections(self) -> list[FinalDetection]:
+        """Final detections, oldest first (a copy)."""
+        with self._lock:
+            return list(self._finalized.values())
+
+    def pending(self) -> list[Pending]:
+        with self._lock:
+            return list(self._pending)
+
+    def status(self) -> ServiceStatus:
+        with self._lock:
+            st = self._status
+        if st is None:  # pragma: no cover - open() publishes one
+            self._publish_status()
+            with self._lock:
+                st = self._status
+            assert st is not None
+        return st
+
+    def _publish_status(self) -> None:
+        # Called by the thread that owns the correlator and the source.
+        tables = {t: TableStatus.from_json(s.to_json()) for t, s in self.source.status.items()}
+        with self._lock:
+            self._status = ServiceStatus(
+                mode=self.mode,
+                running=self._thread is not None and self._thread.is_alive(),
+                attached=self._client is not None,
+                host=self.host,
+                sources=self.config.sources,
+                tables=tables,
+                cursors=dict(self.source.cursors),
+                core_stats=dict(self.correlator.stats),
+                core_size=self.correlator.size(),
+                counters=dict(self.counters),
+                pending=len(self._pending),
+                finalized=len(self._finalized),
+                newest_event_time=self.newest_event_time,
+                last_cycle_time=self.last_cycle_time,
+                state_path=self.store.path if self.store is not None else "",
+                state_bytes=self.state_bytes,
+                state_saved_time=self.state_saved_time,
+                state_note=self.state_note,
+                persist_error=self.persist_error,
+                facts_error=self.facts_error,
+            )
+
+    # ----- the thread -----------------------------------------------------
+    def start(self) -> None:
+        """Start the service thread (idempotent; a stopped service does not restart)."""
+        with self._lock:
+            if self._thread is not None or self._stop.is_set():
+                return
+            self._thread = threading.Thread(
+                target=self._run, name="readegress-service", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        if self.env is not None:
+            # Start the kernel monitor now: its destroy listeners and first-seen
+            # times only cover what happens while it runs.
+            try:
+                self.env.monitor  # noqa: B018 - built on first access
+            except Exception as e:
+                self.facts_error = f"{type(e).__name__}: {e}"
+                log.warning("kernel socket monitor unavailable: %s", self.facts_error)
+        while not self._stop.is_set():
+            try:
+                self.cycle()
+            except Exception:  # a bug must not end detection: log, count, carry on
+                log.exception("detection cycle failed")
+                with self._lock:
+                    self.counters["cycle_errors"] += 1
+            if self._stop.wait(self._next_wait()):
+                break
+
+    def _next_wait(self) -> float:
+        if self._behind:
+            return 0.0
+        now = self.clock()
+        wake = self.last_cycle_time + self.config.poll_interval
+        with self._lock:
+            if self._pending:
+                wake = min(wake, self._pending[0].deadline)
+        return min(max(wake - now, 0.01), self.config.poll_interval)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop the thread and save what changed. Idempotent."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                log.error("detection service thread did not stop within %gs", timeout)
+                return
+        self.save()
+        self._publish_status()

@@ -1,0 +1,62 @@
+"""Build the table environment with its config and detection service.
+
+The extension (``readegress extension --config F --state-dir D``) and
+``readegress query`` share this: the config is loaded from the root-owned file
+(or the shipped default), the state directory comes from the flag or the
+config — never from data. A config that cannot be used does not stop the
+tables: the environment then has no service, and ``readegress_health`` shows
+every problem with the file and line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+from readegress.detect.config import ConfigError, load_config
+from readegress.service.detection_service import DetectionService
+from readegress.tables.base import TableEnv
+
+log = logging.getLogger("readegress.service")
+
+
+def open_environment(
+    config_path: Optional[str] = None,
+    *,
+    state_dir: Optional[str] = None,
+    background: bool = True,
+    offline: bool = False,
+) -> TableEnv:
+    """A :class:`TableEnv` with ``config`` and (config permitting) ``service``.
+
+    ``offline`` (``readegress query``): the service only reads the state the
+    extension saved, never polls or writes. Otherwise the service is ready and
+    starts polling when :meth:`TableEnv.attach_manager` hands it the core.
+    """
+    problems: list[str] = []
+    config = None
+    try:
+        config = load_config(config_path)
+    except ConfigError as e:
+        problems.extend(e.problems)
+    if state_dir is not None and not os.path.isabs(state_dir):
+        problems.append(f"--state-dir {state_dir!r} must be an absolute path")
+    env = TableEnv(background=background, config=config)
+    env.config_path = (
+        os.path.abspath(config_path) if config_path else (config.path if config else "")
+    )
+    env.config_problems = tuple(problems)
+    for p in problems:
+        log.error("config: %s", p)
+    if config is not None and not problems:
+        service = DetectionService(
+            config,
+            env,
+            state_dir=state_dir,
+            persist=not offline,
+            monitor_interval=env.poll_interval,
+        )
+        service.open()
+        env.service = service
+    return env
