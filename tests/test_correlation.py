@@ -419,3 +419,22 @@ def test_numerics_rows() -> None:
     row = {**SOCK, "pid": 10, "time": 101, "remote_port": 443, "family": 2}
     e = event_from_row(SOCKET_EVENTS, row, "h1")
     assert isinstance(e, Egress) and e.time == 101.0 and e.remote_port == 443
+
+
+def test_weak_reasons_cannot_lift_unrelated_processes_over_the_threshold() -> None:
+    # Two high reads by unrelated processes, then a third process connects quickly to a
+    # new address on an uncommon port: every weak reason fires, and it is still host scope.
+    dets, _ = run([read(100, 10, uid=1, ppid=7), read(100, 20, "/root/.aws/credentials", uid=2,
+                                                      ppid=8),
+                   connect(105, 30, uid=3, port=8443)])
+    assert [d.scope for d in dets] == ["host"]
+    assert {"quick_egress", "uncommon_port", "first_seen_destination",
+            "multiple_sensitive_files"} <= set(dets[0].reasons)
+    assert dets[0].score < 50
+
+
+def test_same_user_chain_alerts_with_bulk_evidence() -> None:
+    dets, _ = run([read(100, 50, uid=1000, ppid=7, size=3000), connect(101, 60, uid=1000)])
+    assert dets[0].scope == "user" and dets[0].score < 50
+    d = enrich(dets[0], bytes_sent=2 << 20, socket_age=700, keepalive=True)
+    assert d.score >= 50

@@ -47,7 +47,11 @@ ENCODERS = frozenset(
 )  # fmt: skip
 COMMON_PORTS = frozenset({80, 443})
 
-# Points each reason adds to a detection's score.
+# Points each reason adds to a detection's score. The score is
+#   round((class weight + reason points) * scope factor)
+# so the scope scales all evidence: weak reasons (quick, uncommon port, new
+# destination) cannot lift a pair of unrelated processes (host scope) over the
+# threshold, while bulk bytes can still make a same-user chain alert.
 REASON_POINTS = {
     "quick_egress": 10,  # egress within 10 s of the read
     "uncommon_port": 10,  # not 80/443
@@ -85,6 +89,7 @@ class Detection:
     reader_executable: str
     path: str
     sensitive_class: str
+    class_weight: int
     remote_address: str
     remote_port: int
     remote_class: str
@@ -138,15 +143,19 @@ def enrich(
         add("long_lived_socket")
     if keepalive:
         add("keepalive")
-    gained = sum(REASON_POINTS[r] for r in reasons if r not in d.reasons)
     return replace(
         d,
         bytes_sent=bytes_sent if bytes_sent is not None else d.bytes_sent,
         socket_age=socket_age if socket_age is not None else d.socket_age,
         keepalive=keepalive if keepalive is not None else d.keepalive,
         reasons=tuple(reasons),
-        score=d.score + gained,
+        score=score(d.class_weight, d.scope, reasons),
     )
+
+
+def score(class_weight: int, scope: str, reasons: Iterable[str]) -> int:
+    """A detection's score: evidence points, scaled by how related reader and sender are."""
+    return round((class_weight + sum(REASON_POINTS[r] for r in reasons)) * SCOPE_FACTOR[scope])
 
 
 @dataclass
@@ -466,7 +475,7 @@ class Correlator:
         if best is None:
             self.stats["approved" if approved_any else "low_only"] += 1
             return []
-        base, _, r, scope = best
+        _, _, r, scope = best
         det_id = _detection_id(e.host, r, p.pid, st.marker, e.remote_address, e.remote_port)
         if det_id in self._ids:
             self.stats["duplicates"] += 1
@@ -518,12 +527,13 @@ class Correlator:
             reader_executable=r.executable,
             path=r.path,
             sensitive_class=r.cls,
+            class_weight=r.weight,
             remote_address=e.remote_address,
             remote_port=e.remote_port,
             remote_class=rclass.value,
             protocol=e.protocol,
             scope=scope,
-            score=round(base) + sum(REASON_POINTS[x] for x in reasons),
+            score=score(r.weight, scope, reasons),
             reasons=tuple(reasons),
             other_paths=others,
             egress_kind=e.kind,
