@@ -28,7 +28,8 @@ import pytest
 
 from osquery_events import EventTables, write_config
 from readegress.osquery import ExtensionRuntime
-from readegress.service import DetectionService, open_environment
+from readegress.service import open_environment
+from readegress.service.detection_service import DetectionService
 from readegress.sources.osquery_setup import REQUIRED_FLAGS, catalogue_file_paths
 from readegress.tables.base import TableCalls, load_tables
 from readegress.tables.spec import load_specs

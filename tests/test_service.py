@@ -29,7 +29,7 @@ from readegress.detect.config import Config, load_config
 from readegress.detect.core import Correlator
 from readegress.detect.events import Event
 from readegress.osquery import ManagerClient
-from readegress.service import DetectionService
+from readegress.service.detection_service import DetectionService
 from readegress.sources.osquery_setup import (
     OsqueryFilePaths,
     catalogue_file_paths,

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from readegress.detect.config import ConfigError, load_config
-from readegress.service.detection_service import DetectionService
 from readegress.tables.base import TableEnv
+
+if TYPE_CHECKING:
+    from readegress.service.detection_service import DetectionService
 
 log = logging.getLogger("readegress.service")
 
@@ -50,13 +52,25 @@ def open_environment(
     for p in problems:
         log.error("config: %s", p)
     if config is not None and not problems:
-        service = DetectionService(
-            config,
-            env,
-            state_dir=state_dir,
-            persist=not offline,
-            monitor_interval=env.poll_interval,
-        )
-        service.open()
-        env.service = service
+        cfg = config
+
+        def build() -> DetectionService:
+            # Imported here: the service costs ~0.1 s of imports that a
+            # `readegress query` of socket_bytes should not pay.
+            from readegress.service.detection_service import DetectionService
+
+            service = DetectionService(
+                cfg,
+                env,
+                state_dir=state_dir,
+                persist=not offline,
+                monitor_interval=env.poll_interval,
+            )
+            service.open()
+            return service
+
+        if offline:
+            env.service_factory = build
+        else:
+            env.service = build()
     return env

@@ -8,7 +8,7 @@ from typing import Any
 from readegress.sql.engine import Engine, SQLError
 from readegress.tables.base import BoundTable, TableCallError, TableCalls, TableEnv, load_tables
 from readegress.tables.context import QueryContext
-from readegress.tables.spec import TableSpec
+from readegress.tables.spec import TableSpec, load_specs
 
 
 class LocalSource:
@@ -30,9 +30,17 @@ class LocalSource:
         return self._table.to_sqlite_rows(rows)
 
 
-def open_local_engine(env: TableEnv, *, timeout: float = 60.0) -> tuple[Engine, TableCalls]:
-    """An engine with every spec'd table of this host registered."""
-    tables = load_tables(env)
+def open_local_engine(
+    env: TableEnv, *, timeout: float = 60.0, sql: str | None = None
+) -> tuple[Engine, TableCalls]:
+    """An engine with this host's tables registered: every spec'd table, or with
+    ``sql`` only those whose name it mentions (imports stay lazy on the CLI path;
+    an unmentioned table cannot be read by that statement)."""
+    names = None
+    if sql is not None:
+        low = sql.lower()
+        names = [n for n in load_specs() if n in low]
+    tables = load_tables(env, names)
     calls = TableCalls(tables, timeout=timeout)
     engine = Engine()
     for table in tables.values():

@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any, Optional, Protocol
@@ -83,7 +83,16 @@ class BoundTable:
 
     def to_osquery_rows(self, rows: Sequence[tuple[Any, ...]]) -> list[dict[str, str]]:
         names = self._names
-        return [{n: _osq(v) for n, v in zip(names, r)} for r in rows]
+        osq = _osq
+        # Most values are already str or int: test their exact types inline and
+        # call the general converter only for the rest (None, bools, bytes).
+        return [
+            {
+                n: v if type(v) is str else (str(v) if type(v) is int else osq(v))
+                for n, v in zip(names, r)
+            }
+            for r in rows
+        ]
 
     def to_sqlite_rows(self, rows: Sequence[tuple[Any, ...]]) -> Sequence[tuple[Any, ...]]:
         # Row values are already SQLite values: int/str/float/None, and bool,
@@ -115,13 +124,27 @@ class TableEnv:
         self.config = config
         self.config_path = config.path if config is not None else ""
         self.config_problems: tuple[str, ...] = ()
-        self.service: Optional[DetectionService] = None
+        self._service: Optional[DetectionService] = None
+        #: Builds the service on first use (``readegress query`` pays for it only
+        #: when a query reads read_then_egress or readegress_health).
+        self.service_factory: Optional[Callable[[], DetectionService]] = None
         self.manager: Optional[QueryClient] = None
         self._lock = threading.Lock()
         self._monitor: Any = None
         #: One-line notes about what this host's data cannot show (e.g. not root),
         #: each kept once; the CLI prints them, the health table reports them.
         self.warnings: dict[str, None] = {}
+
+    @property
+    def service(self) -> Optional[DetectionService]:
+        if self._service is None and self.service_factory is not None:
+            factory, self.service_factory = self.service_factory, None
+            self._service = factory()
+        return self._service
+
+    @service.setter
+    def service(self, value: Optional[DetectionService]) -> None:
+        self._service = value
 
     def warn(self, message: str) -> None:
         self.warnings.setdefault(message, None)
@@ -154,8 +177,8 @@ class TableEnv:
             self.service.attach(manager)
 
     def close(self) -> None:
-        if self.service is not None:
-            self.service.stop()  # before the monitor it reads goes away
+        if self._service is not None:
+            self._service.stop()  # before the monitor it reads goes away
         with self._lock:
             if self._monitor is not None:
                 self._monitor.close()

@@ -1,0 +1,47 @@
+"""``python -m bench SUBCOMMAND [flags]`` — see bench/README.md."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+
+def _foundation(argv: Sequence[str]) -> int:
+    from bench import foundation
+
+    return foundation.main(argv)
+
+
+def _replay(argv: Sequence[str]) -> int:
+    from bench import replay
+
+    return replay.main(argv)
+
+
+SUBCOMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
+    "foundation": (
+        _foundation,
+        "socket_bytes vs ss/psutil, Thrift generate vs osquery-python, extension RSS/idle CPU",
+    ),
+    "replay": (_replay, "readegress replay of a results log vs DuckDB and jq, memory per read"),
+}
+
+
+def main(argv: Sequence[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m bench SUBCOMMAND [flags]   (SUBCOMMAND --help for flags)\n")
+        for name, (_, help_text) in SUBCOMMANDS.items():
+            print(f"  {name:<12} {help_text}")
+        return 0 if argv else 2
+    entry = SUBCOMMANDS.get(argv[0])
+    if entry is None:
+        print(
+            f"bench: unknown subcommand {argv[0]!r} (one of: {', '.join(SUBCOMMANDS)})",
+            file=sys.stderr,
+        )
+        return 2
+    return entry[0](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
