@@ -128,6 +128,12 @@ def classify(address: str) -> DestinationClass:
     return _classify_v6(a)
 
 
+@lru_cache(maxsize=65536)
+def class_name(address: str) -> str:
+    """``classify(address).value``, cached: tables call it once per row."""
+    return classify(address).value
+
+
 def parse_classes(names: list[str] | tuple[str, ...]) -> frozenset[DestinationClass]:
     """Validate class names from config or flags; raises ``ValueError`` naming the bad one."""
     out: set[DestinationClass] = set()

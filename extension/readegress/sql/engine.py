@@ -14,9 +14,11 @@ SQLite calls xFilter once per IN element. Constraints are never marked
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import apsw
@@ -38,6 +40,19 @@ _PUSHABLE_OPS = frozenset(
         apsw.SQLITE_INDEX_CONSTRAINT_REGEXP,
     }
 )
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC during a query: rows are tuples of ints and strings,
+    never cycles, yet a 20k-row table triggers several full collections."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class SQLError(RuntimeError):
@@ -62,9 +77,14 @@ def _arg_text(v: object) -> str:
 
 
 class _Cursor:
+    # Column() runs once per cell (520k times for SELECT * over 20k sockets):
+    # it reads one attribute, the current row, and indexes it.
+    __slots__ = ("_i", "_row", "_rows", "_table")
+
     def __init__(self, table: _VTable) -> None:
         self._table = table
         self._rows: Sequence[Sequence[Any]] = ()
+        self._row: Sequence[Any] = ()
         self._i = 0
 
     def Filter(self, indexnum: int, indexname: str | None, args: Sequence[Any]) -> None:  # noqa: N802
@@ -77,6 +97,7 @@ class _Cursor:
         ctx = QueryContext.of(constraints, plan["u"])
         self._rows = self._table.source.generate(ctx)
         self._i = 0
+        self._row = self._rows[0] if self._rows else ()
 
     def Eof(self) -> bool:  # noqa: N802
         return self._i >= len(self._rows)
@@ -85,12 +106,12 @@ class _Cursor:
         return self._i
 
     def Column(self, n: int) -> Any:  # noqa: N802
-        if n == -1:
-            return self._i
-        return self._rows[self._i][n]
+        return self._row[n] if n >= 0 else self._i
 
     def Next(self) -> None:  # noqa: N802
         self._i += 1
+        if self._i < len(self._rows):
+            self._row = self._rows[self._i]
 
     def Close(self) -> None:  # noqa: N802
         self._rows = ()
@@ -165,14 +186,16 @@ class Engine:
 
     def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run SQL; returns column names and rows. Errors become :class:`SQLError`."""
-        with self._lock:
+        with self._lock, _gc_paused():
             try:
                 cur = self.db.cursor()
                 cur.execute(sql)
                 try:
                     names = [d[0] for d in cur.getdescription()]
-                except apsw.ExecutionCompleteError:  # a statement that returns nothing
-                    names = []
+                except apsw.ExecutionCompleteError:
+                    # No row came back (or the statement returns none): take
+                    # the names from the prepared statement instead.
+                    names = [c for c, _ in self.columns(sql)] if sql.strip() else []
                 rows = list(cur)
             except apsw.Error as e:
                 raise SQLError(_sqlite_message(e)) from None

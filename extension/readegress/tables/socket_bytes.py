@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import NamedTuple, Optional
 
 from readegress.kernel.records import ObservedSocket
-from readegress.net.classify import classify
+from readegress.net.classify import class_name
 from readegress.tables.base import TableEnv
 from readegress.tables.context import QueryContext
 
@@ -34,7 +34,7 @@ TCP_STATES = {
 _TCP_LISTEN = 10
 _TCP_ESTABLISHED = 1
 _KEEPALIVE_TIMER = 2
-_WILDCARDS = ("0.0.0.0", "::")
+_TCP = socket.IPPROTO_TCP
 
 
 class SocketBytesRow(NamedTuple):
@@ -67,9 +67,9 @@ class SocketBytesRow(NamedTuple):
 
 
 def state_name(protocol: int, state: int) -> str:
-    if protocol == socket.IPPROTO_UDP:
-        return "ESTABLISHED" if state == _TCP_ESTABLISHED else "UNCONNECTED"
-    return TCP_STATES.get(state, str(state))
+    if protocol == _TCP:
+        return TCP_STATES.get(state) or str(state)
+    return "ESTABLISHED" if state == _TCP_ESTABLISHED else "UNCONNECTED"
 
 
 class Directions:
@@ -82,22 +82,29 @@ class Directions:
 
     def __init__(self, sockets: tuple[ObservedSocket, ...]) -> None:
         self._listeners: set[tuple[int, str, int]] = set()
+        #: (namespace, port) pairs with any listener: most connections miss
+        #: this set, so the exact address test below runs only for a few.
+        self._ports: set[tuple[int, int]] = set()
         for o in sockets:
             s = o.socket
-            if s.protocol == socket.IPPROTO_TCP and s.state == _TCP_LISTEN:
+            if s.protocol == _TCP and s.state == _TCP_LISTEN:
                 self._listeners.add((o.net_namespace, s.local_address, s.local_port))
+                self._ports.add((o.net_namespace, s.local_port))
 
     def of(self, o: ObservedSocket) -> str:
         s = o.socket
-        if s.protocol == socket.IPPROTO_TCP:
+        if s.protocol == _TCP:
             if s.state == _TCP_LISTEN:
                 return "listen"
             ns, port = o.net_namespace, s.local_port
-            local = s.local_address
+            if (ns, port) not in self._ports:
+                return "outbound"
+            listeners = self._listeners
             # An IPv4 connection accepted by a dual-stack "::" listener shows as ::ffff:a.b.c.d.
             if (
-                (ns, local, port) in self._listeners
-                or any((ns, w, port) in self._listeners for w in _WILDCARDS)
+                (ns, s.local_address, port) in listeners
+                or (ns, "0.0.0.0", port) in listeners
+                or (ns, "::", port) in listeners
             ):
                 return "inbound"
             return "outbound"
@@ -134,7 +141,7 @@ class SocketBytesTable:
                 s.local_port,
                 s.remote_address,
                 s.remote_port,
-                classify(s.remote_address).value,
+                class_name(s.remote_address),
                 s.bytes_sent,
                 s.bytes_acked,
                 s.bytes_received,
