@@ -317,11 +317,50 @@ def test_one_detection_per_chain_and_destination() -> None:
 
 
 def test_strongest_scope_wins() -> None:
-    dets, _ = run([read(100, 11, uid=0, ppid=3), read(100.5, 10, "/etc/sudoers", ppid=3),
-                   connect(101, 10)])
-    # process scope on a medium class (40) beats lineage on a high one (64)? No: 64 > 40.
+    # Two members of one pipeline (forked together): lineage on a high class (64)
+    # beats process scope on a medium one (40).
+    pipeline = [fork(90, 10, 3), fork(90.2, 11, 3)]
+    dets, _ = run([*pipeline, read(100, 11, uid=0, ppid=3), read(100.5, 10, "/etc/sudoers",
+                                                                 ppid=3), connect(101, 10)])
     assert dets[0].path == "/etc/shadow" and dets[0].scope == "lineage"
     assert "/etc/sudoers" in dets[0].other_paths
+
+
+def test_children_of_a_long_lived_parent_are_not_one_pipeline() -> None:
+    # cron (pid 3) started job 11 a minute before job 10: unrelated siblings.
+    jobs = [fork(30, 11, 3), fork(90, 10, 3)]
+    dets, _ = run([*jobs, read(100, 11, ppid=3, uid=1), connect(101, 10, uid=2)])
+    assert [d.scope for d in dets] == ["host"]
+    # The same by start ticks (native sources): 60 s apart at USER_HZ 100.
+    dets, _ = run([read(100, 11, ppid=3, start=1000, uid=1),
+                   connect(101, 10, ppid=3, start=7000, uid=2)])
+    assert [d.scope for d in dets] == ["host"]
+    dets, _ = run([read(100, 11, ppid=3, start=1000, uid=1),
+                   connect(101, 10, ppid=3, start=1100, uid=2)])
+    assert [d.scope for d in dets] == ["lineage"]
+
+
+def test_approval_needs_the_approved_image_to_read_and_to_send() -> None:
+    # sshd's child execs bash, which execs curl: curl reads shadow and sends it.
+    cfg = config("""
+[[approved]]
+executable = "/usr/sbin/sshd"
+class = "shadow"
+owner = "default catalogue"
+""")
+    events = [
+        fork(90, 40, 1, exe="/usr/sbin/sshd"),
+        execve(91, 40, "/bin/bash", ppid=1),
+        execve(92, 40, "/usr/bin/curl", ppid=1),
+        read(100, 40, exe="/usr/bin/curl", ppid=1),
+        connect(101, 40, exe="/usr/bin/curl"),
+    ]
+    dets, c = run(events, cfg)
+    assert len(dets) == 1 and c.stats["approved"] == 0
+    # sshd itself reading shadow (PAM) and connecting stays approved.
+    dets, c = run([read(100, 41, exe="/usr/sbin/sshd"), connect(101, 41, exe="/usr/sbin/sshd")],
+                  cfg)
+    assert dets == [] and c.stats["approved"] == 1
 
 
 def test_enrich_adds_reasons_and_score() -> None:

@@ -70,6 +70,24 @@ LONG_LIVED_SECONDS = 600
 MAX_LINEAGE_DEPTH = 6
 #: Parents whose children are unrelated to each other (init, kthreadd).
 NON_LINEAGE_PARENTS = frozenset({0, 1, 2})
+#: Siblings are one pipeline only when they started this close together:
+#: `tar | openssl | curl` forks its members within milliseconds, while the
+#: children of a long-lived parent (cron, an sshd listener, a CI runner, a
+#: login shell) started minutes apart are unrelated jobs.
+PIPELINE_SECONDS = 5.0
+#: /proc reports start times in USER_HZ ticks, 100 on every Linux ABI.
+USER_HZ = 100
+
+
+def same_pipeline(
+    a_start: Optional[int], a_born: Optional[float], b_start: Optional[int], b_born: Optional[float]
+) -> bool:
+    """Did two children of one parent start together (start ticks, else fork-event times)?"""
+    if a_start is not None and b_start is not None:
+        return abs(a_start - b_start) <= PIPELINE_SECONDS * USER_HZ
+    if a_born is not None and b_born is not None:
+        return abs(a_born - b_born) <= PIPELINE_SECONDS
+    return False
 
 
 @dataclass(frozen=True)
@@ -171,6 +189,7 @@ class _Proc:
     sid: Optional[int]
     cmdline: Optional[str]
     last: float
+    born: Optional[float] = None  # time of the fork event that created it, when seen
 
 
 @dataclass
@@ -191,12 +210,18 @@ class _Read:
     alone: bool
     size: Optional[int]
     source: str
+    start: Optional[int] = None
+    born: Optional[float] = None
 
 
 @dataclass
 class _Host:
     procs: OrderedDict[int, _Proc] = field(default_factory=OrderedDict)
     reads: deque[_Read] = field(default_factory=deque)
+    #: The reads of classes that may alert alone (time-ordered): an egress
+    #: with none in its window cannot alert, whatever else was read, so the
+    #: common case (many /etc/passwd reads, no key read) costs one look.
+    alerting: deque[_Read] = field(default_factory=deque)
     children: dict[int, set[int]] = field(default_factory=dict)
     destinations: OrderedDict[str, None] = field(default_factory=OrderedDict)
     newest: float = 0.0
@@ -240,7 +265,9 @@ class Correlator:
             h = self.hosts[name] = _Host()
         return h
 
-    def _new_proc(self, h: _Host, p: Any, t: float, image: str) -> _Proc:
+    def _new_proc(
+        self, h: _Host, p: Any, t: float, image: str, born: Optional[float] = None
+    ) -> _Proc:
         self._gen += 1
         old = h.procs.pop(p.pid, None)
         if old is not None:
@@ -259,6 +286,7 @@ class Correlator:
             sid=p.sid,
             cmdline=p.cmdline,
             last=t,
+            born=born,
         )
         h.procs[p.pid] = st
         if p.ppid is not None:
@@ -273,7 +301,9 @@ class Correlator:
     def _observe(self, h: _Host, e: Event) -> _Proc:
         p = e.proc
         st = h.procs.get(p.pid)
-        if isinstance(e, ProcessStart) or st is None:
+        if isinstance(e, ProcessStart):
+            return self._new_proc(h, p, e.time, p.executable, born=e.time)
+        if st is None:
             return self._new_proc(h, p, e.time, p.executable)
         reused = (p.start is not None and st.start is not None and p.start != st.start) or (
             p.ppid is not None
@@ -348,18 +378,16 @@ class Correlator:
             alone=cls.alone,
             size=e.size,
             source=e.source,
+            start=st.start,
+            born=st.born,
         )
-        if not h.reads or h.reads[-1].time <= r.time:
-            h.reads.append(r)
-        else:  # late read: keep the deque time-ordered
-            items = list(h.reads)
-            i = len(items)
-            while i > 0 and items[i - 1].time > r.time:
-                i -= 1
-            items.insert(i, r)
-            h.reads = deque(items)
+        h.reads = _insert_in_time_order(h.reads, r)
+        if r.alone:
+            h.alerting = _insert_in_time_order(h.alerting, r)
         while len(h.reads) > self.max_reads:
-            h.reads.popleft()
+            gone = h.reads.popleft()
+            if h.alerting and h.alerting[0] is gone:
+                h.alerting.popleft()
             self.stats["evicted_reads"] += 1
 
     def _lineage(self, h: _Host, pid: int, st: _Proc) -> tuple[set[tuple[int, int]], set[int]]:
@@ -394,7 +422,12 @@ class Correlator:
         if st.ppid is not None and st.ppid not in NON_LINEAGE_PARENTS:
             for s in h.children.get(st.ppid, ()):
                 ss = h.procs.get(s)
-                if s != pid and ss is not None and ss.ppid == st.ppid:
+                if (
+                    s != pid
+                    and ss is not None
+                    and ss.ppid == st.ppid
+                    and same_pipeline(ss.start, ss.born, st.start, st.born)
+                ):
                     related.add((s, ss.gen))
         return related, ancestors
 
@@ -412,9 +445,14 @@ class Correlator:
             return "process"
         if (r.pid, r.gen) in related or r.pid in ancestors:
             return "lineage"
-        # Reader's parent is the sender, or they share a parent (pipeline).
+        # Reader's parent is the sender, or they share a parent (one pipeline).
         if r.ppid is not None and (
-            r.ppid == pid or (r.ppid == st.ppid and r.ppid not in NON_LINEAGE_PARENTS)
+            r.ppid == pid
+            or (
+                r.ppid == st.ppid
+                and r.ppid not in NON_LINEAGE_PARENTS
+                and same_pipeline(r.start, r.born, st.start, st.born)
+            )
         ):
             return "lineage"
         if (st.pgid is not None and r.pgid == st.pgid and st.pgid > 1) or (
@@ -443,29 +481,34 @@ class Correlator:
         p = e.proc
         uid = p.uid if p.uid is not None else st.uid
         auid = p.auid if p.auid is not None else st.auid
-        related, ancestors = self._lineage(h, p.pid, st)
-        scored: list[tuple[float, int, _Read, str]] = []
-        for r in reversed(h.reads):
-            if r.time > e.time:
-                continue  # a read after the egress is not a chain
-            if r.time < lo:
-                break
-            scope = self._scope(r, p.pid, st, related, ancestors, uid, auid)
-            scored.append((r.weight * SCOPE_FACTOR[scope], -SCOPES.index(scope), r, scope))
-        if not scored:
+        alerting = _in_window(h.alerting, lo, e.time)
+        if not alerting:
+            if _in_window(h.reads, lo, e.time, first_only=True):
+                self.stats["low_only"] += 1
             return []
+        related, ancestors = self._lineage(h, p.pid, st)
+
+        def scope_of(r: _Read) -> str:
+            return self._scope(r, p.pid, st, related, ancestors, uid, auid)
+
+        scored: list[tuple[float, int, _Read, str]] = []
+        for r in alerting:
+            scope = scope_of(r)
+            scored.append((r.weight * SCOPE_FACTOR[scope], -SCOPES.index(scope), r, scope))
         self.stats["candidates"] += 1
         scored.sort(key=lambda x: (x[0], x[1], x[2].time), reverse=True)
         images = tuple(dict.fromkeys(st.images + ([p.executable] if p.executable else [])))
         best: Optional[tuple[float, int, _Read, str]] = None
         approved_any = False
+        sender = p.executable or (images[-1] if images else "")
         for cand in scored:
             r = cand[2]
-            if not r.alone:
-                continue
-            chain_images = tuple(dict.fromkeys((*images, r.executable)))
+            # An approval covers the reader's image at the read AND the sender's
+            # at the egress: a process whose history merely includes an approved
+            # image (sshd → bash → exec curl) is not approved.
             if any(
-                a.matches(chain_images, r.cls, e.remote_address, e.remote_port, e.time)
+                a.matches((r.executable,), r.cls, e.remote_address, e.remote_port, e.time)
+                and a.matches((sender,), r.cls, e.remote_address, e.remote_port, e.time)
                 for a in self.config.approved
             ):
                 approved_any = True
@@ -500,12 +543,16 @@ class Correlator:
         if any(img.rsplit("/", 1)[-1] in ENCODERS for img in lineage_images if img):
             reasons.append("encoder_in_lineage")
         strong = SCOPES.index(scope)
+        # Context: every other catalogue read (low classes included) in a scope
+        # at least as strong as the detection's.
         others = tuple(
             dict.fromkeys(
-                c[2].path for c in scored if c[2].path != r.path and SCOPES.index(c[3]) <= strong
+                o.path
+                for o in _in_window(h.reads, lo, e.time)
+                if o.path != r.path and SCOPES.index(scope_of(o)) <= strong
             )
         )
-        if any(c[2].alone and c[2].path != r.path and c[3] == scope for c in scored):
+        if any(c[2].path != r.path and c[3] == scope for c in scored):
             reasons.append("multiple_sensitive_files")
         if scope == "process" and r.executable and images and images[-1] != r.executable:
             reasons.append("exec_after_read")
@@ -555,6 +602,8 @@ class Correlator:
             lo = now - self.window
             while h.reads and h.reads[0].time < lo:
                 h.reads.popleft()
+            while h.alerting and h.alerting[0].time < lo:
+                h.alerting.popleft()
             stale = now - self.process_ttl
             while h.procs:
                 pid, st = next(iter(h.procs.items()))
@@ -612,9 +661,38 @@ class Correlator:
                 if proc.ppid is not None:
                     h.children.setdefault(proc.ppid, set()).add(int(pid))
             h.reads = deque(_Read(**r) for r in hs["reads"])
+            h.alerting = deque(r for r in h.reads if r.alone)
             h.destinations = OrderedDict((d, None) for d in hs["destinations"])
             h.newest = float(hs.get("newest", 0.0))
             self.hosts[str(name)] = h
+
+
+def _insert_in_time_order(dq: deque[_Read], r: _Read) -> deque[_Read]:
+    if not dq or dq[-1].time <= r.time:
+        dq.append(r)
+        return dq
+    items = list(dq)  # a late read: rare, so a rebuild is fine
+    i = len(items)
+    while i > 0 and items[i - 1].time > r.time:
+        i -= 1
+    items.insert(i, r)
+    return deque(items)
+
+
+def _in_window(
+    dq: deque[_Read], lo: float, hi: float, *, first_only: bool = False
+) -> list[_Read]:
+    """Reads with lo <= time <= hi, newest first (a read after the egress is no chain)."""
+    out: list[_Read] = []
+    for r in reversed(dq):
+        if r.time > hi:
+            continue
+        if r.time < lo:
+            break
+        out.append(r)
+        if first_only:
+            break
+    return out
 
 
 def _detection_id(
