@@ -97,3 +97,24 @@ def fake_proc_ns(tmp_path: Path) -> FakeProc:
     """A fake tree whose processes all live in the caller's (real) network
     namespace, so a monitor over it dumps real sockets."""
     return FakeProc(tmp_path / "proc", net_ns=os.stat("/proc/self/ns/net").st_ino)
+
+
+@pytest.fixture
+def sock() -> Iterator[str]:
+    """A manager socket path in a fresh short directory (UNIX socket paths hold 107 bytes)."""
+    import shutil
+
+    d = tempfile.mkdtemp(prefix="re-", dir="/tmp")
+    try:
+        yield os.path.join(d, "osquery.em")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def core(sock: str) -> Iterator[object]:
+    """The project's protocol-faithful osquery core, serving on ``sock``."""
+    from readegress.testing.core import OsqueryCore
+
+    with OsqueryCore(sock) as c:
+        yield c

@@ -17,14 +17,25 @@ def test_default_config_follows_the_reference() -> None:
     assert cfg.window_seconds == 120 and cfg.egress_classes == {DestinationClass.PUBLIC}
     high = {c.name for c in cat.classes if c.level == "high"}
     assert {"shadow", "ssh_private_key", "cloud_credentials", "kubernetes_credentials"} <= high
-    for low in ("/etc/passwd", "/etc/group", "/root/.ssh/known_hosts",
-                "/home/u/.ssh/authorized_keys"):
+    for low in (
+        "/etc/passwd",
+        "/etc/group",
+        "/root/.ssh/known_hosts",
+        "/home/u/.ssh/authorized_keys",
+    ):
         m = cat.match(low)
         assert m is not None and not m.alone, low
-    for path in ("/etc/shadow", "/etc/gshadow-", "/home/u/.ssh/id_ecdsa", "/root/.kube/config",
-                 "/var/run/secrets/kubernetes.io/serviceaccount/token", "/home/u/.netrc",
-                 "/home/u/.config/gcloud/application_default_credentials.json",
-                 "/home/u/.mozilla/firefox/abc.default/logins.json", "/etc/ssl/private/x.key"):
+    for path in (
+        "/etc/shadow",
+        "/etc/gshadow-",
+        "/home/u/.ssh/id_ecdsa",
+        "/root/.kube/config",
+        "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        "/home/u/.netrc",
+        "/home/u/.config/gcloud/application_default_credentials.json",
+        "/home/u/.mozilla/firefox/abc.default/logins.json",
+        "/etc/ssl/private/x.key",
+    ):
         m = cat.match(path)
         assert m is not None and m.alone and m.weight >= 80, path
     assert cat.match("/home/u/.ssh/id_rsa.pub") is None
@@ -64,7 +75,7 @@ owner = "x"
 
 def test_toml_syntax_error_has_line() -> None:
     with pytest.raises(ConfigError, match=r"^x.toml:3: "):
-        parse_config('window_seconds = 1\n\nthreshold = = 2\n', "x.toml")
+        parse_config("window_seconds = 1\n\nthreshold = = 2\n", "x.toml")
 
 
 def test_approved_job_needs_owner() -> None:

@@ -18,8 +18,13 @@ def ctx(*constraints: dict[str, object], cols: list[str] | None = None) -> Query
 
 
 def test_equals_and_in_are_a_union() -> None:
-    c = ctx({"name": "pid", "list": [{"op": 2, "expr": "1"}, {"op": 2, "expr": "7"}],
-             "affinity": "BIGINT"})
+    c = ctx(
+        {
+            "name": "pid",
+            "list": [{"op": 2, "expr": "1"}, {"op": 2, "expr": "7"}],
+            "affinity": "BIGINT",
+        }
+    )
     assert c.int_equals("pid") == {1, 7}
     assert c.int_equals("fd") is None
 
@@ -51,15 +56,21 @@ def test_cols_used() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["{", "[]", '{"constraints": 3}', '{"constraints": [{"list": []}]}',
-     '{"constraints": [{"name": "a", "list": [{"op": "x"}]}]}'],
+    [
+        "{",
+        "[]",
+        '{"constraints": 3}',
+        '{"constraints": [{"list": []}]}',
+        '{"constraints": [{"name": "a", "list": [{"op": "x"}]}]}',
+    ],
 )
 def test_malformed_context_is_an_error(text: str) -> None:
     with pytest.raises(ContextError):
         QueryContext.from_json(text)
 
 
-@pytest.mark.parametrize(("text", "value"), [("12", 12), (" -3 ", -3), ("1e3", None),
-                                               ("0x10", None), ("", None)])
+@pytest.mark.parametrize(
+    ("text", "value"), [("12", 12), (" -3 ", -3), ("1e3", None), ("0x10", None), ("", None)]
+)
 def test_parse_int(text: str, value: int | None) -> None:
     assert parse_int(text) == value

@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -153,22 +151,6 @@ ROWS = [
     CtxRow(2, "kthreadd", "n2", 0, None),
     CtxRow(300, "sshd", "n3", 1000, 2.25),
 ]
-
-
-@pytest.fixture
-def sock() -> Iterator[str]:
-    # A short directory: a UNIX socket path is limited to 107 bytes.
-    d = tempfile.mkdtemp(prefix="re-core-", dir="/tmp")
-    try:
-        yield os.path.join(d, "osquery.em")
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def core(sock: str) -> Iterator[OsqueryCore]:
-    with OsqueryCore(sock) as c:
-        yield c
 
 
 def serve(

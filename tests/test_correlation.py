@@ -56,27 +56,44 @@ def config(extra: str = "") -> Config:
 
 
 def read(t: float, pid: int, path: str = "/etc/shadow", host: str = "h1", **kw: Any) -> Event:
-    proc = Proc(pid=pid, ppid=kw.pop("ppid", 1000), executable=kw.pop("exe", "/usr/bin/cat"),
-                uid=kw.pop("uid", 0), auid=kw.pop("auid", None), start=kw.pop("start", None),
-                pgid=kw.pop("pgid", None), sid=kw.pop("sid", None))
+    proc = Proc(
+        pid=pid,
+        ppid=kw.pop("ppid", 1000),
+        executable=kw.pop("exe", "/usr/bin/cat"),
+        uid=kw.pop("uid", 0),
+        auid=kw.pop("auid", None),
+        start=kw.pop("start", None),
+        pgid=kw.pop("pgid", None),
+        sid=kw.pop("sid", None),
+    )
     return SensitiveRead(host, t, proc, path, "test", **kw)
 
 
-def connect(t: float, pid: int, addr: str = "8.8.8.8", port: int = 4444, host: str = "h1",
-            **kw: Any) -> Event:
-    proc = Proc(pid=pid, ppid=kw.pop("ppid", None), executable=kw.pop("exe", "/usr/bin/curl"),
-                uid=kw.pop("uid", 0), auid=kw.pop("auid", None), start=kw.pop("start", None),
-                pgid=kw.pop("pgid", None), sid=kw.pop("sid", None))
+def connect(
+    t: float, pid: int, addr: str = "8.8.8.8", port: int = 4444, host: str = "h1", **kw: Any
+) -> Event:
+    proc = Proc(
+        pid=pid,
+        ppid=kw.pop("ppid", None),
+        executable=kw.pop("exe", "/usr/bin/curl"),
+        uid=kw.pop("uid", 0),
+        auid=kw.pop("auid", None),
+        start=kw.pop("start", None),
+        pgid=kw.pop("pgid", None),
+        sid=kw.pop("sid", None),
+    )
     return Egress(host, t, proc, addr, port, "test", **kw)
 
 
-def fork(t: float, child: int, parent: int, exe: str = "/bin/bash", host: str = "h1",
-         uid: int = 0) -> Event:
+def fork(
+    t: float, child: int, parent: int, exe: str = "/bin/bash", host: str = "h1", uid: int = 0
+) -> Event:
     return ProcessStart(host, t, Proc(pid=child, ppid=parent, executable=exe, uid=uid), "test")
 
 
-def execve(t: float, pid: int, exe: str, ppid: Optional[int] = None, host: str = "h1",
-           uid: int = 0) -> Event:
+def execve(
+    t: float, pid: int, exe: str, ppid: Optional[int] = None, host: str = "h1", uid: int = 0
+) -> Event:
     return Exec(host, t, Proc(pid=pid, ppid=ppid, executable=exe, uid=uid, cmdline=exe), "test")
 
 
@@ -123,9 +140,12 @@ def test_lineage_child_reads_parent_sends() -> None:
 def test_lineage_pipeline_siblings_with_encoder() -> None:
     # sh -c 'tar czf - ~/.aws | openssl enc | curl ...': three children of one shell.
     events = [
-        fork(90, 31, 30), execve(90, 31, "/usr/bin/tar"),
-        fork(90, 32, 30), execve(90, 32, "/usr/bin/openssl"),
-        fork(90, 33, 30), execve(90, 33, "/usr/bin/curl"),
+        fork(90, 31, 30),
+        execve(90, 31, "/usr/bin/tar"),
+        fork(90, 32, 30),
+        execve(90, 32, "/usr/bin/openssl"),
+        fork(90, 33, 30),
+        execve(90, 33, "/usr/bin/curl"),
         read(100, 31, "/home/alice/.aws/credentials", ppid=30, exe="/usr/bin/tar"),
         connect(101, 33, port=443),
     ]
@@ -137,8 +157,9 @@ def test_lineage_pipeline_siblings_with_encoder() -> None:
 
 
 def test_lineage_process_group() -> None:
-    dets, _ = run([read(100, 41, ppid=2000, pgid=40, uid=5), connect(101, 42, pgid=40, ppid=3000,
-                                                                     uid=6)])
+    dets, _ = run(
+        [read(100, 41, ppid=2000, pgid=40, uid=5), connect(101, 42, pgid=40, ppid=3000, uid=6)]
+    )
     assert [d.scope for d in dets] == ["lineage"]
 
 
@@ -187,7 +208,7 @@ def test_pid_reuse_breaks_the_chain(reuse: list[Event]) -> None:
 
 
 def test_pid_reuse_by_start_time() -> None:
-    dets, c = run([read(100, 80, start=5000, uid=1), connect(101, 80, start=7000, uid=2)])
+    dets, _ = run([read(100, 80, start=5000, uid=1), connect(101, 80, start=7000, uid=2)])
     assert [d.scope for d in dets] == ["host"]
     dets, _ = run([read(100, 80, start=5000), connect(101, 80, start=5000)])
     assert [d.scope for d in dets] == ["process"]
@@ -220,9 +241,17 @@ def test_destination_classes(address: str, detected: bool) -> None:
 
 
 def test_loopback_counts_when_configured() -> None:
-    cfg = config().__class__(**{**config().__dict__, "egress_classes": frozenset(
-        {*config().egress_classes, *parse_config(BASE.replace('["public"]', '["loopback"]'))
-         .egress_classes})})
+    cfg = config().__class__(
+        **{
+            **config().__dict__,
+            "egress_classes": frozenset(
+                {
+                    *config().egress_classes,
+                    *parse_config(BASE.replace('["public"]', '["loopback"]')).egress_classes,
+                }
+            ),
+        }
+    )
     dets, _ = run([read(100, 10), connect(101, 10, addr="127.0.0.1")], cfg)
     assert len(dets) == 1 and dets[0].remote_class == "loopback"
 
@@ -271,8 +300,9 @@ def test_approved_jobs_are_pairs() -> None:
     dets, _ = run([read(100, 10, exe="/usr/bin/ssh"), connect(101, 10, exe="/usr/bin/ssh")], cfg)
     assert len(dets) == 1
     # scp reading the key is not ssh.
-    dets, _ = run([read(100, 10, key, exe="/usr/bin/scp"), connect(101, 10, exe="/usr/bin/scp")],
-                  cfg)
+    dets, _ = run(
+        [read(100, 10, key, exe="/usr/bin/scp"), connect(101, 10, exe="/usr/bin/scp")], cfg
+    )
     assert len(dets) == 1
 
 
@@ -286,12 +316,18 @@ def test_approved_jobs_are_pairs() -> None:
         ("8.8.4.4", 443, 1_900_000_000, False),  # approval expired (2030-01-01)
     ],
 )
-def test_approved_destination_port_and_expiry(address: str, port: int, when: float,
-                                              approved: bool) -> None:
+def test_approved_destination_port_and_expiry(
+    address: str, port: int, when: float, approved: bool
+) -> None:
     cfg = config(APPROVED)
     exe = "/opt/backup/bin/backup-agent"
-    dets, _ = run([read(when - 1, 10, "/root/.aws/credentials", exe=exe),
-                   connect(when, 10, addr=address, port=port, exe=exe)], cfg)
+    dets, _ = run(
+        [
+            read(when - 1, 10, "/root/.aws/credentials", exe=exe),
+            connect(when, 10, addr=address, port=port, exe=exe),
+        ],
+        cfg,
+    )
     assert (dets == []) is approved
 
 
@@ -309,8 +345,9 @@ def test_reads_outside_catalogue_are_ignored() -> None:
 
 
 def test_one_detection_per_chain_and_destination() -> None:
-    dets, c = run([read(100, 10), connect(101, 10), connect(102, 10), connect(103, 10,
-                                                                              addr="1.1.1.1")])
+    dets, c = run(
+        [read(100, 10), connect(101, 10), connect(102, 10), connect(103, 10, addr="1.1.1.1")]
+    )
     assert [d.remote_address for d in dets] == ["8.8.8.8", "1.1.1.1"]
     assert c.stats["duplicates"] == 1
     assert "first_seen_destination" in dets[1].reasons
@@ -320,8 +357,14 @@ def test_strongest_scope_wins() -> None:
     # Two members of one pipeline (forked together): lineage on a high class (64)
     # beats process scope on a medium one (40).
     pipeline = [fork(90, 10, 3), fork(90.2, 11, 3)]
-    dets, _ = run([*pipeline, read(100, 11, uid=0, ppid=3), read(100.5, 10, "/etc/sudoers",
-                                                                 ppid=3), connect(101, 10)])
+    dets, _ = run(
+        [
+            *pipeline,
+            read(100, 11, uid=0, ppid=3),
+            read(100.5, 10, "/etc/sudoers", ppid=3),
+            connect(101, 10),
+        ]
+    )
     assert dets[0].path == "/etc/shadow" and dets[0].scope == "lineage"
     assert "/etc/sudoers" in dets[0].other_paths
 
@@ -332,11 +375,13 @@ def test_children_of_a_long_lived_parent_are_not_one_pipeline() -> None:
     dets, _ = run([*jobs, read(100, 11, ppid=3, uid=1), connect(101, 10, uid=2)])
     assert [d.scope for d in dets] == ["host"]
     # The same by start ticks (native sources): 60 s apart at USER_HZ 100.
-    dets, _ = run([read(100, 11, ppid=3, start=1000, uid=1),
-                   connect(101, 10, ppid=3, start=7000, uid=2)])
+    dets, _ = run(
+        [read(100, 11, ppid=3, start=1000, uid=1), connect(101, 10, ppid=3, start=7000, uid=2)]
+    )
     assert [d.scope for d in dets] == ["host"]
-    dets, _ = run([read(100, 11, ppid=3, start=1000, uid=1),
-                   connect(101, 10, ppid=3, start=1100, uid=2)])
+    dets, _ = run(
+        [read(100, 11, ppid=3, start=1000, uid=1), connect(101, 10, ppid=3, start=1100, uid=2)]
+    )
     assert [d.scope for d in dets] == ["lineage"]
 
 
@@ -358,8 +403,9 @@ owner = "default catalogue"
     dets, c = run(events, cfg)
     assert len(dets) == 1 and c.stats["approved"] == 0
     # sshd itself reading shadow (PAM) and connecting stays approved.
-    dets, c = run([read(100, 41, exe="/usr/sbin/sshd"), connect(101, 41, exe="/usr/sbin/sshd")],
-                  cfg)
+    dets, c = run(
+        [read(100, 41, exe="/usr/sbin/sshd"), connect(101, 41, exe="/usr/sbin/sshd")], cfg
+    )
     assert dets == [] and c.stats["approved"] == 1
 
 
@@ -367,16 +413,17 @@ def test_enrich_adds_reasons_and_score() -> None:
     dets, _ = run([read(100, 10, size=1200), connect(101, 10)])
     d = enrich(dets[0], bytes_sent=5 << 20, socket_age=900, keepalive=True)
     assert {"bulk_transfer", "bytes_ge_file_size", "long_lived_socket", "keepalive"} <= set(
-        d.reasons)
+        d.reasons
+    )
     assert d.score == dets[0].score + 15 + 15 + 10 + 5
     assert d.bytes_sent == 5 << 20
 
 
 def test_transfer_on_existing_socket() -> None:
-    dets, _ = run([read(100, 10, size=100), connect(101, 10, kind="transfer",
-                                                    bytes_sent=2 << 20)])
+    dets, _ = run([read(100, 10, size=100), connect(101, 10, kind="transfer", bytes_sent=2 << 20)])
     assert {"transfer_on_existing_socket", "bulk_transfer", "bytes_ge_file_size"} <= set(
-        dets[0].reasons)
+        dets[0].reasons
+    )
 
 
 def test_state_roundtrip_neither_loses_nor_repeats() -> None:
@@ -409,10 +456,25 @@ def test_detection_ids_are_stable() -> None:
 
 
 # ----- osquery rows → events (pure) --------------------------------------
-SOCK = {"action": "connect", "pid": "10", "path": "/usr/bin/curl", "fd": "3", "auid": "1000",
-        "family": "2", "protocol": "0", "local_address": "", "remote_address": "8.8.8.8",
-        "local_port": "0", "remote_port": "443", "socket": "", "time": "101", "uptime": "5",
-        "eid": "0000000001", "success": "1", "status": "succeeded"}
+SOCK = {
+    "action": "connect",
+    "pid": "10",
+    "path": "/usr/bin/curl",
+    "fd": "3",
+    "auid": "1000",
+    "family": "2",
+    "protocol": "0",
+    "local_address": "",
+    "remote_address": "8.8.8.8",
+    "local_port": "0",
+    "remote_port": "443",
+    "socket": "",
+    "time": "101",
+    "uptime": "5",
+    "eid": "0000000001",
+    "success": "1",
+    "status": "succeeded",
+}
 
 
 @pytest.mark.parametrize(
@@ -426,8 +488,9 @@ SOCK = {"action": "connect", "pid": "10", "path": "/usr/bin/curl", "fd": "3", "a
         ({"family": "1", "remote_address": "/run/x.sock"}, False),
     ],
 )
-def test_socket_rows_failed_connects_and_accepts_ignored(changes: dict[str, str],
-                                                          egress: bool) -> None:
+def test_socket_rows_failed_connects_and_accepts_ignored(
+    changes: dict[str, str], egress: bool
+) -> None:
     row = {**SOCK, **changes}
     assert recognise(row) == SOCKET_EVENTS
     e = event_from_row(SOCKET_EVENTS, row, "h1")
@@ -435,8 +498,18 @@ def test_socket_rows_failed_connects_and_accepts_ignored(changes: dict[str, str]
 
 
 def test_process_rows_fork_child_is_pid() -> None:
-    row = {"pid": "21", "parent": "20", "path": "/bin/bash", "cmdline": "", "cwd": "/",
-           "auid": "1000", "uid": "1000", "time": "90", "syscall": "fork", "eid": "1"}
+    row = {
+        "pid": "21",
+        "parent": "20",
+        "path": "/bin/bash",
+        "cmdline": "",
+        "cwd": "/",
+        "auid": "1000",
+        "uid": "1000",
+        "time": "90",
+        "syscall": "fork",
+        "eid": "1",
+    }
     assert recognise(row) == PROCESS_EVENTS
     e = event_from_row(PROCESS_EVENTS, row, "h1")
     assert isinstance(e, ProcessStart) and e.proc.pid == 21 and e.proc.ppid == 20
@@ -446,9 +519,21 @@ def test_process_rows_fork_child_is_pid() -> None:
 
 
 def test_file_rows_only_reads() -> None:
-    row = {"operation": "open", "pid": "10", "ppid": "1", "time": "100",
-           "executable": "/usr/bin/cat", "partial": "0", "cwd": "/", "path": "/etc/shadow",
-           "dest_path": "", "uid": "0", "gid": "0", "auid": "1000", "eid": "1"}
+    row = {
+        "operation": "open",
+        "pid": "10",
+        "ppid": "1",
+        "time": "100",
+        "executable": "/usr/bin/cat",
+        "partial": "0",
+        "cwd": "/",
+        "path": "/etc/shadow",
+        "dest_path": "",
+        "uid": "0",
+        "gid": "0",
+        "auid": "1000",
+        "eid": "1",
+    }
     assert recognise(row) == FILE_EVENTS
     assert isinstance(event_from_row(FILE_EVENTS, row, "h"), SensitiveRead)
     assert event_from_row(FILE_EVENTS, {**row, "operation": "write"}, "h") is None
@@ -463,12 +548,20 @@ def test_numerics_rows() -> None:
 def test_weak_reasons_cannot_lift_unrelated_processes_over_the_threshold() -> None:
     # Two high reads by unrelated processes, then a third process connects quickly to a
     # new address on an uncommon port: every weak reason fires, and it is still host scope.
-    dets, _ = run([read(100, 10, uid=1, ppid=7), read(100, 20, "/root/.aws/credentials", uid=2,
-                                                      ppid=8),
-                   connect(105, 30, uid=3, port=8443)])
+    dets, _ = run(
+        [
+            read(100, 10, uid=1, ppid=7),
+            read(100, 20, "/root/.aws/credentials", uid=2, ppid=8),
+            connect(105, 30, uid=3, port=8443),
+        ]
+    )
     assert [d.scope for d in dets] == ["host"]
-    assert {"quick_egress", "uncommon_port", "first_seen_destination",
-            "multiple_sensitive_files"} <= set(dets[0].reasons)
+    assert {
+        "quick_egress",
+        "uncommon_port",
+        "first_seen_destination",
+        "multiple_sensitive_files",
+    } <= set(dets[0].reasons)
     assert dets[0].score < 50
 
 

@@ -145,8 +145,11 @@ def test_join_calls_generate_per_outer_row(engine: tuple[Engine, Numbers]) -> No
 
 @pytest.mark.parametrize(
     ("sql", "message"),
-    [("SELEC 1", "syntax error"), ("SELECT * FROM nope", "no such table: nope"),
-     ("SELECT nope FROM numbers", "no such column: nope")],
+    [
+        ("SELEC 1", "syntax error"),
+        ("SELECT * FROM nope", "no such table: nope"),
+        ("SELECT nope FROM numbers", "no such column: nope"),
+    ],
 )
 def test_sql_errors(engine: tuple[Engine, Numbers], sql: str, message: str) -> None:
     e, _ = engine

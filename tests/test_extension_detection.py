@@ -12,19 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Callable, Optional
-
-import pytest
 
 from osquery_events import EventTables, write_config
 from readegress.osquery import ExtensionRuntime
@@ -36,21 +31,6 @@ from readegress.tables.spec import load_specs
 from readegress.testing import OsqueryCore
 
 Rows = list[dict[str, str]]
-
-
-@pytest.fixture
-def sock() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="re-ext-", dir="/tmp")  # UNIX socket paths are short
-    try:
-        yield os.path.join(d, "osquery.em")
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def core(sock: str) -> Iterator[OsqueryCore]:
-    with OsqueryCore(sock) as c:
-        yield c
 
 
 class Extension:

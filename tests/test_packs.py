@@ -43,8 +43,18 @@ def test_pack_shape() -> None:
         assert re.fullmatch(r"[a-z][a-z0-9_]*", name), name
         assert 1 <= q["interval"] <= 604800
         assert q["description"].endswith(".") and q["value"]
-        assert set(q) <= {"query", "interval", "platform", "version", "description", "value",
-                          "snapshot", "removed", "denylist", "shard"}
+        assert set(q) <= {
+            "query",
+            "interval",
+            "platform",
+            "version",
+            "description",
+            "value",
+            "snapshot",
+            "removed",
+            "denylist",
+            "shard",
+        }
 
 
 @pytest.mark.parametrize("name", sorted(PACK["queries"]))

@@ -159,22 +159,6 @@ def child_main(argv: Sequence[str]) -> int:
 
 
 @pytest.fixture
-def sock() -> Iterator[str]:
-    # A short directory: a UNIX socket path is limited to 107 bytes.
-    d = tempfile.mkdtemp(prefix="re-rt-", dir="/tmp")
-    try:
-        yield os.path.join(d, "osquery.em")
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def core(sock: str) -> Iterator[OsqueryCore]:
-    with OsqueryCore(sock) as c:
-        yield c
-
-
-@pytest.fixture
 def tables() -> dict[str, BoundTable]:
     return make_tables()
 

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import stat
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -41,21 +39,6 @@ from readegress.tables.base import TableEnv
 from readegress.testing import OsqueryCore
 
 T0 = 1_700_000_000
-
-
-@pytest.fixture
-def sock() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="re-svc-", dir="/tmp")  # UNIX socket paths are short
-    try:
-        yield os.path.join(d, "osquery.em")
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def core(sock: str) -> Iterator[OsqueryCore]:
-    with OsqueryCore(sock) as c:
-        yield c
 
 
 @pytest.fixture

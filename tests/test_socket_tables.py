@@ -33,7 +33,10 @@ REPO = Path(__file__).resolve().parents[1]
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "readegress", *args],
-        capture_output=True, text=True, timeout=timeout, check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -65,15 +68,6 @@ def test_query_cli_counts_a_10_mb_transfer_exactly(family: int) -> None:
 
 
 @pytest.fixture
-def sock() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="re-st-", dir="/tmp")
-    try:
-        yield os.path.join(d, "osquery.em")
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
 def extension(sock: str) -> Iterator[tuple[OsqueryCore, ManagerClient, TableEnv]]:
     """The real tables served over Thrift to the test core, polling in the background
     (60 s interval: a test decides when polls happen by querying)."""
@@ -102,8 +96,10 @@ def test_thrift_counts_a_10_mb_transfer_exactly(
         c.send(N)
         assert srv.wait_received(N) == N
         rows = rows_by_pid_fd(
-            m.query(f"SELECT pid, fd, bytes_sent, bytes_received FROM socket_bytes"
-                    f" WHERE pid IN ({c.pid}, {srv.pid})")
+            m.query(
+                f"SELECT pid, fd, bytes_sent, bytes_received FROM socket_bytes"
+                f" WHERE pid IN ({c.pid}, {srv.pid})"
+            )
         )
         # Over Thrift every value is a string, as osquery delivers them.
         assert rows[(c.pid, c.fd)]["bytes_sent"] == str(N)
@@ -147,8 +143,10 @@ def test_connection_closed_between_polls_is_in_closed_totals(
 
 @pytest.mark.parametrize(
     ("sql", "message"),
-    [("SELEC pid FROM socket_bytes", "syntax error"),
-     ("SELECT * FROM no_such_table", "no such table: no_such_table")],
+    [
+        ("SELEC pid FROM socket_bytes", "syntax error"),
+        ("SELECT * FROM no_such_table", "no such table: no_such_table"),
+    ],
 )
 def test_query_errors_are_one_clear_line(sql: str, message: str) -> None:
     out = cli("query", sql)
@@ -183,13 +181,23 @@ def test_non_root_sees_what_it_can_and_warns_once() -> None:
         mine = socket.create_server(("127.0.0.1", 0))  # a socket nobody owns
         out, err = io.StringIO(), io.StringIO()
         with redirect_stdout(out), redirect_stderr(err):
-            rc = cli_mod.main(["query", "--json", "SELECT pid, local_port FROM socket_bytes"
-                                                  " WHERE local_port IN (%d, %d)"
-                               % (port, mine.getsockname()[1])])
+            rc = cli_mod.main(
+                [
+                    "query",
+                    "--json",
+                    "SELECT pid, local_port FROM socket_bytes"
+                    f" WHERE local_port IN ({port}, {mine.getsockname()[1]})",
+                ]
+            )
         mine_port = mine.getsockname()[1]
         mine.close()
-        return {"rc": rc, "out": out.getvalue(), "err": err.getvalue(), "mine": mine_port,
-                "me": os.getpid()}
+        return {
+            "rc": rc,
+            "out": out.getvalue(),
+            "err": err.getvalue(),
+            "mine": mine_port,
+            "me": os.getpid(),
+        }
 
     try:
         res = loopback.run_as_user(as_nobody)

@@ -50,7 +50,7 @@ def test_routes_carry_types_and_option_bits() -> None:
         {"id": "column", "name": "time", "type": "BIGINT", "op": "1"},
         {"id": "column", "name": "path", "type": "TEXT", "op": "16"},
     ]
-    assert 'HIDDEN' in spec.create_sql()
+    assert "HIDDEN" in spec.create_sql()
 
 
 @pytest.mark.parametrize(
@@ -61,8 +61,8 @@ def test_routes_carry_types_and_option_bits() -> None:
         (('name = "path"', 'name = "group"'), "reserved", 13),
         (('type = "TEXT"', 'type = "STRING"'), "type 'STRING'", 13),
         (('type = "BIGINT"', 'type = "TEXT"'), "BIGINT 'time'", 1),
-        (('hidden = true', 'hiden = true'), "unknown key", 13),
-        (('examples = ["SELECT * FROM t_events"]', 'examples = []'), "example", 1),
+        (("hidden = true", "hiden = true"), "unknown key", 13),
+        (('examples = ["SELECT * FROM t_events"]', "examples = []"), "example", 1),
     ],
 )
 def test_bad_specs_name_file_and_line(edit: tuple[str, str], message: str, line: int) -> None:

@@ -124,8 +124,7 @@ class Catalogue:
                 if parts:
                     words.add(parts[-1] if len(parts[-1]) >= 3 else max(parts, key=len))
         self.prefilter = re.compile(
-            "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)).encode()
-            or b"(?!)"
+            "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)).encode() or b"(?!)"
         )
 
     def match(self, path: str) -> SensitiveClass | None:
@@ -137,6 +136,8 @@ class Catalogue:
         if self._include.match(path) is None:
             return None
         for c, rx in zip(self.classes, self._per_class):
-            if rx.match(path) and not (c.name in self._exclude and self._exclude[c.name].match(path)):
+            if rx.match(path) and not (
+                c.name in self._exclude and self._exclude[c.name].match(path)
+            ):
                 return c
         return None

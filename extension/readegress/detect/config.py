@@ -146,7 +146,10 @@ def _check_file_safety(path: Path) -> str | None:
         return None
     st = path.stat()
     if st.st_uid != 0:
-        return f"{path}: refusing a config not owned by root (owner uid {st.st_uid}) while running as root"
+        return (
+            f"{path}: refusing a config not owned by root (owner uid {st.st_uid})"
+            " while running as root"
+        )
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return (
             f"{path}: refusing a config writable by group or others (mode "
@@ -263,8 +266,10 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         pats: list[tuple[str, tuple[str, ...]]] = []
         for key in ("paths", "exclude"):
             v = c.get(key, [] if key == "exclude" else None)
-            if not isinstance(v, list) or not all(isinstance(x, str) for x in v) or (
-                key == "paths" and not v
+            if (
+                not isinstance(v, list)
+                or not all(isinstance(x, str) for x in v)
+                or (key == "paths" and not v)
             ):
                 bad(loc.at(key, sec), f"{key} must be a list of path globs")
                 v = []
@@ -281,7 +286,15 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     for i, a in enumerate(raw_approved if isinstance(raw_approved, list) else []):
         sec = ("approved", i)
         for k in a:
-            if k not in {"executable", "class", "owner", "destination", "port", "expires", "reason"}:
+            if k not in {
+                "executable",
+                "class",
+                "owner",
+                "destination",
+                "port",
+                "expires",
+                "reason",
+            }:
                 bad(loc.at(k, sec), f"unknown key {k!r} in [[approved]]")
         exe, cls, owner = a.get("executable"), a.get("class"), a.get("owner")
         if not isinstance(exe, str) or not exe:

@@ -679,9 +679,7 @@ def _insert_in_time_order(dq: deque[_Read], r: _Read) -> deque[_Read]:
     return deque(items)
 
 
-def _in_window(
-    dq: deque[_Read], lo: float, hi: float, *, first_only: bool = False
-) -> list[_Read]:
+def _in_window(dq: deque[_Read], lo: float, hi: float, *, first_only: bool = False) -> list[_Read]:
     """Reads with lo <= time <= hi, newest first (a read after the egress is no chain)."""
     out: list[_Read] = []
     for r in reversed(dq):
@@ -695,9 +693,7 @@ def _in_window(
     return out
 
 
-def _detection_id(
-    host: str, r: _Read, pid: int, marker: str, address: str, port: int
-) -> str:
+def _detection_id(host: str, r: _Read, pid: int, marker: str, address: str, port: int) -> str:
     """Stable across restarts and replays: derived only from the evidence."""
     key = "|".join(
         (host, str(r.pid), r.marker, r.path, f"{r.time:.3f}", str(pid), marker, address, str(port))

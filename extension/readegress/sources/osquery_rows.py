@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from readegress.detect.events import Egress, Event, Exec, ProcessStart, Proc, SensitiveRead
+from readegress.detect.events import Egress, Event, Exec, Proc, ProcessStart, SensitiveRead
 
 FILE_EVENTS = "process_file_events"
 SOCKET_EVENTS = "socket_events"

@@ -87,7 +87,7 @@ class _Cursor:
         self._row: Sequence[Any] = ()
         self._i = 0
 
-    def Filter(self, indexnum: int, indexname: str | None, args: Sequence[Any]) -> None:  # noqa: N802
+    def Filter(self, indexnum: int, indexname: str | None, args: Sequence[Any]) -> None:
         # idxStr carries the plan chosen by BestIndexObject for this cursor:
         # the pushed constraints in argv order and the columns the query uses.
         plan = json.loads(indexname) if indexname else {"c": [], "u": None}
@@ -99,21 +99,21 @@ class _Cursor:
         self._i = 0
         self._row = self._rows[0] if self._rows else ()
 
-    def Eof(self) -> bool:  # noqa: N802
+    def Eof(self) -> bool:
         return self._i >= len(self._rows)
 
-    def Rowid(self) -> int:  # noqa: N802
+    def Rowid(self) -> int:
         return self._i
 
-    def Column(self, n: int) -> Any:  # noqa: N802
+    def Column(self, n: int) -> Any:
         return self._row[n] if n >= 0 else self._i
 
-    def Next(self) -> None:  # noqa: N802
+    def Next(self) -> None:
         self._i += 1
         if self._i < len(self._rows):
             self._row = self._rows[self._i]
 
-    def Close(self) -> None:  # noqa: N802
+    def Close(self) -> None:
         self._rows = ()
 
 
@@ -122,7 +122,7 @@ class _VTable:
         self.source = source
         self.spec = source.spec
 
-    def BestIndexObject(self, info: apsw.IndexInfo) -> bool:  # noqa: N802
+    def BestIndexObject(self, info: apsw.IndexInfo) -> bool:
         cols = self.spec.columns
         plan: list[list[Any]] = []
         cost = 1_000_000.0
@@ -137,14 +137,16 @@ class _VTable:
             info.set_aConstraintUsage_argvIndex(i, len(plan))
             cost /= 100.0 if op == apsw.SQLITE_INDEX_CONSTRAINT_EQ else 2.0
         used = info.colUsed
-        info.idxStr = json.dumps({"c": plan, "u": [c.name for j, c in enumerate(cols) if j in used]})
+        info.idxStr = json.dumps(
+            {"c": plan, "u": [c.name for j, c in enumerate(cols) if j in used]}
+        )
         info.estimatedCost = cost
         return True
 
-    def Open(self) -> _Cursor:  # noqa: N802
+    def Open(self) -> _Cursor:
         return _Cursor(self)
 
-    def Disconnect(self) -> None:  # noqa: N802
+    def Disconnect(self) -> None:
         pass
 
     Destroy = Disconnect
@@ -154,7 +156,7 @@ class _Module:
     def __init__(self, source: RowSource) -> None:
         self.source = source
 
-    def Create(self, db: Any, modulename: str, dbname: str, tablename: str, *args: Any) -> Any:  # noqa: N802
+    def Create(self, db: Any, modulename: str, dbname: str, tablename: str, *args: Any) -> Any:
         return self.source.spec.create_sql(), _VTable(self.source)
 
     Connect = Create

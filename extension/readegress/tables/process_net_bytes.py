@@ -41,7 +41,7 @@ class ProcessNetBytesRow(NamedTuple):
 
 
 class _Live:
-    __slots__ = ("info", "open", "oldest", "outbound", "received", "sent", "tcp")
+    __slots__ = ("info", "oldest", "open", "outbound", "received", "sent", "tcp")
 
     def __init__(self, info: ProcessInfo) -> None:
         self.info = info

@@ -159,6 +159,4 @@ class SocketBytesTable:
                 continue
             for w in owners:
                 p = w.process
-                yield SocketBytesRow(
-                    p.identity.pid, w.fd, *middle, p.start_time, o.net_namespace
-                )
+                yield SocketBytesRow(p.identity.pid, w.fd, *middle, p.start_time, o.net_namespace)

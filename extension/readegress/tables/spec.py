@@ -175,7 +175,9 @@ def validate_spec(spec: TableSpec) -> list[tuple[str, str]]:
         if c.name in RESERVED_COLUMN_NAMES:
             problems.append((f"column name {c.name!r} is reserved", f'"{c.name}"'))
         if not c.description.endswith("."):
-            problems.append((f"column {c.name!r}: description must end with a period", f'"{c.name}"'))
+            problems.append(
+                (f"column {c.name!r}: description must end with a period", f'"{c.name}"')
+            )
         seen.add(c.name)
     if spec.name.endswith("_events"):
         times = [c for c in spec.columns if c.name == "time"]
@@ -207,7 +209,9 @@ def load_specs(directory: Path | None = None) -> dict[str, TableSpec]:
     for f in files:
         spec = parse_spec(f.read_text(encoding="utf-8"), str(f))
         if spec.name in specs:
-            raise SpecError(f"{f}:1: table {spec.name!r} already declared in {specs[spec.name].path}")
+            raise SpecError(
+                f"{f}:1: table {spec.name!r} already declared in {specs[spec.name].path}"
+            )
         specs[spec.name] = spec
     return specs
 
