@@ -12,6 +12,12 @@ def _foundation(argv: Sequence[str]) -> int:
     return foundation.main(argv)
 
 
+def _native(argv: Sequence[str]) -> int:
+    from bench import native
+
+    return native.main(argv)
+
+
 def _replay(argv: Sequence[str]) -> int:
     from bench import replay
 
@@ -22,6 +28,10 @@ SUBCOMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "foundation": (
         _foundation,
         "socket_bytes vs ss/psutil, Thrift generate vs osquery-python, extension RSS/idle CPU",
+    ),
+    "native": (
+        _native,
+        "fanotify read source overhead on open/read/close vs no monitoring and Linux audit",
     ),
     "replay": (_replay, "readegress replay of a results log vs DuckDB and jq, memory per read"),
 }
