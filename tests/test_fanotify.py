@@ -232,10 +232,27 @@ def test_permission_group_identifies_short_lived_readers(
     assert all(e.opener.cmdline == f"{CAT} {target}" for e in perm)
     assert len({e.opener.pid for e in perm}) == 20
     assert all(e.path == target and e.size == 321 for e in perm)
-    # The FAN_OPEN notifications of those same opens are not reported twice.
-    assert s.covered_by_perm >= 20
+    # The same opens are not reported twice: the notification group ignores a
+    # permission-marked file in the kernel (no event at all, nothing to drop).
+    assert not [e for e in collected if not e.permission]
+    assert s.covered_by_perm == 0
     assert s.perm_answered == 20 and s.perm_watchdog == 0
     assert 0 < s.perm_max_hold_us < 20_000
+
+
+def test_ignore_mark_silences_a_parent_directory_mark_for_permission_files(
+    files: Path, collected: list[FanotifyEvent]
+) -> None:
+    target = str(files / "id_test")
+    other = str(files / "notes")
+    with FanotifyWatcher([], [str(files)], [target], collected.append):
+        for path in (target, other, target):
+            subprocess.run([CAT, path], stdout=subprocess.DEVNULL, check=True, timeout=5)
+        assert wait_for(lambda: any(e.path == other for e in collected))
+        assert wait_for(lambda: sum(e.permission for e in collected) >= 2)
+    assert [e.path for e in collected if e.permission] == [target, target]
+    # The directory mark still reports the other child, never the permission file.
+    assert {e.path for e in collected if not e.permission} == {other}
 
 
 def test_open_latency_under_the_permission_group_stays_bounded(files: Path) -> None:

@@ -108,9 +108,13 @@ FAN_REPORT_FD_ERROR = 0x00002000
 FAN_MARK_ADD = 0x00000001
 FAN_MARK_REMOVE = 0x00000002
 FAN_MARK_ONLYDIR = 0x00000008
+FAN_MARK_IGNORED_MASK = 0x00000020
+FAN_MARK_IGNORED_SURV_MODIFY = 0x00000040
 FAN_MARK_FLUSH = 0x00000080
 
 FAN_ALLOW = 0x01
+#: How long after a permission batch the watchdog keeps polling on its own.
+_WATCHDOG_LINGER = 1.0
 FAN_NOFD = -1
 FAN_NOPIDFD = FAN_NOFD
 FAN_EPIDFD = -2
@@ -539,7 +543,12 @@ class FanotifyWatcher:
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._marks_lock = threading.Lock()
-        self._marked: tuple[set[str], set[str], set[str]] = (set(), set(), set())
+        self._marked: tuple[set[str], set[str], set[str], set[str]] = (
+            set(),
+            set(),
+            set(),
+            set(),
+        )
         # Permission events read and not answered yet: event fd -> deadline.
         # The condition's lock orders every answer; it is taken before a
         # group's lock, never after.
@@ -548,6 +557,8 @@ class FanotifyWatcher:
         self._watchdog_stop = False
         # Deadline of the batch the permission reader is working on (None: idle).
         self._perm_busy_until: Optional[float] = None
+        self._perm_last_batch = 0.0  # time.monotonic() of the last permission batch
+        self._watchdog_idle = False  # waiting with no deadline: must be notified
         # (pid, path) -> monotonic time the permission group answered it.
         self._perm_seen: dict[tuple[int, str], float] = {}
         self._pid = os.getpid()
@@ -690,8 +701,13 @@ class FanotifyWatcher:
         and are filtered by the caller. Failures are counted by errno name
         (ENOENT: gone since the caller listed it; ENOSPC: mark limit).
         """
-        want = (set(paths_to_mark), set(dirs_to_mark), set(perm_paths))
-        self._want = (tuple(want[0]), tuple(want[1]), tuple(want[2]))
+        perm = set(perm_paths) if self._perm is not None else set()
+        # A permission-marked file needs no notification event: its open is
+        # already held and identified. The notification group ignores it (an
+        # ignore mask on its inode also silences a parent directory's mark),
+        # which halves the per-open cost: one event and one thread per open.
+        want = (set(paths_to_mark) - perm, set(dirs_to_mark), set(perm_paths), perm)
+        self._want = (tuple(set(paths_to_mark)), tuple(want[1]), tuple(want[2]))
         errors: dict[str, int] = {}
         removed = 0
         with self._marks_lock:
@@ -699,8 +715,14 @@ class FanotifyWatcher:
                 (self._notify, NOTIFY_MASK, 0, 0),
                 (self._notify, NOTIFY_MASK | FAN_EVENT_ON_CHILD, FAN_MARK_ONLYDIR, 1),
                 (self._perm, FAN_OPEN_PERM, 0, 2),
+                (
+                    self._notify,
+                    NOTIFY_MASK,
+                    FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORED_SURV_MODIFY,
+                    3,
+                ),
             )
-            done: list[set[str]] = [set(), set(), set()]
+            done: list[set[str]] = [set(), set(), set(), set()]
             for group, mask, flags, k in plan:
                 if group is None:
                     if want[k]:
@@ -719,8 +741,8 @@ class FanotifyWatcher:
                     with contextlib.suppress(OSError):
                         group.mark(FAN_MARK_REMOVE | flags, mask, p)
                     removed += 1
-            self._marked = (done[0], done[1], done[2])
-            self._stats.marks_files = len(done[0])
+            self._marked = (done[0], done[1], done[2], done[3])
+            self._stats.marks_files = len(done[0] | done[3])
             self._stats.marks_dirs = len(done[1])
             self._stats.marks_perm = len(done[2])
             for k2, v in errors.items():
@@ -733,7 +755,7 @@ class FanotifyWatcher:
             for group in (self._notify, self._perm):
                 if group is not None:
                     group.mark(FAN_MARK_FLUSH, 0, None)
-            self._marked = (set(), set(), set())
+            self._marked = (set(), set(), set(), set())
             self._stats.marks_files = self._stats.marks_dirs = self._stats.marks_perm = 0
 
     # -- notification group ---------------------------------------------
@@ -873,7 +895,9 @@ class FanotifyWatcher:
                 if ev.fd >= 0 and ev.mask & PERM_EVENTS:
                     self._pending[ev.fd] = _Pending(deadline, read_ns)
             self._perm_busy_until = deadline
-            self._cond.notify()
+            self._perm_last_batch = read_ns / 1e9
+            if self._watchdog_idle:
+                self._cond.notify()
         try:
             self._stats.perm_events += len(events)
             for ev in events:
@@ -982,7 +1006,18 @@ class FanotifyWatcher:
                     due = [p.deadline for p in self._pending.values()]
                     if busy is not None:
                         due.append(busy)
-                    self._cond.wait(max(min(due) - now, 0.001) if due else None)
+                    if due:
+                        timeout: Optional[float] = max(min(due) - now, 0.001)
+                    elif now - self._perm_last_batch < _WATCHDOG_LINGER:
+                        # Recently busy: poll at half the budget instead of
+                        # being woken for every batch (a wake-up per open is a
+                        # thread switch per open); holds stay <= 1.5 budgets.
+                        timeout = self.perm_budget / 2
+                    else:
+                        timeout = None
+                    self._watchdog_idle = timeout is None
+                    self._cond.wait(timeout)
+                    self._watchdog_idle = False
                     continue
             # The reader is past its deadline: drain the queue ourselves.
             self._drain(group)
