@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -186,6 +187,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_ERROR if r.unreadable_files else EXIT_OK
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    from readegress.watch import run_watch
+
+    logging.basicConfig(level=logging.WARNING, format="readegress: %(levelname)s %(message)s")
+    return run_watch(
+        config_path=args.config,
+        as_json=args.json,
+        egress_classes=args.egress_class,
+        sensitive=args.sensitive,
+        state_dir=args.state_dir,
+    )
+
+
 def cmd_extension(argv: list[str]) -> int:
     from readegress.osquery.runtime import run_extension
 
@@ -249,6 +263,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-errors", type=int, default=1000, help="bad lines to print (default 1000)")
     r.add_argument("--full-parse", action="store_true", help="parse every line (no fast path)")
     r.set_defaults(func=cmd_replay)
+
+    w = sub.add_parser(
+        "watch",
+        help="detect on this host without osquery (fanotify + sock_diag), one line per detection",
+    )
+    w.add_argument("--config", help="readegress config (default: the shipped one)")
+    w.add_argument("--json", action="store_true", help="one JSON object per detection")
+    w.add_argument(
+        "--egress-class",
+        action="append",
+        default=[],
+        metavar="CLASS",
+        help="also count this destination class as egress (e.g. loopback); repeatable",
+    )
+    w.add_argument(
+        "--sensitive",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also watch this file (class cli_sensitive, high weight); repeatable",
+    )
+    w.add_argument("--state-dir", help="keep state here (default: none is kept)")
+    w.set_defaults(func=cmd_watch)
 
     sub.add_parser(
         "extension",

@@ -25,6 +25,19 @@ same number (the oldest settled early, without waiting, and counted), the
 core by its own limits. Everything that went missing is counted and shown by
 ``readegress_health``.
 
+Sources (``config.sources``): ``osquery`` (above) and ``native`` (fanotify
+reads and sock_diag egress, :class:`~readegress.sources.native.NativeSources`,
+attached with :meth:`DetectionService.attach_native`). Native events are
+drained from the native buffer each cycle (the service thread is woken when
+they are due) and fed to the same correlator. With both sources, one chain is
+seen twice: a candidate with the same host, pid, path and remote address/port
+as one from the *other* source within the window counts once. The native one
+is preferred (it has start ticks and exact per-socket bytes): it replaces a
+pending osquery candidate; an osquery candidate arriving after a native one is
+counted in ``cross_source_duplicates`` and dropped. A native candidate settles
+with the native source's per-socket facts, and at once when its socket has
+closed (its final counters are known).
+
 Thread-safety: only the service thread touches the correlator and the
 source; tables read :meth:`detections` and :meth:`status`, which return
 copies taken under a lock. The clock is injectable, and tests drive
@@ -45,7 +58,8 @@ from typing import Any, Callable, Optional, Protocol
 import readegress
 from readegress.detect.config import Config
 from readegress.detect.core import Correlator, Detection, enrich
-from readegress.service.socket_facts import SocketFacts, lookup
+from readegress.detect.events import Event
+from readegress.service.socket_facts import SocketFacts, lookup, normalize_address
 from readegress.service.state import StateError, StateStore
 from readegress.sources.osquery_source import (
     DEFAULT_PAGE_ROWS,
@@ -58,6 +72,9 @@ log = logging.getLogger("readegress.service")
 
 STATE_FORMAT = "readegress-state"
 STATE_VERSION = 1
+#: ``source`` of egress events from the native sources
+#: (:data:`readegress.sources.native_egress.SOURCE`; not imported: it imports this package).
+NATIVE_EGRESS_SOURCES = frozenset({"sock_diag"})
 #: Pages of every table one cycle may read before it yields (it continues at once).
 MAX_PAGES_PER_CYCLE = 20
 #: The core forgets reads older than the window before "now minus this": an
@@ -80,6 +97,10 @@ COUNTERS = (
     "persist_errors",  # state saves that failed
     "state_loads",  # state documents loaded at start
     "state_corrupt",  # state documents rejected at start
+    "native_events",  # events fed from the native sources
+    "cross_source_duplicates",  # candidates the other source already reported (dropped)
+    "cross_source_replaced",  # pending osquery candidates replaced by the native one
+    "settled_closed",  # native candidates settled early: their socket closed
 )
 
 
@@ -87,6 +108,24 @@ class QueryClient(Protocol):
     """What the service needs of the osquery core (``ManagerClient`` fits)."""
 
     def query(self, sql: str, timeout: float | None = None) -> list[dict[str, str]]: ...
+
+
+class NativeFeed(Protocol):
+    """What the service needs of the native sources (``NativeSources`` fits)."""
+
+    def set_wake(self, wake: Callable[[], None]) -> None: ...
+
+    def drain(self, now: Optional[float] = None, *, everything: bool = False) -> list[Event]: ...
+
+    def next_due(self) -> Optional[float]: ...
+
+    def owns(self, d: Detection) -> bool: ...
+
+    def facts(self, d: Detection) -> Optional[tuple[SocketFacts, bool]]: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
 
 
 class MonitorAccess(Protocol):
@@ -200,6 +239,7 @@ class ServiceStatus:
     facts_error: str  # why the kernel monitor could not be read, last time
     version: str = readegress.__version__
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    native: dict[str, Any] = field(default_factory=dict)  # NativeSources.stats() when attached
 
 
 # ----------------------------------------------------------- the service
@@ -225,6 +265,7 @@ class DetectionService:
         page_rows: int = DEFAULT_PAGE_ROWS,
         query_timeout: float = 15.0,
         monitor_interval: float = 5.0,
+        on_final: Optional[Callable[[FinalDetection], None]] = None,
     ) -> None:
         self.config = config
         self.env = env
@@ -259,8 +300,14 @@ class DetectionService:
         self._dirty = False
         self._behind = False
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._status: Optional[ServiceStatus] = None
+        #: Called (on the service thread) with each detection as it is finalized.
+        self.on_final = on_final
+        self.native: Optional[NativeFeed] = None
+        # (host, pid, path, remote, port) -> (egress time, id, native?) of recent candidates
+        self._recent: dict[tuple[str, int, str, str, int], tuple[float, str, bool]] = {}
 
     # ----- state ---------------------------------------------------------
     def open(self) -> None:
@@ -329,6 +376,9 @@ class DetectionService:
         newest = float(data.get("newest_event_time", 0.0))
         self.correlator = correlator
         self.source = source
+        self._recent = {}
+        for d in [f.detection for f in finalized.values()] + [p.detection for p in pending]:
+            self._remember(d)
         with self._lock:
             self._finalized = finalized
             self._pending = sorted(pending, key=lambda p: p.deadline)
@@ -378,6 +428,18 @@ class DetectionService:
             raise ConnectionError("no osquery core attached")
         return client.query(sql, timeout=self.query_timeout)
 
+    def attach_native(self, native: NativeFeed) -> None:
+        """Feed the native sources' events too (``config.sources`` has ``native``).
+
+        The service owns them from now on: :meth:`stop` closes them.
+        """
+        self.native = native
+        native.set_wake(self.wake)
+
+    def wake(self) -> None:
+        """Run a cycle soon (native events are due, or a native socket closed)."""
+        self._wake.set()
+
     @property
     def polls_osquery(self) -> bool:
         return self._client is not None and "osquery" in self.config.sources
@@ -412,12 +474,50 @@ class DetectionService:
                 self.correlator.advance(now - ADVANCE_LAG)
             else:
                 self._behind = True  # more pages wait: the next cycle starts at once
+        if self.native is not None:
+            events = self.native.drain(now)
+            if events:
+                self._dirty = True
+                self.newest_event_time = max(self.newest_event_time, events[-1].time)
+                with self._lock:
+                    self.counters["native_events"] += len(events)
+                self._queue(self.correlator.feed_many(events), now)
+            if not self.polls_osquery:
+                self.correlator.advance(now - ADVANCE_LAG)
         self._settle(now)
         with self._lock:
             self.counters["cycles"] += 1
         self.last_cycle_time = now
         self.save()
         self._publish_status()
+
+    @staticmethod
+    def _is_native(d: Detection) -> bool:
+        return d.egress_source in NATIVE_EGRESS_SOURCES
+
+    @staticmethod
+    def _key(d: Detection) -> tuple[str, int, str, str, int]:
+        return (d.host, d.pid, d.path, normalize_address(d.remote_address), d.remote_port)
+
+    def _remember(self, d: Detection) -> None:
+        self._recent[self._key(d)] = (d.egress_time, d.id, self._is_native(d))
+
+    def _cross_source(self, d: Detection) -> Optional[str]:
+        """How a candidate relates to the other source's report of the same chain.
+
+        Returns ``"duplicate"`` (drop it), ``"replace"`` (it is native and the
+        osquery one is still pending: swap them) or None (new). Caller holds
+        the lock. Only candidates of *different* sources are merged.
+        """
+        prev = self._recent.get(self._key(d))
+        native = self._is_native(d)
+        if prev is None or prev[2] == native:
+            return None
+        if abs(d.egress_time - prev[0]) > self.config.window_seconds:
+            return None
+        if native and prev[1] in self._pending_ids:
+            return "replace"
+        return "duplicate"
 
     def _queue(self, candidates: Iterable[Detection], now: float) -> None:
         overflow: list[Pending] = []
@@ -427,6 +527,16 @@ class DetectionService:
                 if d.id in self._finalized or d.id in self._pending_ids:
                     self.counters["duplicates"] += 1
                     continue
+                merge = self._cross_source(d)
+                if merge == "duplicate":
+                    self.counters["cross_source_duplicates"] += 1
+                    continue
+                if merge == "replace":
+                    old = self._recent[self._key(d)][1]
+                    self._pending = [p for p in self._pending if p.detection.id != old]
+                    self._pending_ids.discard(old)
+                    self.counters["cross_source_replaced"] += 1
+                self._remember(d)
                 p = Pending(d, d.egress_time + self.config.settle_seconds)
                 self._pending.append(p)
                 self._pending_ids.add(d.id)
@@ -440,10 +550,40 @@ class DetectionService:
         for p in overflow:
             self._finalize(p.detection, SocketFacts(), now)
 
-    def _settle(self, now: float) -> None:
+    def _native_facts(self, d: Detection) -> Optional[tuple[SocketFacts, bool]]:
+        if self.native is None or not self.native.owns(d):
+            return None
+        try:
+            return self.native.facts(d)
+        except Exception:  # a bug there must not stop settling: no facts, logged
+            log.exception("native socket facts")
+            return None
+
+    def _settle(self, now: float, *, everything: bool = False) -> None:
         with self._lock:
-            due = [p for p in self._pending if p.deadline <= now]
+            pending = list(self._pending)
+        native: dict[str, tuple[SocketFacts, bool]] = {}
+        due: list[Pending] = []
+        for p in pending:
+            nf = self._native_facts(p.detection)
+            if nf is not None:
+                native[p.detection.id] = nf
+            if everything or p.deadline <= now or (nf is not None and nf[1]):
+                due.append(p)
+        cutoff = now - self.config.window_seconds - self.config.settle_seconds
+        self._recent = {k: v for k, v in self._recent.items() if v[0] >= cutoff}
         if not due:
+            return
+        due_native = [p for p in due if p.detection.id in native]
+        for p in due_native:
+            facts, final = native[p.detection.id]
+            if final and p.deadline > now:
+                with self._lock:
+                    self.counters["settled_closed"] += 1
+            self._finalize(p.detection, facts, now)
+        due = [p for p in due if p.detection.id not in native]
+        if not due:
+            self._drop_settled(due_native)
             return
         sockets: tuple[Any, ...] = ()
         closed: Mapping[Any, Any] = {}
@@ -478,7 +618,12 @@ class DetectionService:
                     self.counters["facts_unavailable"] += 1
                 facts = SocketFacts()
             self._finalize(p.detection, facts, now)
-        done = {p.detection.id for p in due}
+        self._drop_settled(due + due_native)
+
+    def _drop_settled(self, settled: list[Pending]) -> None:
+        done = {p.detection.id for p in settled}
+        if not done:
+            return
         with self._lock:
             self._pending = [p for p in self._pending if p.detection.id not in done]
             self._pending_ids -= done
@@ -513,14 +658,18 @@ class DetectionService:
             if settled.score < self.config.threshold:
                 self.counters["below_threshold"] += 1
                 return
-            self._finalized[settled.id] = FinalDetection(
-                settled, now, start_time, facts.closed_bytes_sent
-            )
+            final = FinalDetection(settled, now, start_time, facts.closed_bytes_sent)
+            self._finalized[settled.id] = final
             self.counters["finalized"] += 1
             while len(self._finalized) > self.max_detections:
                 self._finalized.popitem(last=False)
                 self.counters["dropped_detections"] += 1
             self._dirty = True
+        if self.on_final is not None:
+            try:
+                self.on_final(final)
+            except Exception:  # a consumer's bug must not lose the stored detection
+                log.exception("on_final consumer")
 
     # ----- reads (any thread) ---------------------------------------------
     def detections(self) -> list[FinalDetection]:
@@ -567,7 +716,16 @@ class DetectionService:
                 state_note=self.state_note,
                 persist_error=self.persist_error,
                 facts_error=self.facts_error,
+                native=self._native_stats(),
             )
+
+    def _native_stats(self) -> dict[str, Any]:
+        if self.native is None:
+            return {}
+        try:
+            return self.native.stats()
+        except Exception as e:  # health must still answer
+            return {"error": f"{type(e).__name__}: {e}"}
 
     # ----- the thread -----------------------------------------------------
     def start(self) -> None:
@@ -596,8 +754,8 @@ class DetectionService:
                 log.exception("detection cycle failed")
                 with self._lock:
                     self.counters["cycle_errors"] += 1
-            if self._stop.wait(self._next_wait()):
-                break
+            self._wake.wait(self._next_wait())
+            self._wake.clear()
 
     def _next_wait(self) -> float:
         if self._behind:
@@ -607,11 +765,35 @@ class DetectionService:
         with self._lock:
             if self._pending:
                 wake = min(wake, self._pending[0].deadline)
+        if self.native is not None:
+            due = self.native.next_due()
+            if due is not None:
+                wake = min(wake, due)
         return min(max(wake - now, 0.01), self.config.poll_interval)
 
+    def flush(self) -> None:
+        """Feed every buffered native event and settle every pending candidate now.
+
+        For a service that will not run again without state (``readegress watch``
+        without ``--state-dir``): nothing pending is lost. Call it after the
+        thread stopped (or instead of running it).
+        """
+        now = self.clock()
+        if self.native is not None:
+            events = self.native.drain(now, everything=True)
+            if events:
+                with self._lock:
+                    self.counters["native_events"] += len(events)
+                self._queue(self.correlator.feed_many(events), now)
+        self._settle(now, everything=True)
+        self._publish_status()
+
     def stop(self, timeout: float = 20.0) -> None:
-        """Stop the thread and save what changed. Idempotent."""
+        """Stop the thread (and the native sources) and save what changed. Idempotent."""
         self._stop.set()
+        self._wake.set()
+        if self.native is not None:
+            self.native.close()  # fanotify answers every held opener first
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)

@@ -72,5 +72,33 @@ def open_environment(
         if offline:
             env.service_factory = build
         else:
-            env.service = build()
+            service = build()
+            env.service = service
+            if "native" in cfg.sources and background:
+                attach_native(service, env)
     return env
+
+
+def attach_native(service: DetectionService, env: Optional[TableEnv] = None) -> bool:
+    """Start the native sources (fanotify + sock_diag) and feed them to ``service``.
+
+    The service thread starts now (the native sources need no osquery core);
+    the osquery source, when configured too, joins once the extension is
+    registered. A source that cannot start (not root, no fanotify) is logged,
+    noted in ``env.warnings`` and shown by ``readegress_health``; osquery's
+    source keeps working. Returns whether the native sources run.
+    """
+    from readegress.sources.native import NativeSources
+
+    native = NativeSources(service.config, service.host)
+    service.attach_native(native)
+    try:
+        native.start()
+    except OSError as e:
+        msg = f"the native source cannot run: {native.error or e}"
+        log.error("%s", msg)
+        if env is not None:
+            env.warn(msg)
+        return False
+    service.start()
+    return True

@@ -17,6 +17,11 @@ Data, per check:
   processes, late events, dropped and early-settled detections, row errors),
   lag, state file, config, version, sources, the kernel monitor's warnings
   and its destroy listener.
+- ``native:fanotify`` / ``native:sock_diag`` — the native sources (when
+  ``sources`` has ``native``): fanotify marks, events, queue overflows and
+  dropped events, permission answers; sock_diag polls, connects, transfers,
+  closes no one was seen holding (pid 0), destroy overruns, hot-mode lineages,
+  skips at the cap and CPU.
 
 Without an osquery core (``readegress query``) the osquery checks are
 ``info``/``unavailable``: there is no core to ask, which is not a failure.
@@ -139,6 +144,8 @@ class ReadegressHealthTable:
             ("version", one(self._version, st)),
             ("config", one(self._config)),
             ("sources", one(self._sources, st)),
+            ("native:fanotify", one(self._native_reads, st)),
+            ("native:sock_diag", one(self._native_egress, st)),
             ("osquery", one(self._osquery, flags)),
         ]
         checks += [(f"flag:{f.name}", one(self._flag, f, flags)) for f in REQUIRED_FLAGS]
@@ -198,50 +205,126 @@ class ReadegressHealthTable:
             return _row(
                 "sources", FAIL if self.env.config_problems else INFO, "", "no detection service"
             )
+        native = st.native
+        native_on = bool(native.get("running"))
         running = ["osquery"] if "osquery" in configured and st.attached and st.running else []
-        notes = []
-        status = OK
-        fix = ""
-        if "native" in configured:
-            notes.append(
-                "the native source (fanotify + sock_diag) is configured but not part of this build"
-            )
-            status = WARN
-            fix = 'use sources = ["osquery"] until the native source ships'
-        if "osquery" not in configured:
-            notes.append("the osquery source is not configured: nothing feeds the correlation core")
+        if native_on:
+            running.append("native")
+        value = ",".join(running)
+        notes: list[str] = []
+        if "native" in configured and not native_on and st.mode != "offline":
+            why = native.get("error") or "not started"
             return _row(
                 "sources",
-                FAIL,
-                ",".join(running),
-                "; ".join(notes),
-                'add "osquery" to sources in the config',
+                FAIL if not running else WARN,
+                value,
+                f"the native source (fanotify + sock_diag) is configured but not running: {why}",
+                "run as root on a kernel with fanotify (CONFIG_FANOTIFY) and sock_diag;"
+                " see native:fanotify and native:sock_diag",
             )
         if st.mode == "offline":
-            notes.insert(
-                0,
-                "osquery source absent: readegress query has no osquery core;"
-                " read_then_egress shows what the extension saved",
-            )
-            return _row("sources", INFO, "", "; ".join(notes))
-        if not running:
-            notes.insert(
-                0, "the osquery source starts once the extension is registered with osquery"
-            )
             return _row(
                 "sources",
-                WARN,
+                INFO,
                 "",
-                "; ".join(notes),
-                "check that osqueryd loads the extension (osquery_extensions)",
+                "no live source: readegress query has no osquery core and runs no native"
+                " source; read_then_egress shows what the extension saved",
             )
-        return _row(
-            "sources",
-            status,
-            ",".join(running),
-            "; ".join(notes) or "polling osquery's event tables",
-            fix,
+        if "osquery" in configured and "osquery" not in running:
+            status = OK if native_on else WARN
+            notes.append("the osquery source starts once the extension is registered with osquery")
+            fix = "check that osqueryd loads the extension (osquery_extensions)"
+            fix = "" if native_on else fix
+            return _row("sources", status, value, "; ".join(notes), fix)
+        if native_on:
+            notes.append("native: fanotify reads and sock_diag egress")
+        if "osquery" in running:
+            notes.append("osquery: polling its event tables")
+        if len(running) == 2:
+            notes.append("a chain both report counts once (the native report is kept)")
+        return _row("sources", OK, value, "; ".join(notes))
+
+    def _native_reads(self, st: Optional[ServiceStatus]) -> HealthRow:
+        name = "native:fanotify"
+        if st is None or not st.native:
+            return _row(name, INFO, "", "the native source is not configured")
+        r = st.native.get("reads", {})
+        value = f"{r.get('marks_files', 0)} files, {r.get('marks_dirs', 0)} dirs"
+        detail = (
+            f"marks: {r.get('marks_files', 0)} files, {r.get('marks_dirs', 0)} directories,"
+            f" {r.get('marks_perm', 0)} held until identified (permission);"
+            f" {r.get('marks_skipped', 0)} over the cap, mark errors {r.get('mark_errors', {})};"
+            f" events {r.get('events', 0)}, reads {r.get('reads_emitted', 0)}"
+            f" (merged {r.get('merged', 0)}); openers gone before identified"
+            f" {r.get('identity_missed', 0)}; permission answers {r.get('perm_answered', 0)}"
+            f" ({r.get('perm_watchdog', 0)} by the watchdog, longest hold"
+            f" {r.get('perm_max_hold_us', 0)} us)"
         )
+        lost = int(r.get("overflows", 0)) + int(r.get("dispatch_dropped", 0))
+        if not r.get("running"):
+            return _row(
+                name,
+                FAIL,
+                value,
+                f"fanotify is not running: {st.native.get('error') or 'not started'}; {detail}",
+                "run as root (CAP_SYS_ADMIN) on a kernel with CONFIG_FANOTIFY",
+            )
+        if lost or r.get("mark_errors"):
+            return _row(
+                name,
+                WARN,
+                value,
+                f"{r.get('overflows', 0)} queue overflows and {r.get('dispatch_dropped', 0)}"
+                f" events dropped (reads lost); {detail}",
+                "reads were lost: narrow the catalogue or check what opens marked files so often",
+            )
+        return _row(name, OK, value, detail)
+
+    def _native_egress(self, st: Optional[ServiceStatus]) -> HealthRow:
+        name = "native:sock_diag"
+        if st is None or not st.native:
+            return _row(name, INFO, "", "the native source is not configured")
+        e = st.native.get("egress", {})
+        hot_wall = float(e.get("hot_wall_seconds", 0.0)) or 0.0
+        hot_cpu = float(e.get("hot_cpu_seconds", 0.0))
+        detail = (
+            f"full polls {e.get('full_polls', 0)} (every {float(e.get('full_interval', 0)):.1f}s,"
+            f" last {float(e.get('full_poll_ms', 0)):.1f} ms); connects {e.get('connects', 0)},"
+            f" transfers {e.get('transfers', 0)}; closed sockets no one was seen holding"
+            f" {e.get('unattributed', 0)} (pid 0, host scope); destroy notifications"
+            f" {e.get('destroy_events', 0)}; hot lineages {e.get('hot_started', 0)}"
+            f" (skipped at the cap {e.get('hot_skipped', 0)}), hot CPU {hot_cpu:.2f}s over"
+            f" {hot_wall:.1f}s; descriptors read with pidfd_getfd: {bool(e.get('getfd'))};"
+            f" events buffered {st.native.get('buffered', 0)}, late reads"
+            f" {st.native.get('late_reads', 0)}"
+        )
+        if not e.get("running"):
+            return _row(
+                name,
+                FAIL,
+                e.get("connects", 0),
+                f"the sock_diag egress source is not running:"
+                f" {e.get('start_error') or st.native.get('error') or 'not started'}; {detail}",
+                "run as root on Linux with NETLINK_SOCK_DIAG",
+            )
+        problems = []
+        if e.get("destroy_error"):
+            problems.append(str(e["destroy_error"]))
+        if e.get("destroy_overruns"):
+            problems.append(f"{e['destroy_overruns']} destroy-notification overruns (lost)")
+        if e.get("hot_skipped"):
+            problems.append(f"{e['hot_skipped']} reads got no hot mode (cap reached)")
+        if st.native.get("buffer_dropped"):
+            problems.append(f"{st.native['buffer_dropped']} events dropped from the buffer")
+        if problems:
+            return _row(
+                name,
+                WARN,
+                e.get("connects", 0),
+                "; ".join(problems) + "; " + detail,
+                "short connections may go unattributed (they stay as pid 0, host scope)",
+            )
+        return _row(name, OK, e.get("connects", 0), detail)
 
     def _osquery(self, lazy: _LazyFlags) -> HealthRow:
         if self.env.manager is None:
