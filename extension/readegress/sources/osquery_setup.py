@@ -30,9 +30,8 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from typing import Any
 
 from readegress.detect.catalogue import Catalogue
@@ -383,86 +382,19 @@ def read_osquery_file_paths(config_path: str) -> OsqueryFilePaths:
 # ----------------------------------------------- catalogue files on this host
 
 
-class _Budget:
-    def __init__(self, entries: int) -> None:
-        self.left = entries
-        self.exhausted = False
-
-    def scan(self, directory: str) -> list[os.DirEntry[str]]:
-        if self.left <= 0:
-            self.exhausted = True
-            return []
-        try:
-            with os.scandir(directory) as it:
-                out = []
-                for e in it:
-                    self.left -= 1
-                    out.append(e)
-                    if self.left <= 0:
-                        self.exhausted = True
-                        break
-                return out
-        except OSError:
-            return []
-
-
-def _walk(base: str, comps: list[str], budget: _Budget, depth: int = 0) -> Iterator[str]:
-    if not comps:
-        yield base
-        return
-    head, rest = comps[0], comps[1:]
-    if head == "**":
-        # Zero or more levels; symlinked directories are not followed.
-        yield from _walk(base, rest, budget, depth)
-        if depth >= MAX_UNROLLED_DEPTH * 2:
-            return
-        for e in budget.scan(base):
-            if e.is_dir(follow_symlinks=False):
-                yield from _walk(e.path, comps, budget, depth + 1)
-        return
-    if not any(ch in head for ch in "*?["):
-        nxt = os.path.join(base, head)
-        if rest and not os.path.isdir(nxt):
-            return
-        if not rest and not os.path.lexists(nxt):
-            return
-        yield from _walk(nxt, rest, budget, depth)
-        return
-    for e in budget.scan(base):
-        if fnmatchcase(e.name, head):
-            yield from _walk(e.path, rest, budget, depth)
-
-
-def _homes(budget: _Budget) -> list[str]:
-    homes = ["/root"]
-    homes.extend(sorted(e.path for e in budget.scan("/home") if e.is_dir(follow_symlinks=True)))
-    return homes
-
-
 def existing_catalogue_files(
     catalogue: Catalogue, *, budget: int = DEFAULT_WALK_BUDGET
 ) -> tuple[list[str], bool]:
     """Catalogue files that exist here (regular files the catalogue matches), and
-    whether the walk finished within ``budget`` directory entries."""
-    b = _Budget(budget)
-    homes: list[str] | None = None
-    found: set[str] = set()
-    for c in catalogue.classes:
-        for pattern in c.paths:
-            for p in expand_braces(pattern):
-                home, rest = _home_split(p)
-                if home:
-                    if homes is None:
-                        homes = _homes(b)
-                    bases = homes
-                else:
-                    bases = ["/"]
-                comps = [x for x in rest.split("/") if x]
-                for base in bases:
-                    for path in _walk(base, comps, b):
-                        if os.path.isfile(path) and catalogue.match(path) is not None:
-                            found.add(path)
-    return sorted(found), not b.exhausted
+    whether the walk finished within ``budget`` directory entries.
+
+    The same expansion the native read source marks from (one walker for the
+    catalogue on this host), without its mark caps.
+    """
+    from readegress.sources.native_reads import expand_catalogue
+
+    plan = expand_catalogue(catalogue, permission_classes=(), max_marks=1 << 30, walk_budget=budget)
+    return sorted(f for f, cls in plan.files.items() if cls), not plan.walk_truncated
 
 
 def uncovered_files(files: Iterable[str], fp: OsqueryFilePaths) -> list[str]:
