@@ -354,3 +354,18 @@ def test_marks_are_replaced_and_flushed(files: Path, tmp_path: Path) -> None:
 def test_notification_group_alone_can_be_created() -> None:
     fd = fanotify_init(FAN_CLASS_NOTIF | FAN_CLOEXEC)
     os.close(fd)
+
+
+def test_repeat_opens_by_one_process_are_allowed_without_a_new_identity(
+    files: Path, collected: list[FanotifyEvent]
+) -> None:
+    target = str(files / "id_test")
+    with FanotifyWatcher([target], [], [target], collected.append) as w:
+        p = opener(*[target] * 10)
+        latencies(p)
+        assert wait_for(lambda: any(e.permission for e in collected))
+        time.sleep(0.1)
+        s = w.stats()
+    perm = [e for e in collected if e.permission]
+    assert len(perm) == 1 and perm[0].opener.pid == p.pid
+    assert s.perm_answered == 10 and s.perm_repeats == 9

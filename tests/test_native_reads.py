@@ -262,7 +262,9 @@ def test_repeats_merge_but_a_new_process_or_image_does_not(keys: Path) -> None:
     got = reads.of(key)
     assert len(got) == 2
     assert {os.path.basename(r.proc.executable) for r in got} >= {"cat"}
-    assert s.merged >= 4
+    # The four repeats of the loop merged: in the source, or already in the
+    # permission group (same pid and file within a second: no identity read).
+    assert s.merged + s.perm_repeats >= 4
 
 
 @root_only

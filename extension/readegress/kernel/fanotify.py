@@ -145,6 +145,9 @@ DEFAULT_PERM_BUDGET = 0.02
 #: How long (s) a permission answer makes the notification for the same
 #: (pid, path) a duplicate: the notification comes right after the open returns.
 _PERM_COVER_SECONDS = 2.0
+#: A repeat open of one file by one pid within this many seconds is allowed
+#: without reading the opener's identity again.
+_PERM_REPEAT_SECONDS = 1.0
 
 
 class _Libc:
@@ -412,6 +415,7 @@ class FanotifyStats:
     read_errors: int = 0
     self_events: int = 0  # this process's own opens, answered and dropped
     covered_by_perm: int = 0  # notifications for an open the permission group saw
+    perm_repeats: int = 0  # repeat opens (same pid and file within 1 s) allowed at once
     perm_answered: int = 0  # permission events answered (FAN_ALLOW), all paths
     perm_watchdog: int = 0  # ... of which by the watchdog (over budget)
     perm_on_shutdown: int = 0  # ... of which while shutting down
@@ -929,8 +933,17 @@ class FanotifyWatcher:
             stall = self._test_stall
             if stall is not None:
                 stall.wait()
-            opener = read_opener(self._procfs, ev.pid, deadline=deadline)
             path = fd_path(ev.fd)
+            seen = self._perm_seen.get((ev.pid, path))
+            if seen is not None and time.monotonic() - seen < _PERM_REPEAT_SECONDS:
+                # The same process opened the same file within the last second:
+                # it was identified then, and the read source keeps one read per
+                # (pid, path) per second anyway. Answer at once: a process that
+                # opens a catalogue file in a loop costs a readlink per open,
+                # not a full identity read.
+                self._stats.perm_repeats += 1
+                return
+            opener = read_opener(self._procfs, ev.pid, deadline=deadline)
             with self._cond:
                 held = ev.fd in self._pending
             if not held:

@@ -402,6 +402,7 @@ class NativeReadStats:
     events: int = 0  # fanotify events handed to this source
     reads_emitted: int = 0
     merged: int = 0  # repeats within merge_seconds
+    perm_repeats: int = 0  # repeat opens the permission group allowed without a new identity
     unmatched: int = 0  # children of marked directories the catalogue does not match
     no_path: int = 0
     overflows: int = 0
@@ -540,6 +541,7 @@ class NativeReadSource:
             s.identity_missed = ws.identity_missed
             s.exited_before_read = ws.exited_before_read
             s.perm_answered = ws.perm_answered
+            s.perm_repeats = ws.perm_repeats
             s.perm_watchdog = ws.perm_watchdog
             s.perm_max_hold_us = ws.perm_max_hold_us
             s.perm_forced_close = ws.perm_forced_close
