@@ -496,3 +496,44 @@ def test_file_paths_command_prints_osquery_config_json(
     out = json.loads(capsys.readouterr().out)
     assert out == catalogue_file_paths(config(tmp_path).catalogue)
     assert out["file_paths"]["ssh_private_key"] == ["/root/.ssh/id_%", "/home/%/.ssh/id_%"]
+
+
+def test_state_saves_are_rate_limited_unless_a_detection_was_added(
+    tmp_path: Path, manager: ManagerClient, events: EventTables
+) -> None:
+    cfg = config(tmp_path, settle=0)
+    state = tmp_path / "state"
+    now = [float(int(time.time()))]
+    svc = service(cfg, state, manager, clock=lambda: now[0])
+    t = int(now[0])
+    events.process(t - 9, 10, "/bin/a", parent=1, syscall="execve")
+    svc.cycle()
+    first = svc.state_saved_time
+    assert first  # the first change is saved at once
+    # More rows, no detection, within MIN_SAVE_INTERVAL: not saved yet.
+    events.process(t - 8, 11, "/bin/b", parent=1, syscall="execve")
+    now[0] += 5
+    svc.cycle()
+    assert svc.state_saved_time == first
+    # A new detection is saved at once.
+    events.read(t - 6, 100, "/etc/shadow", uid=1000, auid=1000)
+    events.connect(t - 5, 100, "127.0.0.1", 9100, auid=1000)
+    now[0] += 1
+    svc.cycle()
+    assert [f.detection.pid for f in svc.detections()] == [100]
+    second = svc.state_saved_time
+    assert second > first
+    # Rows alone are saved again once the interval has passed, and at stop.
+    events.process(t - 4, 12, "/bin/c", parent=1, syscall="execve")
+    now[0] += 5
+    svc.cycle()
+    assert svc.state_saved_time == second
+    now[0] += 30
+    svc.cycle()
+    assert svc.state_saved_time > second
+    events.process(t - 3, 13, "/bin/d", parent=1, syscall="execve")
+    svc.cycle()
+    svc.stop()
+    reloaded = service(cfg, state, manager, clock=lambda: now[0])
+    assert reloaded.status().tables["process_events"].rows == 4
+    reloaded.stop()

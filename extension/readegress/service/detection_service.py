@@ -80,6 +80,11 @@ MAX_PAGES_PER_CYCLE = 20
 #: The core forgets reads older than the window before "now minus this": an
 #: event osquery stores in the very second of a poll may still arrive.
 ADVANCE_LAG = 2.0
+#: Between saves that add no detection, at least this many seconds pass: the
+#: state of a busy host is megabytes of JSON, and a crash then costs at most
+#: this much re-reading (cursors roll back with the correlator, so nothing is
+#: skipped, and ids keep osquery's differential log from repeating a row).
+MIN_SAVE_INTERVAL = 30.0
 
 COUNTERS = (
     "cycles",  # service cycles run
@@ -298,6 +303,8 @@ class DetectionService:
         self.newest_event_time = 0.0
         self.last_cycle_time = 0.0
         self._dirty = False
+        self._saved_at = float("-inf")  # clock() of the last save
+        self._saved_finalized = -1  # counters["finalized"] at the last save
         self._behind = False
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -406,11 +413,24 @@ class DetectionService:
             "counters": counters,
         }
 
-    def save(self) -> None:
-        """Persist now if anything changed (the service thread calls this after each cycle)."""
+    def save(self, *, force: bool = True) -> None:
+        """Persist now if anything changed.
+
+        The service thread calls it after each cycle with ``force=False``: then
+        a change that adds no finalized detection waits for MIN_SAVE_INTERVAL.
+        """
         if not self.persist or self.store is None or not self._dirty:
             return
+        finalized = self.counters["finalized"]
+        if (
+            not force
+            and finalized == self._saved_finalized
+            and self.clock() - self._saved_at < MIN_SAVE_INTERVAL
+        ):
+            return
         try:
+            self._saved_at = self.clock()
+            self._saved_finalized = finalized
             doc = self._document()
             self.state_bytes = self.store.save(doc)
             self.state_saved_time = doc["saved_time"]
@@ -488,7 +508,7 @@ class DetectionService:
         with self._lock:
             self.counters["cycles"] += 1
         self.last_cycle_time = now
-        self.save()
+        self.save(force=False)
         self._publish_status()
 
     @staticmethod
