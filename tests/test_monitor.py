@@ -574,3 +574,44 @@ def test_concurrent_snapshots_are_consistent(monitor: SocketMonitor) -> None:
     for snap in results:
         cookies = [o.socket.cookie for o in snap.sockets]
         assert len(cookies) == len(set(cookies))
+
+
+def test_owner_image_follows_an_exec(monitor: SocketMonitor) -> None:
+    """An exec keeps pid, start ticks and inherited sockets but changes the image."""
+    import subprocess
+    import sys
+
+    sleep = os.path.realpath("/bin/sleep")
+    code = (
+        "import os, socket, sys\n"
+        "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+        "s.set_inheritable(True)\n"
+        "print(s.getsockname()[1], flush=True)\n"
+        "sys.stdin.readline()\n"
+        f"os.execv({sleep!r}, ['sleep', '30'])\n"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert p.stdout is not None and p.stdin is not None
+        port = int(p.stdout.readline())
+
+        def owner_path() -> Optional[str]:
+            for o in monitor.snapshot().sockets:
+                if o.socket.local_port == port:
+                    for w in o.owners:
+                        if w.process.identity.pid == p.pid:
+                            return w.process.path
+            return None
+
+        assert owner_path() == os.path.realpath(sys.executable)
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        deadline = time.monotonic() + 10
+        while owner_path() != sleep and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert owner_path() == sleep
+    finally:
+        p.kill()
+        p.wait()

@@ -333,9 +333,30 @@ class SocketMonitor:
         return tuple(owners)
 
     def _prune_infos(self) -> None:
-        """Forget ProcessInfo of identities the fd map no longer has."""
+        """Forget ProcessInfo of identities the fd map no longer has, and of
+        processes that exec'd since: an exec keeps pid and start ticks but
+        changes the image, so each poll compares /proc/<pid>/exe (one readlink
+        per process holding sockets) with the cached path."""
         alive = set(self.fdmap.identities().values())
-        self._infos = {i: v for i, v in self._infos.items() if i in alive}
+        kept: dict[ProcessIdentity, Optional[ProcessInfo]] = {}
+        stale = False
+        root = self.proc_root
+        for ident, info in self._infos.items():
+            if ident not in alive:
+                continue
+            if info is not None and info.path:
+                try:
+                    exe = os.readlink(f"{root}/{ident.pid}/exe")
+                except OSError:
+                    exe = info.path  # gone or unreadable: the fd map will tell
+                if exe != info.path:
+                    stale = True
+                    continue
+            kept[ident] = info
+        self._infos = kept
+        if stale:
+            # Owner tuples embed ProcessInfo: rebuild them from the fresh infos.
+            self._owner_cache = {}
 
     # ------------------------------------------------------- destroyed sockets
 
