@@ -50,7 +50,7 @@ class SocketInfo:
     cookie: int  # never reused while the kernel runs: the socket's key
     uid: int
     timer: int  # 2 = keepalive timer armed
-    bytes_sent: int | None  # tcp_info.bytes_sent (includes retransmits); None for UDP
+    bytes_sent: int | None  # tcp_info.bytes_sent - bytes_retrans (each byte once); None for UDP
     bytes_acked: int | None
     bytes_received: int | None
     segs_out: int | None

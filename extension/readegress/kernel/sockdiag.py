@@ -109,9 +109,12 @@ _MSG = struct.Struct("=IHxxI4xBBBxHH16s16s4xII12xII")
 _MSG_LEN = 88
 assert _MSG.size == _MSG_LEN
 # tcp_info prefix: last_data_sent@44 last_data_recv@52 bytes_acked@120
-# bytes_received@128 segs_out@136 segs_in@140 bytes_sent@200 (kernel >= 4.19).
-_TCPI = struct.Struct("=44xI4xI64xQQII56xQ")
-assert _TCPI.size == 208
+# bytes_received@128 segs_out@136 segs_in@140 bytes_sent@200 bytes_retrans@208
+# (both kernel >= 4.19). tcp_info.bytes_sent counts a retransmitted byte again
+# (a loaded machine retransmits even on loopback); the records' bytes_sent is
+# bytes_sent - bytes_retrans: payload bytes sent, each counted once.
+_TCPI = struct.Struct("=44xI4xI64xQQII56xQQ")
+assert _TCPI.size == 216
 _TCPI_FIELDS = (  # (offset, format) for the slow path of short structs, in record order
     ("bytes_sent", 200, "=Q"),
     ("bytes_acked", 120, "=Q"),
@@ -272,11 +275,12 @@ def read_tcp_info(
 
     (bytes_sent, bytes_acked, bytes_received, segs_out, segs_in,
     last_data_sent_ms, last_data_recv_ms); a field the struct is too short to
-    hold is ``None``.
+    hold is ``None``. ``bytes_sent`` excludes retransmissions when the struct
+    carries ``bytes_retrans`` (it always does where it carries ``bytes_sent``).
     """
     if length >= _TCPI.size:
-        ls, lr, acked, received, so, si, sent = _TCPI.unpack_from(buf, off)
-        return (sent, acked, received, so, si, ls, lr)
+        ls, lr, acked, received, so, si, sent, retrans = _TCPI.unpack_from(buf, off)
+        return (sent - retrans, acked, received, so, si, ls, lr)
     out: list[Optional[int]] = []
     for _name, field_off, fmt in _TCPI_FIELDS:
         size = struct.calcsize(fmt)
@@ -572,7 +576,8 @@ class SockDiag:
                         prefix6 = bytes(view[off + _MSG_LEN : info])
                         info_len6 = info_len
                 if info_len >= tcpi_size:
-                    ls, lr, acked, received, so, si, sent = tcpi_unpack(view, info)
+                    ls, lr, acked, received, so, si, sent, retrans = tcpi_unpack(view, info)
+                    sent -= retrans
                 else:
                     sent, acked, received, so, si, ls, lr = read_tcp_info(view, info, info_len)
             else:
