@@ -770,31 +770,43 @@ class FanotifyWatcher:
         p.register(self._stop_r, select.POLLIN)
         return p
 
+    def _read_batches(
+        self,
+        group: _Group,
+        size: int,
+        on_batch: Callable[[bytes], None],
+        stall: Callable[[], Optional[threading.Event]] = lambda: None,
+    ) -> None:
+        """Read batches of up to ``size`` bytes until stopped or the group closes.
+
+        A read error loses one record the kernel failed to copy (e.g. EMFILE
+        without FAN_REPORT_FD_ERROR); the batches before and after are kept.
+        """
+        poller = self._poller(group)
+        while not self._stopping:
+            poller.poll()
+            if self._stopping:
+                break
+            hold = stall()  # a test hook, looked up before every read
+            if hold is not None:
+                hold.wait()
+            try:
+                data = group.read(size)
+            except OSError as e:
+                self._stats.read_errors += 1
+                log.debug("fanotify %s read: %s", group.name, e)
+                continue
+            if data is None:
+                break
+            if data:
+                on_batch(data)
+
     def _notify_loop(self) -> None:
         group = self._notify
         assert group is not None
         size = NOTIFY_BATCH_EVENTS * (METADATA_LEN + _PIDFD_INFO.size)
-        poller = self._poller(group)
         try:
-            while not self._stopping:
-                poller.poll()
-                if self._stopping:
-                    break
-                stall = self._test_notify_stall
-                if stall is not None:
-                    stall.wait()
-                try:
-                    data = group.read(size)
-                except OSError as e:
-                    # A record the kernel failed to copy (e.g. EMFILE without
-                    # FAN_REPORT_FD_ERROR) is lost; the batch before it is kept.
-                    self._stats.read_errors += 1
-                    log.debug("fanotify notify read: %s", e)
-                    continue
-                if data is None:
-                    break
-                if data:
-                    self._notify_batch(data)
+            self._read_batches(group, size, self._notify_batch, lambda: self._test_notify_stall)
         finally:
             group.close()
 
@@ -861,23 +873,8 @@ class FanotifyWatcher:
     def _perm_loop(self) -> None:
         group = self._perm
         assert group is not None
-        size = PERM_BATCH_EVENTS * METADATA_LEN
-        poller = self._poller(group)
         try:
-            while not self._stopping:
-                poller.poll()
-                if self._stopping:
-                    break
-                try:
-                    data = group.read(size)
-                except OSError as e:
-                    self._stats.read_errors += 1
-                    log.debug("fanotify perm read: %s", e)
-                    continue
-                if data is None:
-                    break
-                if data:
-                    self._perm_batch(data)
+            self._read_batches(group, PERM_BATCH_EVENTS * METADATA_LEN, self._perm_batch)
         finally:
             # Answer what was read, then closing the group makes the kernel
             # allow whatever is still queued unread.
