@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+import polling
 from readegress.kernel.fanotify import (
     FAN_ACCESS,
     FAN_CLASS_CONTENT,
@@ -57,13 +58,9 @@ OPENER = (
 )
 
 
-def wait_for(pred: Callable[[], bool], timeout: float = 3.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.005)
-    return pred()
+def wait_for(pred: Callable[[], object], timeout: float = 3.0) -> bool:
+    # fanotify events arrive within milliseconds: poll finely, give up sooner.
+    return bool(polling.wait_for(pred, timeout, step=0.005))
 
 
 def opener(*paths: str) -> subprocess.Popen[str]:

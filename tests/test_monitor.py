@@ -7,13 +7,14 @@ import dataclasses
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, TypeVar
+from typing import TYPE_CHECKING, Optional
 
 import pytest
 
 import loopback
+from polling import wait_for
 from readegress.kernel import netns
 from readegress.kernel.monitor import UNKNOWN_UID, MonitorSnapshot, SocketMonitor
 from readegress.kernel.records import ClosedTotals, ObservedSocket, ProcessIdentity, SocketInfo
@@ -22,18 +23,8 @@ from readegress.kernel.sockdiag import DestroyListener, SockDiag, open_sock_diag
 if TYPE_CHECKING:
     from conftest import FakeProc
 
-T = TypeVar("T")
 TEN_MB = 10_000_000
 FAMILIES = [pytest.param(socket.AF_INET, id="v4"), pytest.param(socket.AF_INET6, id="v6")]
-
-
-def wait_for(pred: Callable[[], T], timeout: float = 10.0, step: float = 0.02) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() > deadline:
-            return v
-        time.sleep(step)
 
 
 HOST_NS = netns.own_namespace()

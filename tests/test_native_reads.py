@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import polling
 from readegress.detect.config import Config, parse_config
 from readegress.detect.events import SensitiveRead
 from readegress.kernel.procfs import read_start_ticks
@@ -33,13 +34,9 @@ root_only = pytest.mark.skipif(os.geteuid() != 0, reason="fanotify needs root")
 CAT = os.path.realpath(shutil.which("cat") or "/usr/bin/cat")
 
 
-def wait_for(pred: Callable[[], bool], timeout: float = 3.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.005)
-    return pred()
+def wait_for(pred: Callable[[], object], timeout: float = 3.0) -> bool:
+    # fanotify events arrive within milliseconds: poll finely, give up sooner.
+    return bool(polling.wait_for(pred, timeout, step=0.005))
 
 
 def catalogue_config(keys: Path, *, extra_class: str = "") -> Config:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 import loopback
+from polling import wait_for
 from readegress.kernel import sockdiag
 from readegress.kernel.procfs import socket_inodes_of
 from readegress.kernel.records import SocketInfo
@@ -35,15 +36,6 @@ def _by_inode(socks: list[SocketInfo], sock: socket.socket) -> list[SocketInfo]:
 
 def _by_port(socks: list[SocketInfo], port: int, remote: int = 0) -> list[SocketInfo]:
     return [s for s in socks if s.local_port == port and (not remote or s.remote_port == remote)]
-
-
-def _wait_for(pred, timeout: float = 10.0, step: float = 0.02):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() > deadline:
-            return v
-        time.sleep(step)
 
 
 def test_legacy_tcp_dump_returns_both_families(diag: SockDiag) -> None:
@@ -84,7 +76,7 @@ def test_exact_byte_counters_over_loopback(diag: SockDiag, family: int) -> None:
             # The last ACK may still be in flight right after the receiver read.
             return (c, s) if c.bytes_acked == TEN_MB + 1 else None
 
-        pair = _wait_for(settled)
+        pair = wait_for(settled)
         assert pair is not None, "sender's bytes_acked never reached 10,000,001"
         c, s = pair
         # tcp_info.bytes_sent counts retransmitted bytes again (rare on loopback,
@@ -240,7 +232,7 @@ def test_destroy_listener_reports_final_counters() -> None:
         def mine() -> dict[int, SocketInfo]:
             return {r.cookie: r for r in list(got) if r.cookie in (ck_c, ck_a, ck_u)}
 
-        assert _wait_for(lambda: len(mine()) == 3), mine()
+        assert wait_for(lambda: len(mine()) == 3), mine()
         final, accepted, udp = (mine()[k] for k in (ck_c, ck_a, ck_u))
         assert final.bytes_sent == 123_456 and final.local_port == client_port
         assert final.inode == 0 and final.uid == 0  # the kernel fills neither here
@@ -276,7 +268,7 @@ def test_destroy_listener_counts_overruns_and_keeps_going() -> None:
         with SockDiag() as d:
             (cookie,) = [r.cookie for r in _by_inode(d.dump_udp(), u)]
         u.close()
-        assert _wait_for(lambda: listener.drain() >= 0 and any(r.cookie == cookie for r in got))
+        assert wait_for(lambda: listener.drain() >= 0 and any(r.cookie == cookie for r in got))
     finally:
         listener.close()
 
