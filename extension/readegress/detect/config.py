@@ -1,4 +1,14 @@
-"""readegress configuration (TOML): catalogue, window, egress classes, approved jobs.
+"""readegress configuration (TOML): catalogue, window, egress classes, approved jobs,
+asset criticality and data classification.
+
+Layering: ``--config`` may be given more than once (:func:`load_configs`).
+The first file stands alone when it defines ``[[class]]`` tables; one that
+defines none is laid over the shipped default (so a file holding only
+``[[approved]]`` entries, such as ``readegress fleet baseline`` writes, is a
+valid config by itself). Each later file is laid over the result: its scalars
+replace, its ``[[class]]`` tables replace the classes of the same name and add
+new ones, its ``[[approved]]`` and ``[[asset]]`` entries are appended, and its
+weight tables update the inherited ones.
 
 Every error names ``file:line`` and the key, and :func:`load_config` reports
 all problems of a file in one run (:class:`ConfigError.problems`). When the
@@ -15,6 +25,7 @@ import os
 import re
 import stat
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -36,6 +47,17 @@ else:  # pragma: no cover
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
 SOURCES = ("osquery", "native")
+#: How much a host's criticality multiplies a detection's priority.
+CRITICALITY_WEIGHTS: dict[str, float] = {"critical": 2.0, "high": 1.5, "medium": 1.0, "low": 0.5}
+#: How much a class's data classification multiplies a detection's priority.
+CLASSIFICATION_WEIGHTS: dict[str, float] = {
+    "restricted": 1.5,
+    "confidential": 1.2,
+    "internal": 1.0,
+    "public": 0.5,
+}
+#: A class's classification when the config gives none, by catalogue level.
+LEVEL_CLASSIFICATION = {"high": "restricted", "medium": "confidential", "low": "internal"}
 
 
 class ConfigError(ValueError):
@@ -85,6 +107,31 @@ class ApprovedJob:
 
 
 @dataclass(frozen=True)
+class AssetRule:
+    """Hosts of one criticality: by hostname glob, or by an osquery decoration's value.
+
+    ``hosts`` globs match the host name a source reports (the results log's
+    ``hostIdentifier``/``hostname``, the extension's own host name); a
+    decoration matches when the log line's decoration ``name`` equals ``value``
+    (decorations exist only in results logs, so on the host itself only the
+    hostname globs apply).
+    """
+
+    criticality: str
+    hosts: tuple[str, ...] = ()
+    decoration: Optional[tuple[str, str]] = None
+
+    def matches(self, host: str, decorations: Optional[Mapping[str, Any]] = None) -> bool:
+        if any(fnmatchcase(host, g) for g in self.hosts):
+            return True
+        if self.decoration is not None and decorations:
+            name, value = self.decoration
+            v = decorations.get(name)
+            return v is not None and str(v) == value
+        return False
+
+
+@dataclass(frozen=True)
 class Config:
     catalogue: Catalogue
     window_seconds: float = 120.0
@@ -100,6 +147,17 @@ class Config:
     path: str = ""
     sha256: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    #: Hosts' criticality rules; the highest-weighted matching rule wins.
+    assets: tuple[AssetRule, ...] = ()
+    default_criticality: str = "medium"
+    criticality_weights: Mapping[str, float] = field(
+        default_factory=lambda: dict(CRITICALITY_WEIGHTS)
+    )
+    #: Data classification per class name (classes not named here go by level).
+    classifications: Mapping[str, str] = field(default_factory=dict)
+    classification_weights: Mapping[str, float] = field(
+        default_factory=lambda: dict(CLASSIFICATION_WEIGHTS)
+    )
 
 
 class _Locator:
@@ -158,8 +216,10 @@ def _check_file_safety(path: Path) -> str | None:
     return None
 
 
-def load_config(path: str | Path | None = None, *, check_owner: bool = True) -> Config:
-    """Load a config file (the shipped default when ``path`` is ``None``)."""
+def load_config(
+    path: str | Path | None = None, *, check_owner: bool = True, base: Config | None = None
+) -> Config:
+    """Load a config file (the shipped default when ``path`` is ``None``), over ``base``."""
     p = Path(path) if path is not None else DEFAULT_CONFIG
     try:
         raw = p.read_bytes()
@@ -169,10 +229,45 @@ def load_config(path: str | Path | None = None, *, check_owner: bool = True) -> 
         unsafe = _check_file_safety(p)
         if unsafe:
             raise ConfigError([unsafe])
-    return parse_config(raw.decode("utf-8", "replace"), str(p))
+    return parse_config(raw.decode("utf-8", "replace"), str(p), base=base)
 
 
-def parse_config(text: str, path: str = "<config>") -> Config:
+def load_configs(
+    paths: Sequence[str | Path] | str | Path | None, *, check_owner: bool = True
+) -> Config:
+    """Load ``--config`` files in order, each laid over the one before (see the module doc).
+
+    No path at all gives the shipped default. Problems of every file are
+    reported together.
+    """
+    if paths is None or isinstance(paths, (str, Path)):
+        return load_config(paths, check_owner=check_owner)
+    if not paths:
+        return load_config(None)
+    config: Config | None = None
+    problems: list[str] = []
+    for p in paths:
+        try:
+            config = load_config(p, check_owner=check_owner, base=config)
+        except ConfigError as e:
+            problems.extend(e.problems)
+    if problems or config is None:
+        raise ConfigError(problems)
+    return config
+
+
+_DEFAULT: list[Config] = []
+
+
+def default_config() -> Config:
+    """The shipped default (parsed once per process)."""
+    if not _DEFAULT:
+        _DEFAULT.append(load_config(None))
+    return _DEFAULT[0]
+
+
+def parse_config(text: str, path: str = "<config>", base: Config | None = None) -> Config:
+    """Parse one config file's text, laid over ``base`` (see the module doc)."""
     import hashlib
 
     try:
@@ -184,6 +279,9 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         raise ConfigError([f"{path}:{line}: {msg}"]) from None
     loc = _Locator(path, text)
     problems: list[str] = []
+    if base is None and "class" not in data and path != str(DEFAULT_CONFIG):
+        base = default_config()
+    b = base if base is not None else Config(catalogue=Catalogue(()))
 
     def bad(where: str, msg: str) -> None:
         problems.append(f"{where}: {msg}")
@@ -191,6 +289,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     known_top = {
         "window_seconds", "threshold", "egress_classes", "settle_seconds", "poll_interval",
         "state_dir", "sources", "max_reads", "max_detections", "class", "approved",
+        "asset", "default_criticality", "criticality_weights", "classification_weights",
     }  # fmt: skip
     for k in data:
         if k not in known_top:
@@ -203,14 +302,14 @@ def parse_config(text: str, path: str = "<config>") -> Config:
             return default
         return float(v)
 
-    window = number("window_seconds", 120, 1, 86400)
-    threshold = int(number("threshold", 50, 0, 1000))
-    settle = number("settle_seconds", 10, 0, 3600)
-    poll = number("poll_interval", 10, 0.1, 3600)
-    max_reads = int(number("max_reads", 200_000, 100, 50_000_000))
-    max_det = int(number("max_detections", 10_000, 10, 10_000_000))
+    window = number("window_seconds", b.window_seconds, 1, 86400)
+    threshold = int(number("threshold", b.threshold, 0, 1000))
+    settle = number("settle_seconds", b.settle_seconds, 0, 3600)
+    poll = number("poll_interval", b.poll_interval, 0.1, 3600)
+    max_reads = int(number("max_reads", b.max_reads, 100, 50_000_000))
+    max_det = int(number("max_detections", b.max_detections, 10, 10_000_000))
 
-    egress: frozenset[DestinationClass] = frozenset({DestinationClass.PUBLIC})
+    egress: frozenset[DestinationClass] = b.egress_classes
     if "egress_classes" in data:
         v = data["egress_classes"]
         try:
@@ -220,7 +319,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         except ValueError as e:
             bad(loc.at("egress_classes"), str(e))
 
-    sources: tuple[str, ...] = ("osquery",)
+    sources: tuple[str, ...] = b.sources
     if "sources" in data:
         v = data["sources"]
         if not isinstance(v, list) or not v or any(s not in SOURCES for s in v):
@@ -228,12 +327,17 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         else:
             sources = tuple(dict.fromkeys(v))
 
-    state_dir = data.get("state_dir", "/var/lib/readegress")
+    state_dir = data.get("state_dir", b.state_dir)
     if not isinstance(state_dir, str) or not state_dir.startswith("/"):
         bad(loc.at("state_dir"), "state_dir must be an absolute path")
         state_dir = "/var/lib/readegress"
 
     classes: list[SensitiveClass] = []
+    classifications: dict[str, str] = dict(b.classifications)
+    classification_weights = _weights(
+        data, "classification_weights", b.classification_weights, loc, bad
+    )
+    criticality_weights = _weights(data, "criticality_weights", b.criticality_weights, loc, bad)
     raw_classes = data.get("class", [])
     if not isinstance(raw_classes, list):
         bad(loc.at("class"), "use [[class]] tables for the catalogue")
@@ -241,8 +345,14 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     seen: set[str] = set()
     for i, c in enumerate(raw_classes):
         sec = ("class", i)
+        if not isinstance(c, dict):
+            bad(loc.at("class"), "use [[class]] tables for the catalogue")
+            continue
         for k in c:
-            if k not in {"name", "level", "weight", "alone", "paths", "exclude", "description"}:
+            if k not in {
+                "name", "level", "weight", "alone", "paths", "exclude", "description",
+                "classification",
+            }:  # fmt: skip
                 bad(loc.at(k, sec), f"unknown key {k!r} in [[class]]")
         name = c.get("name")
         if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
@@ -280,11 +390,27 @@ def parse_config(text: str, path: str = "<config>") -> Config:
                     bad(loc.at(key, sec), str(e))
             pats.append((key, tuple(v)))
         classes.append(SensitiveClass(name, level, weight, alone, pats[0][1], pats[1][1]))
+        cl = c.get("classification", LEVEL_CLASSIFICATION[level])
+        if cl not in classification_weights:
+            bad(
+                loc.at("classification", sec),
+                f"classification must be one of {sorted(classification_weights)}",
+            )
+        else:
+            classifications[name] = cl
+    if base is not None:
+        # Later files replace inherited classes of the same name and add new ones.
+        mine = {c.name for c in classes}
+        classes = [c for c in base.catalogue.classes if c.name not in mine] + classes
+        seen |= {c.name for c in classes}
 
-    approved: list[ApprovedJob] = []
+    approved: list[ApprovedJob] = list(b.approved)
     raw_approved = data.get("approved", [])
     for i, a in enumerate(raw_approved if isinstance(raw_approved, list) else []):
         sec = ("approved", i)
+        if not isinstance(a, dict):
+            bad(loc.at("approved"), "use [[approved]] tables for approved jobs")
+            continue
         for k in a:
             if k not in {
                 "executable",
@@ -337,6 +463,56 @@ def parse_config(text: str, path: str = "<config>") -> Config:
             ApprovedJob(exe, cls, owner.strip(), dest, port, exp_ts, str(a.get("reason", "")))
         )
 
+    default_criticality = data.get("default_criticality", b.default_criticality)
+    if default_criticality not in criticality_weights:
+        bad(
+            loc.at("default_criticality"),
+            f"default_criticality must be one of {sorted(criticality_weights)}",
+        )
+        default_criticality = b.default_criticality
+    assets: list[AssetRule] = list(b.assets)
+    raw_assets = data.get("asset", [])
+    if not isinstance(raw_assets, list):
+        bad(loc.at("asset"), "use [[asset]] tables for asset criticality")
+        raw_assets = []
+    for i, a in enumerate(raw_assets):
+        sec = ("asset", i)
+        if not isinstance(a, dict):
+            bad(loc.at("asset"), "use [[asset]] tables for asset criticality")
+            continue
+        for k in a:
+            if k not in {"criticality", "hosts", "decoration", "description"}:
+                bad(loc.at(k, sec), f"unknown key {k!r} in [[asset]]")
+        crit = a.get("criticality")
+        if crit not in criticality_weights:
+            bad(
+                loc.at("criticality", sec),
+                f"criticality must be one of {sorted(criticality_weights)}",
+            )
+            continue
+        hosts = a.get("hosts", [])
+        if not isinstance(hosts, list) or not all(isinstance(h, str) and h for h in hosts):
+            bad(loc.at("hosts", sec), "hosts must be a list of hostname globs")
+            continue
+        deco = a.get("decoration")
+        pair: Optional[tuple[str, str]] = None
+        if deco is not None:
+            if (
+                not isinstance(deco, dict)
+                or set(deco) != {"name", "value"}
+                or not all(isinstance(v, str) and v for v in deco.values())
+            ):
+                bad(
+                    loc.at("decoration", sec),
+                    'decoration must be { name = "<decoration>", value = "<value>" }',
+                )
+                continue
+            pair = (deco["name"], deco["value"])
+        if not hosts and pair is None:
+            bad(loc.at("criticality", sec), "an [[asset]] needs hosts or a decoration")
+            continue
+        assets.append(AssetRule(str(crit), tuple(hosts), pair))
+
     if problems:
         raise ConfigError(problems)
     return Config(
@@ -351,6 +527,44 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         sources=sources,
         max_reads=max_reads,
         max_detections=max_det,
-        path=path,
-        sha256=hashlib.sha256(text.encode()).hexdigest(),
+        # The files the user gave, in order (the shipped default is implied).
+        path=path
+        if base is None or base.path in ("", str(DEFAULT_CONFIG))
+        else f"{base.path},{path}",
+        sha256=hashlib.sha256(
+            ((base.sha256 + "\n") if base is not None else "").encode() + text.encode()
+        ).hexdigest(),
+        assets=tuple(assets),
+        default_criticality=str(default_criticality),
+        criticality_weights=criticality_weights,
+        classifications=classifications,
+        classification_weights=classification_weights,
     )
+
+
+def _weights(
+    data: Mapping[str, Any],
+    key: str,
+    inherited: Mapping[str, float],
+    loc: _Locator,
+    bad: Any,
+) -> dict[str, float]:
+    """A ``[key]`` table of level name -> multiplier (0..100), over the inherited one."""
+    out = dict(inherited)
+    v = data.get(key)
+    if v is None:
+        return out
+    if not isinstance(v, dict):
+        bad(loc.at(key), f"[{key}] must be a table of name = number")
+        return out
+    for name, w in v.items():
+        if (
+            not re.fullmatch(r"[a-z][a-z0-9_]*", name)
+            or isinstance(w, bool)
+            or not isinstance(w, (int, float))
+            or not 0 <= w <= 100
+        ):
+            bad(loc.at(key), f"[{key}] {name!r} must be a lower_case name = number from 0 to 100")
+            continue
+        out[name] = float(w)
+    return out
