@@ -353,7 +353,10 @@ def add_deploy_parsers(sub: Any) -> None:
         default="/etc/osquery/osquery.conf",
         help="osquery's filesystem config, for file_paths (default: /etc/osquery/osquery.conf)",
     )
+    # Test seams: a fake procfs and systemd unit directory.
     d.add_argument("--proc", default="/proc", help=argparse.SUPPRESS)
+    d.add_argument("--systemd-dir", default="/etc/systemd/system", help=argparse.SUPPRESS)
+    d.add_argument("--systemd-vendor-dir", default="/lib/systemd/system", help=argparse.SUPPRESS)
     d.set_defaults(func=cmd_doctor)
 
 
