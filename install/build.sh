@@ -10,7 +10,8 @@
 # dist/readegress.ext            one file osquery autoloads (and fleetd's extension
 #                                channel ships): a zipapp (stdlib zipapp) with its
 #                                pure-Python dependencies vendored by `pip install
-#                                --target`; needs only the host's python3 >= 3.9.
+#                                --target` (osquery's bindings, future, thrift, tomli);
+#                                needs only the host's python3 >= 3.9.
 # dist/readegress_<v>_all.deb    the .ext in /usr/lib/readegress, the default config
 #                                in /etc/readegress, an osquery flagfile fragment
 #                                and the extensions.load entry; built with dpkg-deb.
@@ -74,7 +75,7 @@ PY
 
 stage="$work/ext"
 mkdir -p "$stage"
-"$py" -m pip install -q --disable-pip-version-check --no-compile --no-deps \
+"$py" -m pip install -q --disable-pip-version-check --no-compile \
   --target "$stage" "${deps[@]}" "tomli>=2.0"
 # Pure Python only: drop compiled modules and install metadata scripts.
 find "$stage" \( -name '*.so' -o -name '*.pyd' -o -name '__pycache__' \) -prune -exec rm -rf {} +

@@ -118,7 +118,7 @@ install -d -o root -g root -m 0700 "$state"
 
 if [ "$autoload" = 1 ]; then
   install -d -m 0755 "$(dirname "$load")"
-  touch "$load"
+  [ -e "$load" ] || : > "$load"
   if ! grep -qxF "$ext" "$load"; then
     echo "$ext" >> "$load"
     echo "listed $ext in $load"
