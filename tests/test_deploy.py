@@ -44,8 +44,15 @@ def run(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
 def built() -> Iterator[Path]:
     out = Path(tempfile.mkdtemp(prefix="re-dist-"))
     try:
-        r = run("bash", str(ROOT / "install" / "build.sh"), "--python", sys.executable,
-                "--out", str(out), *([] if DPKG_DEB else ["--no-deb"]))  # fmt: skip
+        r = run(
+            "bash",
+            str(ROOT / "install" / "build.sh"),
+            "--python",
+            sys.executable,
+            "--out",
+            str(out),
+            *([] if DPKG_DEB else ["--no-deb"]),
+        )
         assert r.returncode == 0, r.stderr
         yield out
     finally:
@@ -94,11 +101,27 @@ def test_ext_alone_in_an_empty_directory_registers_with_the_core(
     with OsqueryCore(sock) as core:
         # -S: no site-packages at all, so every import comes from the zip.
         proc = subprocess.Popen(
-            [HOST_PYTHON, "-I", "-S", str(ext), "--socket", sock, "--timeout", "5",
-             "--interval", "0.5", "--state-dir", str(state), "--some-future-flag=1"],
-            cwd=bare_dir, env={"PATH": "/usr/bin:/bin"},
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                HOST_PYTHON,
+                "-I",
+                "-S",
+                str(ext),
+                "--socket",
+                sock,
+                "--timeout",
+                "5",
+                "--interval",
+                "0.5",
+                "--state-dir",
+                str(state),
+                "--some-future-flag=1",
+            ],
+            cwd=bare_dir,
+            env={"PATH": "/usr/bin:/bin"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             core.wait_for_extension("readegress", 20)
             rows = core.query("SELECT name, status FROM readegress_health WHERE name = 'version'")
@@ -145,8 +168,9 @@ def dpkg_root(tmp_path: Path) -> Path:
 
 def dpkg(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     # Chrootless: the throwaway root has no shell of its own; the scripts use $DPKG_ROOT.
-    return run(DPKG or "dpkg", f"--root={root}", "--force-script-chrootless",
-               "--force-depends", *args)  # fmt: skip
+    return run(
+        DPKG or "dpkg", f"--root={root}", "--force-script-chrootless", "--force-depends", *args
+    )
 
 
 @pytest.mark.skipif(not (DPKG and DPKG_DEB), reason="dpkg/dpkg-deb not found")
@@ -182,7 +206,8 @@ def test_deb_installs_reinstalls_removes_and_purges_in_a_throwaway_root(
     load.write_text("/opt/other/other.ext\n" + load.read_text())
     assert dpkg(root, "-i", str(deb)).returncode == 0  # reinstall: still one line
     assert load.read_text().splitlines() == [
-        "/opt/other/other.ext", "/usr/lib/readegress/readegress.ext"
+        "/opt/other/other.ext",
+        "/usr/lib/readegress/readegress.ext",
     ]
 
     r = dpkg(root, "-r", "readegress")
@@ -269,7 +294,7 @@ def test_query_csv_and_line_modes_like_osqueryi() -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout == 'a|bb|c\n1|"x|y"|\n22|"q""r"|z\n'
     r = cli("query", "--line", sql)
-    assert r.stdout == " a = 1\nbb = x|y\n c = \n\n a = 22\nbb = q\"r\n c = z\n"
+    assert r.stdout == ' a = 1\nbb = x|y\n c = \n\n a = 22\nbb = q"r\n c = z\n'
     r = cli("query", "--csv", "--separator", ",", "SELECT 'a,b' AS x")
     assert r.stdout == 'x\n"a,b"\n'
     assert cli("query", "--csv", "--json", "SELECT 1").returncode == 2

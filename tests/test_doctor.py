@@ -83,9 +83,16 @@ def ext_of(paths: DoctorPaths) -> Path:
 def test_a_good_install_passes_every_autoload_rule(host: DoctorPaths) -> None:
     checks = check_autoload(host)
     names = {c.name for c in checks}
-    assert {"autoload:listed", "autoload:suffix", "autoload:file", "autoload:owner",
-            "autoload:mode", "autoload:world_writable", "autoload:directory",
-            "autoload:interpreter"} <= names  # fmt: skip
+    assert {
+        "autoload:listed",
+        "autoload:suffix",
+        "autoload:file",
+        "autoload:owner",
+        "autoload:mode",
+        "autoload:world_writable",
+        "autoload:directory",
+        "autoload:interpreter",
+    } <= names
     if IS_ROOT:
         assert only_failing(checks) == {}
 
@@ -166,7 +173,9 @@ def test_world_writable_fails(host: DoctorPaths) -> None:
 def test_sticky_directory_fails(host: DoctorPaths) -> None:
     ext_of(host).parent.chmod(0o1777)
     failing = only_failing(check_autoload(host))
-    assert set(failing) == {"autoload:directory"} and "sticky" in failing["autoload:directory"].detail
+    assert (
+        set(failing) == {"autoload:directory"} and "sticky" in failing["autoload:directory"].detail
+    )
 
 
 @pytest.mark.skipif(not IS_ROOT, reason=NEEDS_ROOT)
@@ -200,8 +209,11 @@ def test_flags_of_the_running_osqueryd_win_over_the_flagfile(
     partial = tmp_path / "partial.flags"
     lines = [ln for ln in FLAGS.read_text().splitlines() if "audit_allow_sockets" not in ln]
     partial.write_text("\n".join(lines) + "\n")
-    fake_osqueryd(host, 4242, ["/opt/osquery/bin/osqueryd", f"--flagfile={partial}",
-                               "--noaudit_show_partial_fim_events"])  # fmt: skip
+    fake_osqueryd(
+        host,
+        4242,
+        ["/opt/osquery/bin/osqueryd", f"--flagfile={partial}", "--noaudit_show_partial_fim_events"],
+    )
     checks = check_flags(host)
     assert "osqueryd pid 4242" in checks[0].value and str(partial) in checks[0].value
     failing = only_failing(checks)
@@ -218,10 +230,14 @@ def test_no_osqueryd_and_no_flagfile_warns(host: DoctorPaths, tmp_path: Path) ->
 
 
 def test_parse_flag_args_reads_gflags_forms() -> None:
-    values, _ = parse_flag_args(["--disable_audit=false", "--audit_allow_sockets",
-                                 "--noaudit_allow_config", "positional"])  # fmt: skip
-    assert values == {"disable_audit": "false", "audit_allow_sockets": "true",
-                      "audit_allow_config": "false"}  # fmt: skip
+    values, _ = parse_flag_args(
+        ["--disable_audit=false", "--audit_allow_sockets", "--noaudit_allow_config", "positional"]
+    )
+    assert values == {
+        "disable_audit": "false",
+        "audit_allow_sockets": "true",
+        "audit_allow_config": "false",
+    }
 
 
 # -- audit owner -------------------------------------------------------------------
@@ -316,7 +332,7 @@ def test_sock_diag_works_and_fails_when_no_socket_can_be_opened() -> None:
     assert check_sock_diag().status == OK
 
     def no_fds() -> Check:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (3, hard))
         return check_sock_diag()
 
@@ -343,17 +359,16 @@ def write_catalogue(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_file_paths_names_the_uncovered_catalogue_file(host: DoctorPaths, tmp_path: Path) -> None:
     cfg, secrets = write_catalogue(tmp_path)
-    Path(host.osquery_config).write_text(
-        json.dumps({"file_paths": {"keys": [f"{secrets}/a.key"]}})
-    )
+    Path(host.osquery_config).write_text(json.dumps({"file_paths": {"keys": [f"{secrets}/a.key"]}}))
     paths = DoctorPaths(**{**host.__dict__, "config": str(cfg)})
     checks, native = check_config_and_file_paths(paths)
     c = by_name(checks)
     assert c["config"].status == OK and native is False
     assert c["file_paths"].status == WARN and c["file_paths"].value == "1/2"
-    assert f"{secrets}/b.key" in c["file_paths"].detail and f"{secrets}/a.key" not in c[
-        "file_paths"
-    ].detail
+    assert (
+        f"{secrets}/b.key" in c["file_paths"].detail
+        and f"{secrets}/a.key" not in c["file_paths"].detail
+    )
     assert "readegress file-paths" in c["file_paths"].fix
     Path(host.osquery_config).write_text(json.dumps({"file_paths": {"keys": [f"{secrets}/%"]}}))
     assert by_name(check_config_and_file_paths(paths)[0])["file_paths"].status == OK
@@ -379,11 +394,25 @@ def test_broken_config_fails_with_file_and_line(host: DoctorPaths, tmp_path: Pat
 
 
 def doctor(paths: DoctorPaths, *extra: str) -> subprocess.CompletedProcess[str]:
-    args = [sys.executable, "-m", "readegress", "doctor",
-            "--extensions-load", paths.extensions_load, "--flagfile", paths.flagfile,
-            "--osquery-config", paths.osquery_config, "--proc", paths.proc,
-            "--systemd-dir", paths.systemd, "--systemd-vendor-dir", paths.systemd_vendor,
-            *extra]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "readegress",
+        "doctor",
+        "--extensions-load",
+        paths.extensions_load,
+        "--flagfile",
+        paths.flagfile,
+        "--osquery-config",
+        paths.osquery_config,
+        "--proc",
+        paths.proc,
+        "--systemd-dir",
+        paths.systemd,
+        "--systemd-vendor-dir",
+        paths.systemd_vendor,
+        *extra,
+    ]
     if paths.config:
         args += ["--config", paths.config]
     return subprocess.run(args, capture_output=True, text=True, timeout=120)
@@ -404,8 +433,15 @@ def test_doctor_json_exit_codes_0_1_2(host: DoctorPaths, tmp_path: Path) -> None
     rows = [json.loads(ln) for ln in r.stdout.splitlines()]
     assert r.returncode == 0, [x for x in rows if x["status"] != "ok"]
     assert all(set(x) == {"name", "status", "value", "detail", "fix"} for x in rows)
-    assert {x["name"] for x in rows} >= {"autoload:owner", "flag:disable_audit", "audit_owner",
-                                         "fanotify", "sock_diag", "file_paths", "config"}  # fmt: skip
+    assert {x["name"] for x in rows} >= {
+        "autoload:owner",
+        "flag:disable_audit",
+        "audit_owner",
+        "fanotify",
+        "sock_diag",
+        "file_paths",
+        "config",
+    }
 
     Path(host.osquery_config).write_text(json.dumps({"file_paths": {"k": [f"{secrets}/a.key"]}}))
     r = doctor(good, "--json")

@@ -98,8 +98,18 @@ def test_packs_check_passes_on_the_repository() -> None:
 
 
 def test_osquery_packs_have_osquery_shape() -> None:
-    allowed = {"query", "interval", "platform", "version", "description", "value", "snapshot",
-               "removed", "denylist", "shard"}  # fmt: skip
+    allowed = {
+        "query",
+        "interval",
+        "platform",
+        "version",
+        "description",
+        "value",
+        "snapshot",
+        "removed",
+        "denylist",
+        "shard",
+    }
     for name in SOURCE.packs:
         pack = conf(name)
         assert set(pack) == {"platform", "version", "discovery", "queries"}
@@ -138,7 +148,10 @@ def removal_logging_by_format() -> dict[str, dict[str, bool]]:
             out.setdefault("osquery", {})[f"{name}_{qname}"] = not q.get(
                 "snapshot", False
             ) and q.get("removed", True)
-    for rel, kind in (("fleet/readegress.yml", "report"), ("fleet/readegress-queries.yml", "query")):
+    for rel, kind in (
+        ("fleet/readegress.yml", "report"),
+        ("fleet/readegress-queries.yml", "query"),
+    ):
         out[rel] = {n: s["logging"] == "differential" for n, s in specs_of(rel, kind).items()}
     out["gitops"] = {
         item["name"]: item["logging"] == "differential"
@@ -155,8 +168,13 @@ def removal_logging_by_format() -> dict[str, dict[str, bool]]:
 def test_removal_logging_is_identical_in_every_format() -> None:
     want = {q.scheduled_name: (not q.snapshot and q.removed) for q in SOURCE.queries.values()}
     formats = removal_logging_by_format()
-    assert set(formats) == {"osquery", "fleet/readegress.yml", "fleet/readegress-queries.yml",
-                            "gitops", "legacy"}  # fmt: skip
+    assert set(formats) == {
+        "osquery",
+        "fleet/readegress.yml",
+        "fleet/readegress-queries.yml",
+        "gitops",
+        "legacy",
+    }
     for fmt, got in formats.items():
         assert got == want, fmt
 
@@ -214,9 +232,11 @@ def test_flagfile_sets_every_required_flag() -> None:
 
 
 def test_event_collection_queries_fit_events_expiry() -> None:
-    expiry = int({n: v for n, v, _ in parse_flagfile((ROOT / "install/osquery.flags").read_text())}[
-        "events_expiry"
-    ])
+    expiry = int(
+        {n: v for n, v, _ in parse_flagfile((ROOT / "install/osquery.flags").read_text())}[
+            "events_expiry"
+        ]
+    )
     for q in conf("readegress_events")["queries"].values():
         assert q["interval"] < expiry
 
@@ -247,9 +267,13 @@ def test_check_names_file_and_line_of_every_broken_query_in_one_run(tree: Path) 
 
 def test_check_refuses_a_table_not_in_requires(tree: Path) -> None:
     f = tree / "packs/src/bulk_egress_processes.toml"
-    f.write_text(f.read_text().replace("FROM process_net_bytes", "FROM process_net_bytes, socket_bytes"))
+    f.write_text(
+        f.read_text().replace("FROM process_net_bytes", "FROM process_net_bytes, socket_bytes")
+    )
     problems = [str(p) for p in check(tree)]
-    assert any(p.startswith(f"{f}:{line_of(f, 'sql =')}:") and "socket_bytes" in p for p in problems)
+    assert any(
+        p.startswith(f"{f}:{line_of(f, 'sql =')}:") and "socket_bytes" in p for p in problems
+    )
 
 
 def test_check_requires_a_deliberate_removal_choice(tree: Path) -> None:
@@ -277,8 +301,9 @@ def test_check_reports_bad_metadata(tree: Path) -> None:
     problems = [str(p) for p in check(tree)]
     assert any(p.startswith(f"{f}:{line_of(f, 'platform =')}:") for p in problems)
     assert any(p.startswith(f"{f}:{line_of(f, 'min_osquery_version')}:") for p in problems)
-    assert any(p.startswith(f"{g}:{line_of(g, 'interval =')}:") and "events_expiry" in p
-               for p in problems)  # fmt: skip
+    assert any(
+        p.startswith(f"{g}:{line_of(g, 'interval =')}:") and "events_expiry" in p for p in problems
+    )
 
 
 def test_check_reports_stale_and_unparsable_generated_files(tree: Path) -> None:
@@ -289,7 +314,7 @@ def test_check_reports_stale_and_unparsable_generated_files(tree: Path) -> None:
     legacy = tree / "packs/fleet/readegress-legacy-packs.yml"
     legacy.write_text(legacy.read_text() + "spec: [unclosed\n")
     problems = [str(p) for p in check(tree)]
-    stale_line = line_of(fleet, "logging: \"differential\"")
+    stale_line = line_of(fleet, 'logging: "differential"')
     assert f"{fleet}:{stale_line}: stale" in "\n".join(problems)
     assert any(str(fleet) in p and "removal logging" in p for p in problems)
     assert any(str(conf_file) in p and "removal logging" in p for p in problems)
@@ -317,8 +342,9 @@ def loaded_core(core: OsqueryCore, tmp_path: Path) -> Iterator[OsqueryCore]:
     EventTables(core)
     env = open_environment(None, state_dir=str(tmp_path / "state"), background=True)
     calls = TableCalls(load_tables(env), timeout=10)
-    rt = ExtensionRuntime(core.socket_path, calls, timeout=2.0, interval=0.5,
-                          on_registered=env.attach_manager)  # fmt: skip
+    rt = ExtensionRuntime(
+        core.socket_path, calls, timeout=2.0, interval=0.5, on_registered=env.attach_manager
+    )
     rt.start()
     try:
         assert rt.wait_registered(10.0)
@@ -360,9 +386,19 @@ def test_every_pack_query_runs_in_a_real_osqueryi(tmp_path: Path) -> None:
     ext.chmod(0o755)
     for label, sql in all_pack_queries():
         r = subprocess.run(
-            [OSQUERYI, "--extension", str(ext), "--extensions_require=readegress",
-             "--extensions_timeout=20", "--disable_events=false", "--json", sql],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            [
+                OSQUERYI,
+                "--extension",
+                str(ext),
+                "--extensions_require=readegress",
+                "--extensions_timeout=20",
+                "--disable_events=false",
+                "--json",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 0, f"{label}: {r.stderr}"
         json.loads(r.stdout)

@@ -324,7 +324,9 @@ def add_deploy_parsers(sub: Any) -> None:
     """``packs`` and ``doctor``."""
     pk = sub.add_parser("packs", help="build or check packs/ from packs/src (one file per query)")
     pk.add_argument("action", choices=("build", "check"))
-    pk.add_argument("--root", help="the source tree holding packs/ and install/ (default: this one)")
+    pk.add_argument(
+        "--root", help="the source tree holding packs/ and install/ (default: this one)"
+    )
     pk.set_defaults(func=cmd_packs)
 
     d = sub.add_parser(
@@ -346,7 +348,7 @@ def add_deploy_parsers(sub: Any) -> None:
     d.add_argument(
         "--flagfile",
         default="/etc/osquery/osquery.flags",
-        help="osqueryd's flagfile, when no osqueryd is running (default: /etc/osquery/osquery.flags)",
+        help="osqueryd's flagfile when no osqueryd runs (default: /etc/osquery/osquery.flags)",
     )
     d.add_argument(
         "--osquery-config",

@@ -346,7 +346,9 @@ def _check_interpreter(ext: str) -> Check:
 # ------------------------------------------------------------------ flags
 
 
-def parse_flag_args(args: Sequence[str], *, read_file: bool = True) -> tuple[dict[str, str], list[str]]:
+def parse_flag_args(
+    args: Sequence[str], *, read_file: bool = True
+) -> tuple[dict[str, str], list[str]]:
     """gflags arguments as ``{name: value}`` and the flagfiles read.
 
     ``--name=value``, ``--name value`` for non-boolean names is not guessed
@@ -570,7 +572,7 @@ def check_fanotify(native: bool) -> Check:
             f"fanotify_init failed: {msg}; the native read source cannot run"
             + (" and the config asks for it" if native else ""),
             "run as root (CAP_SYS_ADMIN) on a kernel with CONFIG_FANOTIFY"
-            + ("" if native else "; only needed for sources = [\"native\"]"),
+            + ("" if native else '; only needed for sources = ["native"]'),
         )
     os.close(fd)
     return Check("fanotify", OK, "available", "fanotify_init works (native read source)")

@@ -45,8 +45,7 @@ def osquery_specs() -> dict[str, TableSpec]:
     out = {}
     for name, cols in OSQUERY_TABLES.items():
         columns = tuple(
-            Column(c[0], c[1], "", OPTION_BITS[c[2]] if len(c) == 3 else 0)  # type: ignore[misc]
-            for c in cols
+            Column(c[0], c[1], "", OPTION_BITS[c[2]] if len(c) == 3 else 0) for c in cols
         )
         out[name] = TableSpec(name, f"osquery's {name}.", "osquery", columns, ())
     return out

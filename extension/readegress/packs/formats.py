@@ -157,7 +157,9 @@ def _version_key(v: str) -> tuple[int, ...]:
     return tuple(int(x) for x in v.split("."))
 
 
-def fleet_query_spec(q: PackQuery, packs: dict[str, PackDef], inputs: BuildInputs) -> dict[str, Any]:
+def fleet_query_spec(
+    q: PackQuery, packs: dict[str, PackDef], inputs: BuildInputs
+) -> dict[str, Any]:
     """One Fleet report/query spec (the same fields for ``kind: report`` and ``kind: query``)."""
     return {
         "name": q.scheduled_name,
@@ -185,9 +187,7 @@ def fleet_label_spec(pack: PackDef) -> dict[str, Any]:
 def agent_options(inputs: BuildInputs) -> dict[str, Any]:
     return {
         "config": dict(inputs.file_paths),
-        "command_line_flags": {
-            n: v for n, v in inputs.flags if n not in FLEETD_MANAGED_FLAGS
-        },
+        "command_line_flags": {n: v for n, v in inputs.flags if n not in FLEETD_MANAGED_FLAGS},
     }
 
 

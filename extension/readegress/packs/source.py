@@ -206,9 +206,7 @@ def _load_packs(path: Path, problems: list[Problem]) -> dict[str, PackDef]:
     return packs
 
 
-def _load_query(
-    path: Path, packs: dict[str, PackDef], problems: list[Problem]
-) -> PackQuery | None:
+def _load_query(path: Path, packs: dict[str, PackDef], problems: list[Problem]) -> PackQuery | None:
     loaded = _toml(path, problems)
     if loaded is None:
         return None
