@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from readegress.doctor import (
     FAIL,
@@ -454,3 +456,37 @@ def test_doctor_json_exit_codes_0_1_2(host: DoctorPaths, tmp_path: Path) -> None
     r = doctor(good)
     assert r.returncode == 2
     assert "FAIL autoload:world_writable" in r.stdout and "fix: chmod o-w" in r.stdout
+
+
+# -- outside data never crashes a parser ---------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(max_size=40), max_size=12))
+def test_flag_arguments_of_any_shape_parse(args: list[str]) -> None:
+    values, files = parse_flag_args(args, read_file=False)
+    assert files == [] and all(isinstance(v, str) for v in values.values())
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=400))
+def test_any_flagfile_and_autoload_file_parse(
+    tmp_path_factory: pytest.TempPathFactory, text: str
+) -> None:
+    d = tmp_path_factory.mktemp("hyp")
+    f = d / "file"
+    f.write_text(text, encoding="utf-8", errors="surrogateescape")
+    parse_flag_args([f"--flagfile={f}"])
+    from readegress.doctor import autoload_entries
+
+    assert all(e and not e.startswith("#") for e in autoload_entries(str(f)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=400))
+def test_any_netlink_table_parses(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
+    proc = tmp_path_factory.mktemp("proc")
+    (proc / "net").mkdir()
+    (proc / "net" / "netlink").write_text(text, encoding="utf-8", errors="surrogateescape")
+    paths = DoctorPaths(proc=str(proc), systemd=str(proc / "x"), systemd_vendor=str(proc / "y"))
+    assert {c.name for c in check_audit_owner(paths)} == {"audit_owner", "audit_journald"}

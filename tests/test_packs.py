@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from osquery_events import EventTables
 from readegress.osquery import ExtensionRuntime
@@ -402,3 +404,50 @@ def test_every_pack_query_runs_in_a_real_osqueryi(tmp_path: Path) -> None:
         )
         assert r.returncode == 0, f"{label}: {r.stderr}"
         json.loads(r.stdout)
+
+
+# -- any source text is reported, never raised --------------------------------------
+
+
+_KEYS = st.sampled_from(
+    [
+        "pack",
+        "description",
+        "value",
+        "interval",
+        "logging",
+        "removed",
+        "platform",
+        "min_osquery_version",
+        "requires",
+        "automations",
+        "sql",
+        "all_columns",
+        "bogus",
+    ]
+)
+_VALUES = st.one_of(
+    st.integers(-5, 10**7),
+    st.booleans(),
+    st.text(max_size=20),
+    st.lists(st.text(max_size=10), max_size=3),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(st.text(max_size=300), st.dictionaries(_KEYS, _VALUES, max_size=12)))
+def test_any_query_file_loads_as_problems_never_an_exception(
+    tmp_path_factory: pytest.TempPathFactory, content: object
+) -> None:
+    src = tmp_path_factory.mktemp("src")
+    shutil.copy(PACKS / "src" / "packs.toml", src / "packs.toml")
+    if isinstance(content, dict):
+        text = "".join(f"{k} = {json.dumps(v)}\n" for k, v in content.items())
+    else:
+        text = str(content)
+    (src / "q.toml").write_text(text, encoding="utf-8", errors="surrogateescape")
+    source = load_source(src)
+    for p in source.problems:
+        assert p.line >= 1 and p.path
+    if "q" in source.queries:
+        assert source.problems == () or all("q.toml" not in p.path for p in source.problems)
