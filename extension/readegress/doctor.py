@@ -183,21 +183,25 @@ def check_autoload(paths: DoctorPaths) -> list[Check]:
     return out
 
 
+def _rule(name: str, passed: bool, value: str, ok: str, wrong: str, fix: str) -> Check:
+    """One autoload rule: ``ok`` describes it passing, ``wrong`` and ``fix`` it failing."""
+    return Check(name, OK, value, ok) if passed else Check(name, FAIL, value, wrong, fix)
+
+
 def _check_one_ext(ext: str, entries: Optional[list[str]], load_file: str) -> list[Check]:
+    q = shlex.quote(ext)
     out: list[Check] = []
     if entries is not None:
-        if ext in entries:
-            out.append(Check("autoload:listed", OK, ext, f"listed in {load_file}"))
-        else:
-            out.append(
-                Check(
-                    "autoload:listed",
-                    FAIL,
-                    ext,
-                    f"not listed in {load_file}: osqueryd does not start it",
-                    f"echo {shlex.quote(ext)} >> {load_file}",
-                )
+        out.append(
+            _rule(
+                "autoload:listed",
+                ext in entries,
+                ext,
+                f"listed in {load_file}",
+                f"not listed in {load_file}: osqueryd does not start it",
+                f"echo {q} >> {load_file}",
             )
+        )
     if not os.path.isabs(ext):
         out.append(
             Check(
@@ -205,21 +209,19 @@ def _check_one_ext(ext: str, entries: Optional[list[str]], load_file: str) -> li
                 FAIL,
                 ext,
                 "not an absolute path",
-                f"list the absolute path in {load_file}",
+                f"list it absolute in {load_file}",
             )
         )
-    if ext.endswith(".ext"):
-        out.append(Check("autoload:suffix", OK, ext, "ends in .ext"))
-    else:
-        out.append(
-            Check(
-                "autoload:suffix",
-                FAIL,
-                ext,
-                "osqueryd autoloads only files ending in .ext",
-                f"mv {shlex.quote(ext)} {shlex.quote(ext + '.ext')} and list the new name",
-            )
+    out.append(
+        _rule(
+            "autoload:suffix",
+            ext.endswith(".ext"),
+            ext,
+            "ends in .ext",
+            "osqueryd autoloads only files ending in .ext",
+            f"mv {q} {shlex.quote(ext + '.ext')} and list the new name",
         )
+    )
     try:
         st = os.stat(ext)
         lst = os.lstat(ext)
@@ -234,66 +236,53 @@ def _check_one_ext(ext: str, entries: Optional[list[str]], load_file: str) -> li
             )
         )
         return out
-    q = shlex.quote(ext)
-    if not stat.S_ISREG(st.st_mode):
-        out.append(
-            Check(
-                "autoload:file",
-                FAIL,
-                ext,
-                "not a regular file",
-                f"replace {q} with the readegress.ext file itself",
-            )
+    regular = stat.S_ISREG(st.st_mode)
+    user_link = stat.S_ISLNK(lst.st_mode) and lst.st_uid != 0
+    out.append(
+        _rule(
+            "autoload:file",
+            regular and not user_link,
+            ext,
+            "a regular file",
+            "not a regular file"
+            if not regular
+            else f"a symlink owned by uid {lst.st_uid}: osquery wants root's",
+            f"replace {q} with the readegress.ext file itself"
+            if not regular
+            else f"chown -h root:root {q}",
         )
-    elif stat.S_ISLNK(lst.st_mode) and lst.st_uid != 0:
-        out.append(
-            Check(
-                "autoload:file",
-                FAIL,
-                ext,
-                f"a symlink owned by uid {lst.st_uid}: osquery wants root's",
-                f"chown -h root:root {q}",
-            )
+    )
+    out.append(
+        _rule(
+            "autoload:owner",
+            st.st_uid == 0,
+            ext,
+            "owned by root",
+            f"owned by uid {st.st_uid}: osqueryd (root) refuses it as unsafe",
+            f"chown root:root {q}",
         )
-    else:
-        out.append(Check("autoload:file", OK, ext, "a regular file"))
-    if st.st_uid == 0:
-        out.append(Check("autoload:owner", OK, ext, "owned by root"))
-    else:
-        out.append(
-            Check(
-                "autoload:owner",
-                FAIL,
-                ext,
-                f"owned by uid {st.st_uid}: osqueryd (root) refuses it as unsafe",
-                f"chown root:root {q}",
-            )
-        )
+    )
     mode = stat.S_IMODE(st.st_mode)
-    if mode & stat.S_IXUSR:
-        out.append(Check("autoload:mode", OK, f"{mode:04o}", "executable by its owner"))
-    else:
-        out.append(
-            Check(
-                "autoload:mode",
-                FAIL,
-                f"{mode:04o}",
-                "not executable by its owner",
-                f"chmod 0755 {q}",
-            )
+    out.append(
+        _rule(
+            "autoload:mode",
+            bool(mode & stat.S_IXUSR),
+            f"{mode:04o}",
+            "executable by its owner",
+            "not executable by its owner",
+            f"chmod 0755 {q}",
         )
-    if mode & stat.S_IWOTH:
-        out.append(
-            Check(
-                "autoload:world_writable",
-                FAIL,
-                f"{mode:04o}",
-                "world-writable: any user could replace what root runs",
-                f"chmod o-w {q}",
-            )
+    )
+    out.append(
+        _rule(
+            "autoload:world_writable",
+            not mode & stat.S_IWOTH,
+            f"{mode:04o}",
+            "not world-writable",
+            "world-writable: any user could replace what root runs",
+            f"chmod o-w {q}",
         )
-    else:
-        out.append(Check("autoload:world_writable", OK, f"{mode:04o}", "not world-writable"))
+    )
     directory = os.path.dirname(os.path.abspath(ext)) or "/"
     try:
         dmode = os.stat(directory).st_mode
@@ -302,21 +291,18 @@ def _check_one_ext(ext: str, entries: Optional[list[str]], load_file: str) -> li
             Check("autoload:directory", FAIL, directory, f"cannot stat: {e.strerror}", INSTALL_HINT)
         )
     else:
-        if dmode & stat.S_ISVTX:
-            out.append(
-                Check(
-                    "autoload:directory",
-                    FAIL,
-                    directory,
-                    "the directory has the sticky bit (like /tmp): osqueryd refuses extensions"
-                    " in it",
-                    f"move the .ext to a root-owned directory without it, e.g."
-                    f" install -D -o root -g root -m 0755 {q} /opt/readegress/readegress.ext",
-                )
+        out.append(
+            _rule(
+                "autoload:directory",
+                not dmode & stat.S_ISVTX,
+                directory,
+                "no sticky bit",
+                "the directory has the sticky bit (like /tmp): osqueryd refuses extensions in it",
+                "move the .ext to a root-owned directory without it, e.g."
+                f" install -D -o root -g root -m 0755 {q} /opt/readegress/readegress.ext",
             )
-        else:
-            out.append(Check("autoload:directory", OK, directory, "no sticky bit"))
-    if stat.S_ISREG(st.st_mode):
+        )
+    if regular:
         out.append(_check_interpreter(ext))
     return out
 
