@@ -35,7 +35,10 @@ from readegress.doctor import (
     check_flags,
     check_sock_diag,
     exit_code,
+    osquery_flags,
     parse_flag_args,
+    resolve_paths,
+    run_doctor,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,6 +227,34 @@ def test_flags_of_the_running_osqueryd_win_over_the_flagfile(
     assert sockets.status == FAIL and "osquery's default" in sockets.detail
     assert "--audit_allow_sockets=true" in sockets.fix
     assert failing["flag:audit_show_partial_fim_events"].status == WARN
+
+
+def test_paths_follow_the_running_osqueryds_flags(host: DoctorPaths, tmp_path: Path) -> None:
+    load = tmp_path / "other.load"
+    conf = tmp_path / "other.conf"
+    fake_osqueryd(
+        host,
+        4243,
+        [
+            "osqueryd",
+            f"--extensions_autoload={load}",
+            f"--config_path={conf}",
+            "--config_plugin=tls",
+        ],
+    )
+    values, _ = osquery_flags(host)
+    # Explicit paths win; defaults follow osquery's flags.
+    assert resolve_paths(host, values) == host
+    resolved = resolve_paths(DoctorPaths(proc=host.proc), values)
+    assert (resolved.extensions_load, resolved.osquery_config) == (str(load), str(conf))
+    checks = {
+        c.name: c
+        for c in run_doctor(
+            DoctorPaths(proc=host.proc, systemd=host.systemd, systemd_vendor=host.systemd_vendor)
+        )
+    }
+    assert str(load) in checks["autoload:listed"].value
+    assert checks["file_paths"].status == WARN and "'tls' plugin" in checks["file_paths"].detail
 
 
 def test_no_osqueryd_and_no_flagfile_warns(host: DoctorPaths, tmp_path: Path) -> None:

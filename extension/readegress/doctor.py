@@ -23,13 +23,17 @@ Where the data comes from:
 - ``fanotify`` / ``sock_diag`` — the kernel interfaces the native sources and
   the socket tables need, probed by opening them.
 - ``file_paths`` — catalogue files on this host that osquery's filesystem
-  config does not watch.
+  config does not watch (a ``tls`` config plugin cannot be read: warn).
+
+Paths left at their defaults follow the running osqueryd's own
+``--extensions_autoload`` and ``--config_path``.
 - ``config`` — the readegress config loads (owner and mode checked as root).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import stat
@@ -389,16 +393,34 @@ def running_osqueryd(proc: str) -> Optional[tuple[int, list[str]]]:
     return None
 
 
-def check_flags(paths: DoctorPaths) -> list[Check]:
+def osquery_flags(paths: DoctorPaths) -> tuple[dict[str, str], str]:
+    """The flags osquery runs with and where they were read ("" when nowhere)."""
     found = running_osqueryd(paths.proc)
     if found is not None:
         pid, argv = found
         values, files = parse_flag_args(argv[1:])
-        source = f"osqueryd pid {pid}" + (f" (flagfile {', '.join(files)})" if files else "")
-    elif os.path.exists(paths.flagfile):
-        values, files = parse_flag_args([f"--flagfile={paths.flagfile}"])
-        source = f"{paths.flagfile} (no osqueryd running)"
-    else:
+        return values, f"osqueryd pid {pid}" + (f" (flagfile {', '.join(files)})" if files else "")
+    if os.path.exists(paths.flagfile):
+        values, _ = parse_flag_args([f"--flagfile={paths.flagfile}"])
+        return values, f"{paths.flagfile} (no osqueryd running)"
+    return {}, ""
+
+
+def resolve_paths(paths: DoctorPaths, flags: dict[str, str]) -> DoctorPaths:
+    """Paths left at their defaults follow osquery's own flags (--extensions_autoload,
+    --config_path) where osquery sets them."""
+    defaults = DoctorPaths()
+    changes = {}
+    if paths.extensions_load == defaults.extensions_load and flags.get("extensions_autoload"):
+        changes["extensions_load"] = flags["extensions_autoload"]
+    if paths.osquery_config == defaults.osquery_config and flags.get("config_path"):
+        changes["osquery_config"] = flags["config_path"]
+    return dataclasses.replace(paths, **changes) if changes else paths
+
+
+def check_flags(paths: DoctorPaths) -> list[Check]:
+    values, source = osquery_flags(paths)
+    if not source:
         return [
             Check(
                 "flags",
@@ -586,7 +608,9 @@ def check_sock_diag() -> Check:
 # ------------------------------------------------------------------ config and file_paths
 
 
-def check_config_and_file_paths(paths: DoctorPaths) -> tuple[list[Check], bool]:
+def check_config_and_file_paths(
+    paths: DoctorPaths, *, config_plugin: str = "filesystem"
+) -> tuple[list[Check], bool]:
     """The config check, the file_paths check, and whether the config asks for native."""
     from readegress.detect.config import ConfigError, load_config
     from readegress.sources.osquery_setup import (
@@ -609,6 +633,19 @@ def check_config_and_file_paths(paths: DoctorPaths) -> tuple[list[Check], bool]:
         ], False
     out = [Check("config", OK, config.path, "loads without problems")]
     native = "native" in config.sources
+    if config_plugin != "filesystem":
+        out.append(
+            Check(
+                "file_paths",
+                WARN,
+                "unknown",
+                f"osquery takes its config from the {config_plugin!r} plugin (Fleet, Kolide):"
+                " its file_paths cannot be read from this host",
+                "make sure the server's agent options carry what `readegress file-paths` prints"
+                " (Fleet: packs/fleet/gitops/lib/readegress.agent-options.yml)",
+            )
+        )
+        return out, native
     fp = read_osquery_file_paths(paths.osquery_config)
     if not fp.files:
         out.append(
@@ -655,7 +692,10 @@ def check_config_and_file_paths(paths: DoctorPaths) -> tuple[list[Check], bool]:
 
 def run_doctor(paths: DoctorPaths) -> list[Check]:
     """Every check, in a fixed order."""
-    config_checks, native = check_config_and_file_paths(paths)
+    flags, _ = osquery_flags(paths)
+    paths = resolve_paths(paths, flags)
+    plugin = flags.get("config_plugin", "filesystem") or "filesystem"
+    config_checks, native = check_config_and_file_paths(paths, config_plugin=plugin)
     return [
         *check_autoload(paths),
         *check_flags(paths),
