@@ -12,6 +12,7 @@ honour ``$DPKG_ROOT``). ``install.sh`` installs into a temp ``--prefix``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -324,3 +325,63 @@ def test_config_errors_exit_2_with_file_and_line(tmp_path: Path) -> None:
         r = cli(*args)
         assert r.returncode == 2, args
         assert f"{bad}:2:" in r.stderr, r.stderr
+
+
+# -- a real osqueryd autoloading the built .ext (skipped where osquery is absent) -----
+
+OSQUERYD = os.environ.get("OSQUERYD") or shutil.which("osqueryd")
+
+
+@pytest.mark.skipif(not OSQUERYD, reason="osqueryd not found: set OSQUERYD or put it on PATH")
+def test_real_osqueryd_autoloads_the_built_ext_and_doctor_agrees(
+    built: Path, bare_dir: Path
+) -> None:
+    import time
+
+    from readegress.doctor import DoctorPaths, check_autoload
+    from readegress.osquery import ManagerClient, OsqueryUnavailable
+
+    assert OSQUERYD
+    ext_dir = bare_dir / "ext"
+    ext_dir.mkdir(mode=0o755)
+    ext = ext_dir / "readegress.ext"
+    shutil.copy(built / "readegress.ext", ext)
+    ext.chmod(0o755)
+    load = bare_dir / "extensions.load"
+    load.write_text(f"{ext}\n")
+    assert [
+        c for c in check_autoload(DoctorPaths(extensions_load=str(load))) if c.status != "ok"
+    ] == []
+    (bare_dir / "osquery.conf").write_text("{}\n")
+    sock = str(bare_dir / "osquery.em")
+    daemon = subprocess.Popen(
+        [
+            OSQUERYD,
+            f"--extensions_autoload={load}",
+            f"--extensions_socket={sock}",
+            "--extensions_timeout=10",
+            "--extensions_interval=1",
+            f"--database_path={bare_dir / 'db'}",
+            f"--pidfile={bare_dir / 'osqueryd.pid'}",
+            f"--config_path={bare_dir / 'osquery.conf'}",
+            f"--logger_path={bare_dir}",
+            "--disable_events=true",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with ManagerClient(sock, timeout=10) as m:
+            deadline = time.monotonic() + 40
+            names: set[str] = set()
+            while "readegress" not in names and time.monotonic() < deadline:
+                assert daemon.poll() is None
+                with contextlib.suppress(OsqueryUnavailable):
+                    names = {i.name for i in m.extensions().values()}
+                time.sleep(0.5)
+            assert "readegress" in names
+            assert m.query("SELECT count(*) AS n FROM socket_bytes")[0]["n"].isdigit()
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
