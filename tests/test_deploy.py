@@ -130,6 +130,11 @@ def test_ext_alone_in_an_empty_directory_registers_with_the_core(
             count = core.query("SELECT count(*) AS n FROM socket_bytes")
             assert int(count[0]["n"]) >= 0
             assert core.query("SELECT * FROM read_then_egress") == []
+            # The shipped default config is read from inside the zip.
+            cfg = core.query("SELECT status, detail FROM readegress_health WHERE name = 'config'")
+            if not os.path.exists("/etc/readegress/readegress.toml"):
+                assert cfg[0]["status"] == "ok"
+                assert cfg[0]["detail"].startswith(f"{ext}/readegress/detect/default.toml")
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=20)
         finally:

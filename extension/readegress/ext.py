@@ -32,8 +32,32 @@ def default_config(ext_path: str) -> str | None:
     return None
 
 
+def _read_default_config_from_the_zip() -> None:
+    """Point the shipped default config into the zip this code runs from.
+
+    ``DEFAULT_CONFIG`` is a path beside ``config.py``; inside a zipapp that
+    path names a zip member, which ``open()`` cannot read. ``zipfile.Path``
+    reads it (``read_bytes()``) and prints the same string, so the config
+    loader needs no change.
+    """
+    import zipfile
+
+    from readegress.detect import config
+
+    default = str(config.DEFAULT_CONFIG)
+    archive = os.path.dirname(default)
+    while archive and archive != os.path.dirname(archive) and not os.path.isfile(archive):
+        archive = os.path.dirname(archive)
+    if not os.path.isfile(archive) or not zipfile.is_zipfile(archive):
+        return  # an ordinary install: the file is on disk
+    member = os.path.relpath(default, archive)
+    config.DEFAULT_CONFIG = zipfile.Path(archive, member)  # type: ignore[assignment]
+
+
 def main(argv: Sequence[str] | None = None, ext_path: str | None = None) -> int:
     from readegress.cli import main as cli_main
+
+    _read_default_config_from_the_zip()
 
     args = list(sys.argv[1:] if argv is None else argv)
     if args and not args[0].startswith("-"):

@@ -158,19 +158,11 @@ def _check_file_safety(path: Path) -> str | None:
     return None
 
 
-def _default_config_bytes() -> bytes:
-    import importlib.resources
-
-    return importlib.resources.files("readegress.detect").joinpath("default.toml").read_bytes()
-
-
 def load_config(path: str | Path | None = None, *, check_owner: bool = True) -> Config:
     """Load a config file (the shipped default when ``path`` is ``None``)."""
     p = Path(path) if path is not None else DEFAULT_CONFIG
     try:
-        # The shipped default is package data: read through importlib so it is
-        # found inside the single-file readegress.ext (a zip) too.
-        raw = p.read_bytes() if path is not None else _default_config_bytes()
+        raw = p.read_bytes()
     except OSError as e:
         raise ConfigError([f"{p}: cannot read config: {e.strerror}"]) from None
     if check_owner and path is not None:
