@@ -375,6 +375,18 @@ def test_every_pack_query_runs_through_the_core_with_the_extension(
         assert cols, label
         loaded_core.query(sql)  # raises on any error
     assert loaded_core.query(conf("readegress")["discovery"][0]) == [{"1": "1"}]
+    # Raw events are collected only where the extension is not loaded.
+    loaded_core.set_flag("disable_audit", "false")
+    assert loaded_core.query(conf("readegress_events")["discovery"][0]) == []
+
+
+def test_raw_event_pack_runs_where_audit_is_on_and_the_extension_is_absent(
+    core: OsqueryCore,
+) -> None:
+    discovery = conf("readegress_events")["discovery"][0]
+    assert core.query(discovery) == []  # osquery's default: --disable_audit=true
+    core.set_flag("disable_audit", "false")
+    assert core.query(discovery) == [{"1": "1"}]
 
 
 OSQUERYI = os.environ.get("OSQUERYI") or shutil.which("osqueryi")
