@@ -24,6 +24,12 @@ def _replay(argv: Sequence[str]) -> int:
     return replay.main(argv)
 
 
+def _ext_codec(argv: Sequence[str]) -> int:
+    from bench import ext_codec
+
+    return ext_codec.main(argv)
+
+
 SUBCOMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "foundation": (
         _foundation,
@@ -34,6 +40,10 @@ SUBCOMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
         "fanotify read source overhead on open/read/close vs no monitoring and Linux audit",
     ),
     "replay": (_replay, "readegress replay of a results log vs DuckDB and jq, memory per read"),
+    "ext-codec": (
+        _ext_codec,
+        "the single-file .ext's pure-Python Thrift encode vs the package's fastbinary",
+    ),
 }
 
 

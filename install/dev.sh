@@ -21,6 +21,8 @@ command -v ss >/dev/null || need_pkgs+=(iproute2)
 command -v unshare >/dev/null || need_pkgs+=(util-linux)
 command -v setpriv >/dev/null || need_pkgs+=(util-linux)
 command -v curl >/dev/null || need_pkgs+=(curl)
+# install/build.sh (tested in tests/test_deploy.py) builds the .deb with dpkg-deb.
+command -v dpkg-deb >/dev/null || need_pkgs+=(dpkg)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "dev.sh: installing ${need_pkgs[*]}" >&2

@@ -1,8 +1,7 @@
 """osquery's audit event tables for the test core: exact column sets and row builders.
 
-Column sets, types and options are those of osquery's specs (Linux):
-``specs/linux/process_file_events.table``, ``specs/posix/socket_events.table``
-and ``specs/posix/process_events.table`` (with its Linux ``extended_schema``).
+Column sets, types and options are those of osquery's specs (Linux), kept in
+:mod:`readegress.packs.osquery_schema` (which ``packs check`` compiles against).
 Rows carry every column as the strings osquery stores, ``time`` and a
 ten-digit zero-padded ``eid`` per table, as ``EventSubscriberPlugin::addBatch``
 sets them.
@@ -15,81 +14,9 @@ import textwrap
 from pathlib import Path
 from typing import Optional, Union
 
+from readegress.packs.osquery_schema import PROCESS_EVENTS, PROCESS_FILE_EVENTS, SOCKET_EVENTS
 from readegress.testing import FixtureTable, OsqueryCore
 
-PROCESS_FILE_EVENTS = [
-    ("operation", "TEXT"),
-    ("pid", "BIGINT"),
-    ("ppid", "BIGINT"),
-    ("time", "BIGINT", "additional"),
-    ("executable", "TEXT"),
-    ("partial", "TEXT"),
-    ("cwd", "TEXT"),
-    ("path", "TEXT"),
-    ("dest_path", "TEXT"),
-    ("uid", "TEXT"),
-    ("gid", "TEXT"),
-    ("auid", "TEXT"),
-    ("euid", "TEXT"),
-    ("egid", "TEXT"),
-    ("fsuid", "TEXT"),
-    ("fsgid", "TEXT"),
-    ("suid", "TEXT"),
-    ("sgid", "TEXT"),
-    ("uptime", "BIGINT"),
-    ("eid", "TEXT", "hidden"),
-]
-SOCKET_EVENTS = [
-    ("action", "TEXT"),
-    ("pid", "BIGINT"),
-    ("path", "TEXT"),
-    ("fd", "TEXT"),
-    ("auid", "BIGINT"),
-    ("status", "TEXT"),
-    ("family", "INTEGER"),
-    ("protocol", "INTEGER", "hidden"),
-    ("local_address", "TEXT"),
-    ("remote_address", "TEXT"),
-    ("local_port", "INTEGER"),
-    ("remote_port", "INTEGER"),
-    ("socket", "TEXT", "hidden"),
-    ("time", "BIGINT"),
-    ("uptime", "BIGINT"),
-    ("eid", "TEXT", "hidden"),
-    ("success", "INTEGER", "hidden"),
-]
-PROCESS_EVENTS = [
-    ("pid", "BIGINT"),
-    ("path", "TEXT"),
-    ("mode", "TEXT"),
-    ("cmdline", "TEXT"),
-    ("cmdline_size", "BIGINT", "hidden"),
-    ("env", "TEXT", "hidden"),
-    ("env_count", "BIGINT", "hidden"),
-    ("env_size", "BIGINT", "hidden"),
-    ("cwd", "TEXT"),
-    ("auid", "BIGINT"),
-    ("uid", "BIGINT"),
-    ("euid", "BIGINT"),
-    ("gid", "BIGINT"),
-    ("egid", "BIGINT"),
-    ("owner_uid", "BIGINT"),
-    ("owner_gid", "BIGINT"),
-    ("atime", "BIGINT"),
-    ("mtime", "BIGINT"),
-    ("ctime", "BIGINT"),
-    ("btime", "BIGINT"),
-    ("overflows", "TEXT", "hidden"),
-    ("parent", "BIGINT"),
-    ("time", "BIGINT", "additional"),
-    ("uptime", "BIGINT"),
-    ("eid", "TEXT", "hidden"),
-    ("fsuid", "BIGINT"),
-    ("suid", "BIGINT"),
-    ("fsgid", "BIGINT"),
-    ("sgid", "BIGINT"),
-    ("syscall", "TEXT"),
-]
 COLUMNS = {
     "process_file_events": PROCESS_FILE_EVENTS,
     "socket_events": SOCKET_EVENTS,

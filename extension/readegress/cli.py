@@ -45,6 +45,44 @@ def print_table(names: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO
         out.write(sep + "\n")
 
 
+def config_error(problems: Sequence[str]) -> int:
+    """Report config problems (each ``file:line: message``); the exit code of every
+    subcommand for a config it cannot use is :data:`EXIT_USAGE`."""
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _csv_cell(value: str, separator: str) -> str:
+    # SQLite's shell (which osqueryi is) quotes a cell holding the separator,
+    # a quote or a line break, doubling the quotes.
+    if separator in value or '"' in value or "\n" in value or "\r" in value:
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def print_csv(
+    names: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO, separator: str = "|"
+) -> None:
+    """osqueryi ``--csv``: a header line, then one line per row, ``|``-separated."""
+    if not names:
+        return
+    out.write(separator.join(_csv_cell(n, separator) for n in names) + "\n")
+    for r in rows:
+        out.write(separator.join(_csv_cell(_format_value(v), separator) for v in r) + "\n")
+
+
+def print_lines(names: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO) -> None:
+    """osqueryi ``--line``: ``name = value`` per column, names right-aligned, a blank
+    line between rows."""
+    width = max((len(n) for n in names), default=0)
+    for i, r in enumerate(rows):
+        if i:
+            out.write("\n")
+        for n, v in zip(names, r):
+            out.write(f"{n:>{width}} = {_format_value(v)}\n")
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     from readegress.service import open_environment
     from readegress.sql.engine import SQLError
@@ -54,6 +92,9 @@ def cmd_query(args: argparse.Namespace) -> int:
     # No osquery here: read_then_egress shows what the extension saved in its
     # state directory (read-only), readegress_health says the osquery source is absent.
     env = open_environment(args.config, state_dir=args.state_dir, background=False, offline=True)
+    if env.config_problems:
+        env.close()
+        return config_error(env.config_problems)
     try:
         engine, calls = open_local_engine(env, sql=args.sql)
     except SpecError as e:
@@ -74,6 +115,10 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.json:
         for r in rows:
             out.write(json.dumps(dict(zip(names, r)), default=_format_value) + "\n")
+    elif args.csv:
+        print_csv(names, rows, out, args.separator)
+    elif args.line:
+        print_lines(names, rows, out)
     elif names:
         print_table(names, rows, out)
     return EXIT_OK
@@ -118,9 +163,7 @@ def cmd_file_paths(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as e:
-        for problem in e.problems:
-            _err(f"error: {problem}")
-        return EXIT_ERROR
+        return config_error(e.problems)
     json.dump(catalogue_file_paths(config.catalogue), sys.stdout, indent=2)
     sys.stdout.write("\n")
     return EXIT_OK
@@ -206,6 +249,119 @@ def cmd_extension(argv: list[str]) -> int:
     return run_extension(argv)
 
 
+EXTENSION_HELP = """\
+usage: readegress extension --socket PATH [--timeout N] [--interval N] [--verbose]
+                            [--config FILE] [--state-dir DIR]
+
+Serve readegress's tables to osquery over its extension socket. osqueryd runs
+an autoloaded extension as: EXT --socket PATH --timeout N --interval N [--verbose]
+(osqueryi --extension EXT does the same). Unknown flags are ignored, so a newer
+osquery's launch flags never stop the extension.
+
+  --socket PATH     osquery's extension manager socket (default /var/osquery/osquery.em;
+                    osqueryi: ~/.osquery/shell.em); also --extensions_socket
+  --timeout N       seconds to wait for the manager at start (also --extensions_timeout)
+  --interval N      seconds between checks that the manager is alive (--extensions_interval)
+  --verbose         debug logging on stderr
+  --config FILE     readegress config (default: the shipped catalogue)
+  --state-dir DIR   where detections and cursors are kept (absolute path)
+  --call-timeout N  seconds a table call may take before it answers an error
+  --gone-after N    exit 0 when the manager has been gone this long
+"""
+
+
+def cmd_packs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from readegress.packs.check import check
+    from readegress.packs.formats import build_inputs, render, write
+    from readegress.packs.source import load_source
+
+    root = Path(args.root) if args.root else _source_root()
+    if root is None or not (root / "packs" / "src").is_dir():
+        _err("error: no packs/src here: run from a readegress source tree or pass --root DIR")
+        return EXIT_USAGE
+    if args.action == "build":
+        source = load_source(root / "packs" / "src")
+        if source.problems:
+            return config_error([str(p) for p in source.problems])
+        changed = write(root / "packs", render(source, build_inputs(root)))
+        for rel in changed:
+            print(f"wrote packs/{rel}")
+        return EXIT_OK
+    problems = check(root)
+    if problems:
+        return config_error([str(p) for p in problems])
+    print(f"packs: {root / 'packs'}: ok", file=sys.stderr)
+    return EXIT_OK
+
+
+def _source_root() -> Any:
+    """The source tree this package runs from (``extension/readegress`` in a checkout)."""
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parents[2]
+    if (here / "packs" / "src").is_dir():
+        return here
+    cwd = Path.cwd()
+    return cwd if (cwd / "packs" / "src").is_dir() else None
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from readegress.doctor import DoctorPaths, exit_code, render_text, run_doctor
+
+    paths = DoctorPaths.from_args(args)
+    results = run_doctor(paths)
+    if args.json:
+        for r in results:
+            sys.stdout.write(json.dumps(r.to_json()) + "\n")
+    else:
+        sys.stdout.write(render_text(results))
+    return exit_code(results)
+
+
+def add_deploy_parsers(sub: Any) -> None:
+    """``packs`` and ``doctor``."""
+    pk = sub.add_parser("packs", help="build or check packs/ from packs/src (one file per query)")
+    pk.add_argument("action", choices=("build", "check"))
+    pk.add_argument(
+        "--root", help="the source tree holding packs/ and install/ (default: this one)"
+    )
+    pk.set_defaults(func=cmd_packs)
+
+    d = sub.add_parser(
+        "doctor",
+        help="pre-flight and health: autoload rules, osquery flags, audit owner, fanotify,"
+        " sock_diag, file_paths (exit 0 ok, 1 warn, 2 fail)",
+    )
+    d.add_argument("--json", action="store_true", help="one JSON object per check")
+    d.add_argument("--config", help="readegress config (default: the shipped one)")
+    d.add_argument(
+        "--extensions-load",
+        default="/etc/osquery/extensions.load",
+        help="osquery's --extensions_autoload file (default: /etc/osquery/extensions.load)",
+    )
+    d.add_argument(
+        "--ext",
+        help="the readegress .ext osquery should load (default: every readegress*.ext listed)",
+    )
+    d.add_argument(
+        "--flagfile",
+        default="/etc/osquery/osquery.flags",
+        help="osqueryd's flagfile when no osqueryd runs (default: /etc/osquery/osquery.flags)",
+    )
+    d.add_argument(
+        "--osquery-config",
+        default="/etc/osquery/osquery.conf",
+        help="osquery's filesystem config, for file_paths (default: /etc/osquery/osquery.conf)",
+    )
+    # Test seams: a fake procfs and systemd unit directory.
+    d.add_argument("--proc", default="/proc", help=argparse.SUPPRESS)
+    d.add_argument("--systemd-dir", default="/etc/systemd/system", help=argparse.SUPPRESS)
+    d.add_argument("--systemd-vendor-dir", default="/lib/systemd/system", help=argparse.SUPPRESS)
+    d.set_defaults(func=cmd_doctor)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="readegress",
@@ -218,7 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("query", help="run SQL over this host's tables (no osquery needed)")
     q.add_argument("sql", help="the SQL statement")
-    q.add_argument("--json", action="store_true", help="one JSON object per row")
+    modes = q.add_mutually_exclusive_group()
+    modes.add_argument("--json", action="store_true", help="one JSON object per row")
+    modes.add_argument(
+        "--csv", action="store_true", help="header and rows separated by --separator (osqueryi)"
+    )
+    modes.add_argument(
+        "--line", action="store_true", help="one 'column = value' line per value (osqueryi)"
+    )
+    q.add_argument("--separator", default="|", help="--csv separator (default: |)")
     q.add_argument("--config", help="readegress config (default: the shipped one)")
     q.add_argument(
         "--state-dir", help="where the extension keeps its state (default: the config's state_dir)"
@@ -287,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--state-dir", help="keep state here (default: none is kept)")
     w.set_defaults(func=cmd_watch)
 
+    add_deploy_parsers(sub)
+
     sub.add_parser(
         "extension",
         help="serve the tables to osquery over its extension socket"
@@ -301,6 +467,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # osqueryd launches extensions with flags of its own that may grow over
     # releases: the extension subcommand parses its flags itself, tolerantly.
     if args_list and args_list[0] == "extension":
+        if any(a in ("-h", "--help", "-help") for a in args_list[1:]):
+            sys.stdout.write(EXTENSION_HELP)
+            return EXIT_OK
         return cmd_extension(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(args_list)

@@ -127,6 +127,12 @@ def catalogue_sql_globs(catalogue: Catalogue) -> tuple[str, ...]:
     return tuple(dict.fromkeys(globs))
 
 
+def catalogue_path_condition(catalogue: Catalogue) -> str:
+    """``path GLOB`` terms (a balanced OR) matching a superset of the catalogue's paths:
+    the filter of the live poll, and of the raw-event collection pack."""
+    return _or_tree([f"path GLOB {_sql_string(g)}" for g in catalogue_sql_globs(catalogue)])
+
+
 def _sql_string(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 

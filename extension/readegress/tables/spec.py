@@ -199,18 +199,45 @@ def spec_dir() -> Path:
     return Path(sys.prefix) / "share" / "readegress" / "tables"
 
 
+#: Where a single-file build (install/build.sh) bundles the specs, inside the package.
+BUNDLED_SPECS = "specs"
+
+
+def _bundled_spec_files() -> list[tuple[str, str]]:
+    """``(name, text)`` of the specs bundled in a single-file build; empty elsewhere.
+
+    Read through importlib, which reads inside the ``readegress.ext`` zip.
+    """
+    import importlib.resources
+
+    root = importlib.resources.files("readegress").joinpath(BUNDLED_SPECS)
+    if not root.is_dir():
+        return []
+    entries = [e for e in root.iterdir() if e.name.endswith(".toml")]
+    return [(e.name, e.read_text(encoding="utf-8")) for e in sorted(entries, key=lambda e: e.name)]
+
+
 def load_specs(directory: Path | None = None) -> dict[str, TableSpec]:
-    """Every ``*.toml`` spec in ``directory``, by table name, in file-name order."""
-    d = directory or spec_dir()
-    files = sorted(d.glob("*.toml"))
-    if not files:
-        raise SpecError(f"{d}: no table specs found (set READEGRESS_TABLES)")
+    """Every ``*.toml`` spec in ``directory``, by table name, in file-name order.
+
+    Without ``directory`` (and without ``$READEGRESS_TABLES``), the specs
+    bundled in a single-file build win over :func:`spec_dir`.
+    """
+    bundled = [] if directory or os.environ.get("READEGRESS_TABLES") else _bundled_spec_files()
+    if bundled:
+        texts = [(f"readegress/{BUNDLED_SPECS}/{name}", text) for name, text in bundled]
+    else:
+        d = directory or spec_dir()
+        files = sorted(d.glob("*.toml"))
+        if not files:
+            raise SpecError(f"{d}: no table specs found (set READEGRESS_TABLES)")
+        texts = [(str(f), f.read_text(encoding="utf-8")) for f in files]
     specs: dict[str, TableSpec] = {}
-    for f in files:
-        spec = parse_spec(f.read_text(encoding="utf-8"), str(f))
+    for where, text in texts:
+        spec = parse_spec(text, where)
         if spec.name in specs:
             raise SpecError(
-                f"{f}:1: table {spec.name!r} already declared in {specs[spec.name].path}"
+                f"{where}:1: table {spec.name!r} already declared in {specs[spec.name].path}"
             )
         specs[spec.name] = spec
     return specs

@@ -107,6 +107,7 @@ from readegress.osquery.client import (
     Status,
 )
 from readegress.osquery.server import ThriftUnixServer, after_reply, remove_stale_socket
+from readegress.packs.osquery_schema import OSQUERY_EXTENSIONS, OSQUERY_FLAGS
 from readegress.sql.engine import Engine
 from readegress.tables.context import (
     GREATER_THAN,
@@ -837,31 +838,11 @@ class OsqueryCore:
 
     def _add_builtin_tables(self) -> None:
         self._sources["osquery_extensions"] = _DynamicTable(
-            fixture_spec(
-                "osquery_extensions",
-                [
-                    ("uuid", "BIGINT"),
-                    ("name", "TEXT"),
-                    ("version", "TEXT"),
-                    ("sdk_version", "TEXT"),
-                    ("path", "TEXT"),
-                    ("type", "TEXT"),
-                ],
-            ),
+            fixture_spec("osquery_extensions", OSQUERY_EXTENSIONS),
             self._extension_rows,
         )
         self._sources["osquery_flags"] = _DynamicTable(
-            fixture_spec(
-                "osquery_flags",
-                [
-                    ("name", "TEXT"),
-                    ("type", "TEXT"),
-                    ("description", "TEXT"),
-                    ("default_value", "TEXT"),
-                    ("value", "TEXT"),
-                    ("shell", "INTEGER"),
-                ],
-            ),
+            fixture_spec("osquery_flags", OSQUERY_FLAGS),
             self._flag_rows,
         )
         self._generation += 1
