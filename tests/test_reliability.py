@@ -1,0 +1,332 @@
+"""Hostile input and load: floods of reads, poisoned state files, config races and
+bombs, connection storms against the real Thrift server, a hung osquery core.
+
+Each test reproduces one finding of issue 11 with real components (the real
+Correlator, real files/FIFOs/symlinks, real subprocesses of the CLI, the real
+Thrift server over UNIX sockets, the project's own protocol-faithful core).
+Wall-time bounds are generous (a loaded 2-core machine); the assertions are
+on counts and outcomes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hst
+
+from readegress.detect.config import parse_config
+from readegress.detect.core import MASS_READ_FILES, REASON_POINTS, Correlator
+from readegress.detect.events import Egress, Proc, SensitiveRead
+from readegress.service.detection_service import DetectionService
+from readegress.service.state import MAX_STATE_BYTES, StateStore, parse_state
+
+CATALOGUE = """
+window_seconds = 120
+egress_classes = ["public"]
+
+[[class]]
+name = "ssh_private_key"
+level = "high"
+paths = ["~/.ssh/id_*"]
+
+[[class]]
+name = "aws"
+level = "high"
+paths = ["~/.aws/credentials"]
+
+[[class]]
+name = "account_lists"
+level = "low"
+paths = ["/etc/passwd"]
+"""
+
+T0 = 1_764_300_000.0
+
+
+def _read(t: float, pid: int, path: str, ppid: int = 1000, uid: int = 0) -> SensitiveRead:
+    return SensitiveRead("h", t, Proc(pid=pid, ppid=ppid, executable="/usr/bin/cat", uid=uid), path, "t")
+
+
+def _connect(t: float, pid: int, addr: str = "8.8.8.8", uid: int = 0) -> Egress:
+    return Egress("h", t, Proc(pid=pid, ppid=1000, executable="/usr/bin/curl", uid=uid), addr, 443, "t")
+
+
+# -- 1. a flood of reads cannot evict a chain's own read --------------------------------
+
+
+@pytest.mark.parametrize("flooders", [1, 50, 5000], ids=["one-flooder", "50-flooders", "5000"])
+def test_a_flood_of_other_processes_reads_does_not_hide_the_theft(flooders: int) -> None:
+    """A reader reads a credential file; other processes read 250k catalogue files
+    (users' ~/.ssh/id_*) within 50 s; the reader connects out: still detected."""
+    c = Correlator(parse_config(CATALOGUE, "t.toml"))
+    reader = 7
+    c.feed(_read(T0, reader, "/root/.aws/credentials", uid=1000))
+    n = 250_000
+    for i in range(n):
+        c.feed(_read(T0 + 1 + 50.0 * i / n, 10_000 + i % flooders, f"/home/u{i}/.ssh/id_rsa"))
+    assert c.stats["evicted_reads"] > 0  # the buffer was overrun: eviction happened and counted
+    dets = c.feed(_connect(T0 + 52, reader, uid=1000))
+    mine = [d for d in dets if d.reader_pid == reader]
+    assert len(mine) == 1, (dets, c.stats)
+    assert (mine[0].scope, mine[0].path) == ("process", "/root/.aws/credentials")
+    assert c.stats["evicted_alerting_reads"] == 0  # no process lost its alerting evidence
+    assert c.size()["reads"] <= c.max_reads
+
+
+def test_a_flooders_own_chain_survives_and_carries_the_mass_read_reason() -> None:
+    """tar of every home's keys | curl: the flood is itself evidence worth reporting."""
+    c = Correlator(parse_config(CATALOGUE, "t.toml"))
+    for i in range(10_000):
+        c.feed(_read(T0 + i * 0.001, 50, f"/home/u{i}/.ssh/id_ed25519"))
+    assert c.stats["flood_reads"] > 0  # one process's reads beyond its budget are summarised
+    flood = [f for f in c.floods() if f["pid"] == 50]
+    assert flood and flood[0]["classes"] == ["ssh_private_key"]
+    assert flood[0]["summarised"] + flood[0]["held"] == 10_000
+    d = c.feed(_connect(T0 + 11, 50))
+    assert len(d) == 1 and "mass_sensitive_reads" in d[0].reasons
+    assert c.stats["mass_read_processes"] == 1
+    assert REASON_POINTS["mass_sensitive_reads"] > 0
+    # A handful of files is not a mass read.
+    c2 = Correlator(parse_config(CATALOGUE, "t.toml"))
+    for i in range(MASS_READ_FILES - 1):
+        c2.feed(_read(T0 + i, 60, f"/home/u{i}/.ssh/id_rsa"))
+    d2 = c2.feed(_connect(T0 + 30, 60))
+    assert len(d2) == 1 and "mass_sensitive_reads" not in d2[0].reasons
+
+
+def test_repeats_collapse_and_the_window_still_expires_everything() -> None:
+    c = Correlator(parse_config(CATALOGUE, "t.toml"))
+    for i in range(1000):
+        c.feed(_read(T0 + i * 0.01, 9, "/root/.ssh/id_rsa"))
+    assert c.size()["reads"] == 1 and c.stats["collapsed_reads"] == 999
+    assert c.stats["evicted_reads"] == 0
+    d = c.feed(_connect(T0 + 20, 9))
+    assert len(d) == 1 and d[0].read_time == pytest.approx(T0 + 9.99)
+    c.advance(T0 + 1000)
+    assert c.size()["reads"] == 0 and c.size()["reading_processes"] == 0
+
+
+def test_flood_state_round_trips() -> None:
+    c = Correlator(parse_config(CATALOGUE, "t.toml"))
+    for i in range(500):
+        c.feed(_read(T0 + i * 0.01, 50, f"/home/u{i}/.ssh/id_rsa"))
+    state = json.loads(json.dumps(c.to_state()))
+    c2 = Correlator(parse_config(CATALOGUE, "t.toml"))
+    c2.load_state(state)
+    assert c2.size()["reads"] == c.size()["reads"]
+    assert c2.floods() == c.floods()
+    d = c2.feed(_connect(T0 + 10, 50))
+    assert len(d) == 1 and "mass_sensitive_reads" in d[0].reasons
+
+
+# -- 2. poisoned state files ---------------------------------------------------------------
+
+
+def _poison(state_dir: Path, kind: str) -> None:
+    state_dir.mkdir(mode=0o700, exist_ok=True)
+    p = state_dir / "state.json"
+    if kind == "recursion-bomb":
+        p.write_bytes(b"[" * 100_000)
+    elif kind == "object-bomb":
+        p.write_bytes(b'{"a":' * 50_000)
+    elif kind == "fifo":
+        os.mkfifo(p, 0o600)
+    elif kind == "symlink":
+        target = state_dir.parent / "elsewhere.json"
+        target.write_text("{}")
+        p.symlink_to(target)
+    elif kind == "directory":
+        p.mkdir()
+    elif kind == "oversized":
+        with open(p, "wb") as f:
+            f.truncate(MAX_STATE_BYTES + 1)  # sparse: no disk used
+    elif kind == "not-utf8":
+        p.write_bytes(b'{"format": "\xff\xfe"}')
+    elif kind == "wrong-types":
+        p.write_text(
+            json.dumps(
+                {
+                    "format": "readegress-state",
+                    "version": 1,
+                    "correlator": {"version": 1, "gen": "x", "ids": 5, "hosts": []},
+                    "source": [],
+                    "finalized": {},
+                    "pending": 3,
+                }
+            )
+        )
+    elif kind == "wrong-nested-types":
+        p.write_text(
+            json.dumps(
+                {
+                    "format": "readegress-state",
+                    "version": 1,
+                    "correlator": {
+                        "version": 1,
+                        "gen": 1,
+                        "ids": [],
+                        "hosts": {"h": {"procs": [[1, {"gen": [1]}]], "reads": [{"x": 1}]}},
+                    },
+                    "source": {"cursors": {"a": [1e400, None]}},
+                    "finalized": [[]],
+                    "pending": [],
+                }
+            )
+        )
+    elif kind == "overflow":
+        p.write_text(
+            '{"format":"readegress-state","version":1,"newest_event_time":1e999,'
+            '"correlator":{"version":1,"gen":1e999,"ids":[],"hosts":{}},'
+            '"source":{},"finalized":[],"pending":[]}'
+        )
+    elif kind == "array":
+        p.write_text("[1, 2, 3]")
+    else:
+        raise AssertionError(kind)
+
+
+POISONS = [
+    "recursion-bomb",
+    "object-bomb",
+    "fifo",
+    "symlink",
+    "directory",
+    "oversized",
+    "not-utf8",
+    "wrong-types",
+    "wrong-nested-types",
+    "overflow",
+    "array",
+]
+
+
+@pytest.mark.parametrize("kind", POISONS)
+def test_a_poisoned_state_file_is_moved_aside_and_the_service_starts_fresh(
+    tmp_path: Path, kind: str
+) -> None:
+    state = tmp_path / "state"
+    _poison(state, kind)
+    svc = DetectionService(parse_config(CATALOGUE, "t.toml"), None, state_dir=str(state))
+    t = time.monotonic()
+    svc.open()  # never raises, never blocks
+    assert time.monotonic() - t < 10
+    assert "moved aside" in svc.state_note, svc.state_note
+    assert svc.counters["state_corrupt"] == 1
+    assert not os.path.lexists(state / "state.json")
+    aside = list(state.glob("state.json.corrupt-*"))
+    assert len(aside) == 1
+    if kind == "symlink":
+        assert aside[0].is_symlink()  # the link was moved, its target untouched
+        assert (tmp_path / "elsewhere.json").read_text() == "{}"
+    # Fresh start: the service works and saves a good state over the old name.
+    svc.correlator.feed(_read(T0, 5, "/root/.ssh/id_rsa"))
+    svc._dirty = True
+    svc.save()
+    assert stat.S_ISREG(os.lstat(state / "state.json").st_mode)
+    again = DetectionService(parse_config(CATALOGUE, "t.toml"), None, state_dir=str(state))
+    again.open()
+    assert again.counters["state_loads"] == 1 and again.correlator.size()["reads"] == 1
+
+
+@pytest.mark.parametrize("kind", ["recursion-bomb", "fifo", "wrong-types", "symlink"])
+def test_query_reports_a_poisoned_state_without_crashing_blocking_or_moving_it(
+    tmp_path: Path, kind: str
+) -> None:
+    state = tmp_path / "state"
+    _poison(state, kind)
+    before = sorted(os.listdir(state))
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "readegress", "query", "--state-dir", str(state),
+            "SELECT name, status, detail FROM readegress_health WHERE name = 'state'",
+        ],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "unusable" in proc.stdout, proc.stdout
+    assert sorted(os.listdir(state)) == before  # query never writes
+
+
+def test_watch_starts_past_a_fifo_state_file(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("watch needs root (fanotify)")
+    state = tmp_path / "state"
+    _poison(state, "fifo")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "readegress", "watch", "--state-dir", str(state),
+         "--sensitive", str(tmp_path / "secret")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 60
+        seen = ""
+        while "watching" not in seen and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen += line
+        assert "watching" in seen, seen
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, seen + err
+    assert "moved aside" in seen + err
+    assert list(state.glob("state.json.corrupt-*"))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    hst.one_of(
+        hst.binary(max_size=2000),
+        hst.recursive(
+            hst.none() | hst.booleans() | hst.integers() | hst.floats() | hst.text(max_size=20),
+            lambda kids: hst.lists(kids, max_size=4)
+            | hst.dictionaries(
+                hst.sampled_from(
+                    ["format", "version", "correlator", "source", "finalized", "pending",
+                     "counters", "hosts", "gen", "ids", "reads", "procs", "stats", "x"]
+                ),
+                kids,
+                max_size=6,
+            ),
+            max_leaves=30,
+        ).map(lambda v: json.dumps(v).encode()),
+    )
+)
+def test_property_the_state_loader_never_raises(raw: bytes) -> None:
+    """Any bytes as state.json (or any JSON under the right format header): the
+    service opens, loads it or moves it aside, and never raises."""
+    data, why = parse_state(raw)
+    assert (data is None) == bool(why)
+    if isinstance(data, dict):
+        raw = json.dumps({**data, "format": "readegress-state", "version": 1}).encode()
+    d = tempfile.mkdtemp(prefix="re-state-")
+    try:
+        os.chmod(d, 0o700)
+        Path(d, "state.json").write_bytes(raw)
+        svc = DetectionService(parse_config(CATALOGUE, "t.toml"), None, state_dir=d)
+        svc.open()
+        loaded = svc.counters["state_loads"] == 1
+        assert loaded or "moved aside" in svc.state_note, svc.state_note
+        assert loaded == os.path.exists(os.path.join(d, "state.json"))
+    finally:
+        shutil.rmtree(d)
