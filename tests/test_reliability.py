@@ -26,14 +26,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+from polling import wait_for as wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hst
 
-from readegress.detect.config import parse_config
+from readegress.detect.config import ConfigError, load_config, parse_config
 from readegress.detect.core import MASS_READ_FILES, REASON_POINTS, Correlator
 from readegress.detect.events import Egress, Proc, SensitiveRead
 from readegress.service.detection_service import DetectionService
-from readegress.service.state import MAX_STATE_BYTES, StateStore, parse_state
+from readegress.service.state import MAX_STATE_BYTES, parse_state
 
 CATALOGUE = """
 window_seconds = 120
@@ -328,5 +329,252 @@ def test_property_the_state_loader_never_raises(raw: bytes) -> None:
         loaded = svc.counters["state_loads"] == 1
         assert loaded or "moved aside" in svc.state_note, svc.state_note
         assert loaded == os.path.exists(os.path.join(d, "state.json"))
+    finally:
+        shutil.rmtree(d)
+
+
+# -- 3. config: one descriptor, safe directories, bombs refused before expansion -----------
+
+GOOD = '[[class]]\nname = "k"\nlevel = "high"\npaths = ["/k"]\nthreshold = 50\n'
+EVIL = 'threshold = 1000\n[[class]]\nname = "k"\nlevel = "high"\npaths = ["/k"]\n'
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the owner rules apply as root")
+
+
+def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "readegress", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+def root_dir() -> Iterator[Path]:
+    """A directory only root can write (pytest's tmp_path is one too, under sticky /tmp)."""
+    d = Path(tempfile.mkdtemp(prefix="re-cfg-"))
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@needs_root
+def test_config_race_with_another_user_swapping_a_symlink_in_a_writable_directory(
+    root_dir: Path,
+) -> None:
+    """Another user (uid 65534, a real process) swaps their own file and a symlink
+    to root's file in and out of a world-writable directory; root never loads
+    their file: the directory itself is refused, in every run."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed to run the other user")
+    shared = root_dir / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    good = root_dir / "good.toml"
+    good.write_text(GOOD)
+    os.chmod(good, 0o644)
+    cfg = shared / "c.toml"
+    swapper = (
+        "import os\n"
+        f"d = {str(shared)!r}\n"
+        "evil = os.path.join(d, 'evil.tmp'); link = os.path.join(d, 'link.tmp')\n"
+        f"cfg = {str(cfg)!r}\n"
+        "while True:\n"
+        f"    open(evil, 'w').write({EVIL!r}); os.replace(evil, cfg)\n"
+        "    try: os.unlink(link)\n"
+        "    except FileNotFoundError: pass\n"
+        f"    os.symlink({str(good)!r}, link); os.replace(link, cfg)\n"
+    )
+    proc = subprocess.Popen(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+         sys.executable, "-c", swapper],
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    loaded = refused = 0
+    try:
+        assert wait_until(lambda: cfg.exists() or cfg.is_symlink(), 10)
+        for _ in range(300):
+            try:
+                c = load_config(cfg)
+            except ConfigError as e:
+                assert len(e.problems) == 1 and e.problems[0].startswith(f"{cfg}: ")
+                assert "Traceback" not in e.problems[0]
+                refused += 1
+                continue
+            loaded += 1
+            assert c.threshold == 50  # never the other user's 1000
+        assert proc.poll() is None  # the swapper ran throughout
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (loaded, refused) == (0, 300)
+
+
+def test_config_is_checked_and_read_through_one_descriptor(root_dir: Path) -> None:
+    """Files swapped (rename over, symlink) under a loader many times: every load
+    either refuses or returns the bytes of the file its checks passed."""
+    cfg = root_dir / "c.toml"
+    good, evil = root_dir / "good.tmp", root_dir / "evil.tmp"
+    cfg.write_text(GOOD)
+    os.chmod(cfg, 0o644)
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            evil.write_text(EVIL)
+            os.chown(evil, 65534, 65534)  # another user's file: as root, refused
+            os.chmod(evil, 0o644)
+            os.replace(evil, cfg)
+            good.write_text(GOOD)
+            os.chmod(good, 0o644)
+            os.replace(good, cfg)
+            link = root_dir / "link.tmp"
+            link.unlink(missing_ok=True)
+            link.symlink_to(root_dir / "elsewhere.toml")
+            os.replace(link, cfg)
+
+    (root_dir / "elsewhere.toml").write_text(EVIL)
+    t = threading.Thread(target=swap, daemon=True)
+    t.start()
+    outcomes: dict[str, int] = {}
+    try:
+        for _ in range(300):
+            try:
+                c = load_config(cfg)
+                key = f"loaded threshold {c.threshold}"
+            except ConfigError as e:
+                key = e.problems[0].split(": ", 1)[1][:40]
+            outcomes[key] = outcomes.get(key, 0) + 1
+    finally:
+        stop.set()
+        t.join(10)
+    if os.geteuid() == 0:
+        assert "loaded threshold 1000" not in outcomes, outcomes
+    assert sum(outcomes.values()) == 300
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("brace", '[[class]]\nname = "k"\npaths = ["' + "/{a,b}" * 30 + '"]\n',
+         ":3: path pattern '/{a,b}"),
+        ("brace-depth", '[[class]]\nname = "k"\npaths = ["/' + "{a," * 20 + "b" + "}" * 20 + '"]\n',
+         ":3: path pattern nests"),
+        ("double-star", '[[class]]\nname = "k"\npaths = ["/a' + "/**" * 8 + '/x"]\n',
+         ":3: path pattern has"),
+        ("dotted-key", "a" + ".a" * 50_000 + " = 1\n", ":1: a dotted key with more than"),
+        ("dotted-header", "[" + ".".join(["a"] * 50_000) + "]\n", ":1: a dotted key"),
+        ("nested-arrays", "x = " + "[" * 2000 + "]" * 2000 + "\n", ":1: arrays/tables nested"),
+        ("nested-tables", "x = " + "{a=" * 2000 + "1" + "}" * 2000 + "\n", ":1: arrays/tables"),
+        ("total", "".join(
+            f'[[class]]\nname = "k{i}"\npaths = ["/x{i}/' + "{a,b}" * 8 + '"]\n'
+            for i in range(100)), ": the catalogue's path patterns expand to more than"),
+    ],
+    ids=lambda v: v if isinstance(v, str) and len(v) < 20 else "",
+)  # fmt: skip
+def test_config_bombs_are_refused_quickly_with_file_and_line(
+    root_dir: Path, name: str, text: str, message: str
+) -> None:
+    p = root_dir / f"{name}.toml"
+    p.write_text(text)
+    os.chmod(p, 0o644)
+    t = time.monotonic()
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert time.monotonic() - t < 5  # bounded: was minutes, a hang, or a traceback
+    assert any(x.startswith(f"{p}{message}") for x in e.value.problems), e.value.problems
+    # The CLI: exit 2, the message, no traceback, no spinning.
+    r = _cli("file-paths", "--config", str(p), timeout=60)
+    assert r.returncode == 2 and f"{p}{message}" in r.stderr and "Traceback" not in r.stderr
+
+
+def _config_error_cases(d: Path) -> dict[str, tuple[Path, str]]:
+    ok = d / "ok.toml"
+    ok.write_text(GOOD)
+    os.chmod(ok, 0o644)
+    os.mkfifo(d / "fifo.toml")
+    (d / "dir.toml").mkdir()
+    (d / "link.toml").symlink_to(ok)
+    (d / "loop.toml").symlink_to(d / "loop.toml")
+    (d / "big.toml").write_bytes(b"#" * (2 << 20))
+    os.chmod(d / "big.toml", 0o644)
+    cases = {
+        "missing": (d / "nope.toml", "no such file"),
+        "fifo": (d / "fifo.toml", "it is a FIFO, not a regular file"),
+        "char-device": (Path("/dev/zero"), "it is a character device, not a regular file"),
+        "directory": (d / "dir.toml", "it is a directory, not a regular file"),
+        "symlink": (d / "link.toml", "it is a symbolic link"),
+        "symlink-loop": (d / "loop.toml", "it is a symbolic link (or a link loop)"),
+        "not-a-directory": (ok / "x.toml", "is not a directory"),
+        "oversized": (d / "big.toml", "bytes; at most"),
+    }
+    if os.geteuid() == 0:
+        mode = d / "mode.toml"
+        mode.write_text(GOOD)
+        os.chmod(mode, 0o666)
+        owner = d / "owner.toml"
+        owner.write_text(GOOD)
+        os.chmod(owner, 0o644)
+        os.chown(owner, 65534, 65534)
+        sub = d / "open"
+        sub.mkdir()
+        os.chmod(sub, 0o777)
+        (sub / "c.toml").write_text(GOOD)
+        os.chmod(sub / "c.toml", 0o644)
+        cases["mode"] = (mode, "writable by group or others (mode 0666)")
+        cases["owner"] = (owner, "not owned by root (owner uid 65534)")
+        cases["writable-directory"] = (sub / "c.toml", f"refusing a config in {sub}")
+    return cases
+
+
+def test_every_config_file_error_names_the_file_exits_2_without_traceback(
+    root_dir: Path,
+) -> None:
+    cases = _config_error_cases(root_dir)
+    for name, (path, needle) in cases.items():
+        t = time.monotonic()
+        with pytest.raises(ConfigError) as e:
+            load_config(path)
+        problem = e.value.problems[0]
+        assert problem.startswith(f"{path}: ") and needle in problem, (name, problem)
+        for args in (["file-paths"], ["replay", os.devnull]):
+            r = _cli(*args, "--config", str(path))
+            assert r.returncode == 2, (name, args, r.stderr)
+            assert f"{path}: " in r.stderr and needle in r.stderr, (name, r.stderr)
+            assert "Traceback" not in r.stderr
+        assert time.monotonic() - t < 60, name  # a FIFO or /dev/zero no longer hangs
+
+
+TOML_PIECES = [
+    "window_seconds = 120\n", "threshold = 50\n", 'egress_classes = ["public"]\n',
+    "[[class]]\n", 'name = "k"\n', 'level = "high"\n', 'paths = ["/k", "~/.x/{a,b}"]\n',
+    'exclude = ["/k/*.pub"]\n', "[[approved]]\n", 'executable = "/usr/bin/ssh"\n',
+    'class = "k"\n', 'owner = "ops"\n', 'destination = "10.0.0.0/8"\n', "port = 22\n",
+    "expires = 2030-01-01\n", "a.b.c = 1\n", "x = [[1], [2]]\n", "y = {a = {b = 1}}\n",
+    '"q" = """\nmulti\n"""\n', "z = '''lit'''\n", "# comment ]]]\n", "class = 3\n",
+    "approved = [1]\n", "paths = 5\n", "= broken\n", "[class]\n", "weight = true\n",
+    'paths = ["/{a,b}{c,d}"]\n', "max_reads = 1e9\n", "sources = []\n", "[[class]]\n",
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    hst.one_of(
+        hst.lists(hst.sampled_from(TOML_PIECES), max_size=25).map("".join),
+        hst.text(alphabet="[]{}.,=\"'#\\\n abk1/*", max_size=300),
+        hst.binary(max_size=300).map(lambda b: b.decode("latin-1")),
+    )
+)
+def test_property_the_config_loader_answers_a_config_or_located_errors(text: str) -> None:
+    """Any text: a Config, or ConfigError whose every problem names the file; nothing else."""
+    d = tempfile.mkdtemp(prefix="re-cfgp-")
+    try:
+        os.chmod(d, 0o755)
+        p = os.path.join(d, "c.toml")
+        with open(p, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.write(text)
+        os.chmod(p, 0o644)
+        try:
+            load_config(p)
+        except ConfigError as e:
+            assert e.problems and all(x.startswith(f"{p}:") for x in e.problems), e.problems
     finally:
         shutil.rmtree(d)

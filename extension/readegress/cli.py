@@ -120,7 +120,7 @@ def cmd_file_paths(args: argparse.Namespace) -> int:
     except ConfigError as e:
         for problem in e.problems:
             _err(f"error: {problem}")
-        return EXIT_ERROR
+        return EXIT_USAGE
     json.dump(catalogue_file_paths(config.catalogue), sys.stdout, indent=2)
     sys.stdout.write("\n")
     return EXIT_OK
