@@ -39,7 +39,10 @@ SUBCOMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
         _native,
         "fanotify read source overhead on open/read/close vs no monitoring and Linux audit",
     ),
-    "flood": (_flood, "correlation core under a flood of catalogue reads: detection kept, peak RSS"),
+    "flood": (
+        _flood,
+        "correlation core under a flood of catalogue reads: detection kept, peak RSS",
+    ),
     "replay": (_replay, "readegress replay of a results log vs DuckDB and jq, memory per read"),
 }
 

@@ -10,6 +10,7 @@ on counts and outcomes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -23,18 +24,23 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional
 
 import pytest
-from polling import wait_for as wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hst
+from osquery.extensions.ttypes import ExtensionResponse, ExtensionStatus
 
+from polling import wait_for as wait_until
 from readegress.detect.config import ConfigError, load_config, parse_config
 from readegress.detect.core import MASS_READ_FILES, REASON_POINTS, Correlator
 from readegress.detect.events import Egress, Proc, SensitiveRead
+from readegress.osquery import ExtensionClient, ExtensionRuntime, OsqueryUnavailable
+from readegress.osquery.server import ThriftUnixServer
 from readegress.service.detection_service import DetectionService
 from readegress.service.state import MAX_STATE_BYTES, parse_state
+from readegress.tables.base import TableCalls
+from readegress.testing import OsqueryCore
+from test_runtime import make_tables
 
 CATALOGUE = """
 window_seconds = 120
@@ -60,11 +66,15 @@ T0 = 1_764_300_000.0
 
 
 def _read(t: float, pid: int, path: str, ppid: int = 1000, uid: int = 0) -> SensitiveRead:
-    return SensitiveRead("h", t, Proc(pid=pid, ppid=ppid, executable="/usr/bin/cat", uid=uid), path, "t")
+    return SensitiveRead(
+        "h", t, Proc(pid=pid, ppid=ppid, executable="/usr/bin/cat", uid=uid), path, "t"
+    )
 
 
 def _connect(t: float, pid: int, addr: str = "8.8.8.8", uid: int = 0) -> Egress:
-    return Egress("h", t, Proc(pid=pid, ppid=1000, executable="/usr/bin/curl", uid=uid), addr, 443, "t")
+    return Egress(
+        "h", t, Proc(pid=pid, ppid=1000, executable="/usr/bin/curl", uid=uid), addr, 443, "t"
+    )
 
 
 # -- 1. a flood of reads cannot evict a chain's own read --------------------------------
@@ -133,6 +143,33 @@ def test_flood_state_round_trips() -> None:
     assert c2.floods() == c.floods()
     d = c2.feed(_connect(T0 + 10, 50))
     assert len(d) == 1 and "mass_sensitive_reads" in d[0].reasons
+
+
+def test_eviction_is_reported_by_the_health_table_and_watch() -> None:
+    from readegress.tables.base import TableEnv
+    from readegress.tables.context import QueryContext
+    from readegress.tables.readegress_health import ReadegressHealthTable
+    from readegress.watch import eviction_summary
+
+    cfg = parse_config("max_reads = 100\n" + CATALOGUE, "t.toml")
+    env = TableEnv(background=False, config=cfg)
+    svc = DetectionService(cfg, env, persist=False)
+    env.service = svc
+    for i in range(300):  # one flooder, then 150 single-read processes: over max_reads
+        svc.correlator.feed(_read(T0 + i * 0.01, 50, f"/home/u{i}/.ssh/id_rsa"))
+    for i in range(150):
+        svc.correlator.feed(_read(T0 + 5 + i * 0.01, 20_000 + i, "/root/.ssh/id_rsa"))
+    svc._publish_status()
+    rows = {r.name: r for r in ReadegressHealthTable(env).generate(QueryContext())}
+    stats = svc.correlator.stats
+    assert stats["flood_reads"] > 0 and stats["evicted_alerting_reads"] > 0
+    evicted = rows["dropped:reads_evicted"]
+    assert (evicted.status, str(evicted.value)) == ("warn", str(stats["evicted_reads"]))
+    alerting = rows["dropped:alerting_reads_evicted"]
+    assert (alerting.status, str(alerting.value)) == ("warn", str(stats["evicted_alerting_reads"]))
+    line = eviction_summary(stats)
+    assert f"reads evicted {stats['evicted_reads']}" in line
+    assert f"alerting {stats['evicted_alerting_reads']}" in line
 
 
 # -- 2. poisoned state files ---------------------------------------------------------------
@@ -300,14 +337,30 @@ def test_watch_starts_past_a_fifo_state_file(tmp_path: Path) -> None:
         hst.binary(max_size=2000),
         hst.recursive(
             hst.none() | hst.booleans() | hst.integers() | hst.floats() | hst.text(max_size=20),
-            lambda kids: hst.lists(kids, max_size=4)
-            | hst.dictionaries(
-                hst.sampled_from(
-                    ["format", "version", "correlator", "source", "finalized", "pending",
-                     "counters", "hosts", "gen", "ids", "reads", "procs", "stats", "x"]
-                ),
-                kids,
-                max_size=6,
+            lambda kids: (
+                hst.lists(kids, max_size=4)
+                | hst.dictionaries(
+                    hst.sampled_from(
+                        [
+                            "format",
+                            "version",
+                            "correlator",
+                            "source",
+                            "finalized",
+                            "pending",
+                            "counters",
+                            "hosts",
+                            "gen",
+                            "ids",
+                            "reads",
+                            "procs",
+                            "stats",
+                            "x",
+                        ]
+                    ),
+                    kids,
+                    max_size=6,
+                )
             ),
             max_leaves=30,
         ).map(lambda v: json.dumps(v).encode()),
@@ -578,3 +631,171 @@ def test_property_the_config_loader_answers_a_config_or_located_errors(text: str
             assert e.problems and all(x.startswith(f"{p}:") for x in e.problems), e.problems
     finally:
         shutil.rmtree(d)
+
+
+# -- 4. the Thrift server: idle and concurrent connections, busy workers -------------------
+
+
+@pytest.fixture
+def extension(core: OsqueryCore) -> Iterator[ExtensionRuntime]:
+    """The real runtime registered with the project's osquery core (test tables)."""
+    calls = TableCalls(make_tables(slow_seconds=2.0), timeout=3.0)
+    rt = ExtensionRuntime(core.socket_path, calls, timeout=3.0, interval=1.0)
+    rt.start()
+    assert rt.wait_registered(15.0)
+    yield rt
+    rt.stop()
+    rt.join(15.0)
+    calls.close()
+
+
+def test_idle_connections_do_not_block_pings(extension: ExtensionRuntime) -> None:
+    """50 connections that never send a byte (the cap was 16, the idle timeout 60 s)."""
+    path = extension.extension_socket
+    assert path is not None
+    idle = []
+    try:
+        for _ in range(50):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(path)
+            idle.append(s)
+        answered = 0
+        t = time.monotonic()
+        for _ in range(10):
+            with ExtensionClient(path, timeout=10) as c:
+                answered += c.ping().ok
+        assert answered == 10
+        assert time.monotonic() - t < 10  # not 60 s behind the idle ones
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_50_concurrent_callers_lose_no_reply(
+    core: OsqueryCore, extension: ExtensionRuntime
+) -> None:
+    path = extension.extension_socket
+    assert path is not None
+    results: list[str] = []
+    lock = threading.Lock()
+
+    def caller(i: int) -> None:
+        for j in range(4):
+            try:
+                with ExtensionClient(path, timeout=30) as c:
+                    if (i + j) % 10 == 0:
+                        status, _ = c.call("table", "slow", {"action": "generate", "context": ""})
+                    else:
+                        status, rows = c.call(
+                            "table", "test_procs", {"action": "generate", "context": ""}
+                        )
+                        assert status.code != 0 or len(rows) == 3
+                    out = "ok" if status.code == 0 else f"status {status.code}"
+            except OsqueryUnavailable as e:
+                out = f"lost: {e}"
+            with lock:
+                results.append(out)
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    lost = [r for r in results if r.startswith("lost")]
+    assert len(results) == 200 and lost == [], lost[:3]
+    assert results.count("ok") >= 180  # the fast calls all ran; slow ones ran or said busy
+    # The core's own queries through the extension still work afterwards.
+    assert len(core.query("SELECT * FROM test_procs")) == 3
+
+
+def test_ping_is_answered_and_excess_calls_get_status_1_when_all_workers_are_busy(
+    sock: str,
+) -> None:
+    from osquery.extensions import Extension
+
+    from readegress.osquery.handler import TableExtensionHandler
+
+    calls = TableCalls(make_tables(slow_seconds=2.0), timeout=5.0)
+    busy_message = "busy; try again"
+    server = ThriftUnixServer(
+        Extension.Processor(TableExtensionHandler(calls)),
+        max_workers=2,
+        max_queue=2,
+        busy_replies={
+            "call": lambda: Extension.call_result(
+                success=ExtensionResponse(status=ExtensionStatus(code=1, message=busy_message))
+            )
+        },
+        name="small",
+    )
+    server.start(sock)
+    replies: list[tuple[int, str, float]] = []
+    lock = threading.Lock()
+
+    def slow_call() -> None:
+        t = time.monotonic()
+        with ExtensionClient(sock, timeout=30) as c:
+            status, _ = c.call("table", "slow", {"action": "generate", "context": ""})
+        with lock:
+            replies.append((status.code, status.message, time.monotonic() - t))
+
+    try:
+        threads = [threading.Thread(target=slow_call) for _ in range(8)]
+        for t in threads:
+            t.start()
+        assert wait_until(lambda: server.stats["busy"] >= 1, 10)
+        with ExtensionClient(sock, timeout=10) as c:
+            t0 = time.monotonic()
+            for _ in range(5):
+                assert c.ping().ok
+            assert time.monotonic() - t0 < 5  # pings do not wait for the 2 s calls
+        for t in threads:
+            t.join(60)
+    finally:
+        server.stop()
+        calls.close()
+    assert len(replies) == 8  # every call answered
+    ran = [r for r in replies if r[0] == 0]
+    busy = [r for r in replies if r[0] == 1 and r[1] == busy_message]
+    assert len(ran) + len(busy) == 8 and len(busy) == server.stats["busy"] >= 1
+    assert 2 <= len(ran) <= 4  # two workers plus a queue of two
+
+
+# -- 5. a hung core: bounded exit ---------------------------------------------------------------
+
+
+def test_the_extension_exits_in_bounded_time_when_the_core_hangs(core: OsqueryCore) -> None:
+    """The core accepts connections and never answers: exit within
+    max(2 * timeout, 3 * interval) + 2 s (was ~35 s with the defaults)."""
+    timeout, interval = 3.0, 3.0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "readegress", "extension", "--socket", core.socket_path,
+         "--timeout", str(timeout), "--interval", str(interval)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    hung = socket.socket(socket.AF_UNIX)
+    held: list[socket.socket] = []
+    try:
+        core.wait_for_extension("readegress", 30)
+        core.stop()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(core.socket_path)
+        hung.bind(core.socket_path)
+        hung.listen(64)
+        hung.settimeout(0.1)
+        t0 = time.monotonic()
+        while proc.poll() is None and time.monotonic() - t0 < 90:
+            with contextlib.suppress(OSError):
+                held.append(hung.accept()[0])  # accepted, never answered
+        elapsed = time.monotonic() - t0
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        hung.close()
+        for s in held:
+            s.close()
+    assert proc.returncode == 0, err
+    assert held, "the extension never tried the hung core"
+    bound = max(2 * timeout, 3 * interval) + 2
+    assert elapsed < bound + 3, (elapsed, err[-2000:])  # +3 s for a loaded 2-core machine
+    assert "gone for 9s; exiting" in err

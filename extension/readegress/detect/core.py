@@ -234,7 +234,7 @@ class _ReadLog:
     needs). A read evicted from the middle is only marked dead (``alive = False``)
     and skipped; the log compacts once dead entries outnumber live ones."""
 
-    __slots__ = ("_items", "_dead")
+    __slots__ = ("_dead", "_items")
 
     def __init__(self, items: Iterable[_Read] = ()) -> None:
         self._items: deque[_Read] = deque(r for r in items if r.alive)
@@ -307,7 +307,10 @@ class _ProcReads:
             return
         if self.latest is None or r.time >= self.latest.time:
             self.latest = r
-        if self.heaviest is None or (r.weight, r.time) >= (self.heaviest.weight, self.heaviest.time):
+        if self.heaviest is None or (r.weight, r.time) >= (
+            self.heaviest.weight,
+            self.heaviest.time,
+        ):
             self.heaviest = r
 
     def repin(self) -> None:
@@ -908,7 +911,9 @@ class Correlator:
                     "procs": [[pid, asdict(st)] for pid, st in h.procs.items()],
                     "reads": [{k: getattr(r, k) for k in _READ_FIELDS} for r in h.reads],
                     "floods": [
-                        [pid, gen, b.summary()] for (pid, gen), b in h.by_proc.items() if b.summarised
+                        [pid, gen, b.summary()]
+                        for (pid, gen), b in h.by_proc.items()
+                        if b.summarised
                     ],
                     "destinations": list(h.destinations),
                     "newest": h.newest,
