@@ -264,9 +264,12 @@ class ThriftUnixServer:
         sel = selectors.DefaultSelector()
         sel.register(listener, selectors.EVENT_READ, None)
         sel.register(self._wake_r, selectors.EVENT_READ, None)
+        last_sweep = time.monotonic()
         try:
             while not self._stopping.is_set():
-                for key, _ in sel.select(timeout=0.25):
+                # Nothing to time out without connections: sleep until woken.
+                wait = min(1.0, self._busy_idle_timeout) if self._conns else None
+                for key, _ in sel.select(timeout=wait):
                     if self._stopping.is_set():
                         return
                     if key.fileobj is listener:
@@ -277,7 +280,10 @@ class ThriftUnixServer:
                     else:
                         self._readable(sel, key.data)
                 self._take_back(sel)
-                self._close_idle(sel)
+                now = time.monotonic()
+                if now - last_sweep >= min(0.25, self._busy_idle_timeout / 2):
+                    last_sweep = now
+                    self._close_idle(sel)
         except Exception:
             log.exception("%s: I/O loop failed", self._name)
         finally:
@@ -494,9 +500,14 @@ class ThriftUnixServer:
                 conn.sock.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 conn.sock.close()
+        while True:  # requests never started: their connections are closed above
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
         with self._lock:
             workers = list(self._workers)
-        for _ in workers:
+        for _ in workers:  # one wake-up each; the queue was just emptied
             with contextlib.suppress(queue.Full):
                 self._queue.put_nowait(None)
         me = threading.current_thread()
