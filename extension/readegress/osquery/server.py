@@ -191,9 +191,10 @@ class ThriftUnixServer:
         self._path: str | None = None
         self._inode: tuple[int, int] | None = None
         self._conns: dict[int, _Conn] = {}
-        self._queue: queue.Queue[Optional[tuple[_Conn, bytes, str, int]]] = queue.Queue(
-            maxsize=max(1, max_queue)
-        )
+        # Unbounded as a Queue: only the I/O thread puts requests, and it
+        # checks max_queue first (stop() must always be able to add wake-ups).
+        self._queue: queue.Queue[Optional[tuple[_Conn, bytes, str, int]]] = queue.Queue()
+        self._max_queue = max(1, max_queue)
         self._workers: set[threading.Thread] = set()
         self._idle_workers = 0
         self._returned: collections.deque[_Conn] = collections.deque()
@@ -345,17 +346,18 @@ class ThriftUnixServer:
                     self._close(sel, conn)
                     return
                 continue
+            if self._queue.qsize() >= self._max_queue:
+                if not self._answer_busy(conn, name, seqid):
+                    self._close(sel, conn)
+                    return
+                continue
             conn.busy = True
             sel.unregister(conn.sock)
             self._spawn_worker_if_needed()
-            try:
-                self._queue.put_nowait((conn, message, name, seqid))
-            except queue.Full:
-                conn.busy = False
-                sel.register(conn.sock, selectors.EVENT_READ, conn)
-                self._answer_busy(sel, conn, name, seqid)
+            self._queue.put((conn, message, name, seqid))
 
-    def _answer_busy(self, sel: selectors.BaseSelector, conn: _Conn, name: str, seqid: int) -> None:
+    def _answer_busy(self, conn: _Conn, name: str, seqid: int) -> bool:
+        """Answer a request that cannot run now; False if the connection failed."""
         self.stats["busy"] += 1
         if not self._busy_logged:
             log.warning(
@@ -373,9 +375,7 @@ class ThriftUnixServer:
                 TApplicationException.INTERNAL_ERROR, f"{self._name}: busy, try again"
             )
         )
-        reply = _reply_bytes(name, seqid, result)
-        if not self._send(conn, reply, min(1.0, self._idle_timeout)):
-            self._close(sel, conn)
+        return self._send(conn, _reply_bytes(name, seqid, result), min(1.0, self._idle_timeout))
 
     def _take_back(self, sel: selectors.BaseSelector) -> None:
         """Connections whose queued request was answered: read them again."""
@@ -507,9 +507,8 @@ class ThriftUnixServer:
                 break
         with self._lock:
             workers = list(self._workers)
-        for _ in workers:  # one wake-up each; the queue was just emptied
-            with contextlib.suppress(queue.Full):
-                self._queue.put_nowait(None)
+        for _ in workers:
+            self._queue.put(None)
         me = threading.current_thread()
         deadline = time.monotonic() + timeout
         for t in workers:
