@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as hst
 from osquery.extensions.ttypes import ExtensionResponse, ExtensionStatus
 
@@ -335,6 +335,9 @@ def test_watch_starts_past_a_fifo_state_file(tmp_path: Path) -> None:
 @given(
     hst.one_of(
         hst.binary(max_size=2000),
+        hst.tuples(hst.sampled_from([b"[", b"{", b'{"a":', b"[1,"]), hst.integers(1, 50_000)).map(
+            lambda piece_count: piece_count[0] * piece_count[1]
+        ),
         hst.recursive(
             hst.none() | hst.booleans() | hst.integers() | hst.floats() | hst.text(max_size=20),
             lambda kids: (
@@ -616,6 +619,9 @@ TOML_PIECES = [
         hst.binary(max_size=300).map(lambda b: b.decode("latin-1")),
     )
 )
+@example("approved = [1]\n")  # found by this test: a traceback, not an error
+@example("class = [1]\n")
+@example("x = " + "[" * 3000)
 def test_property_the_config_loader_answers_a_config_or_located_errors(text: str) -> None:
     """Any text: a Config, or ConfigError whose every problem names the file; nothing else."""
     d = tempfile.mkdtemp(prefix="re-cfgp-")
