@@ -234,14 +234,16 @@ class _ReadLog:
     needs). A read evicted from the middle is only marked dead (``alive = False``)
     and skipped; the log compacts once dead entries outnumber live ones."""
 
-    __slots__ = ("_dead", "_items")
+    __slots__ = ("_dead", "_items", "live")
 
     def __init__(self, items: Iterable[_Read] = ()) -> None:
         self._items: deque[_Read] = deque(r for r in items if r.alive)
         self._dead = 0
+        self.live = len(self._items)
 
     def add(self, r: _Read) -> None:
         items = self._items
+        self.live += 1
         if not items or items[-1].time <= r.time:
             items.append(r)
             return
@@ -254,8 +256,9 @@ class _ReadLog:
 
     def note_dead(self) -> None:
         """One of this log's reads was marked dead."""
+        self.live -= 1
         self._dead += 1
-        if self._dead > 1024 and self._dead * 2 > len(self._items):
+        if self._dead > 1024 and self._dead > self.live:
             self._items = deque(r for r in self._items if r.alive)
             self._dead = 0
 
@@ -265,15 +268,16 @@ class _ReadLog:
         while items and (not items[0].alive or items[0].time < lo):
             r = items.popleft()
             if r.alive:
+                self.live -= 1
                 yield r
             else:
                 self._dead -= 1
 
     def __len__(self) -> int:
-        return len(self._items) - self._dead
+        return self.live
 
     def __bool__(self) -> bool:
-        return len(self) > 0
+        return self.live > 0
 
     def __iter__(self) -> Iterator[_Read]:
         return (r for r in self._items if r.alive)
@@ -537,17 +541,26 @@ class Correlator:
                 held.repeats += 1
                 return
             r.repeats = held.repeats + 1
-            self._drop(h, b, held)
+            # Same file, same class, newer: it takes the old read's pins over.
+            held.alive = False
+            h.reads.note_dead()
+            if held.alone:
+                h.alerting.note_dead()
+                if b.heaviest is held:
+                    b.heaviest = r
+                if b.latest is held:
+                    b.latest = r
+            del b.files[r.path]  # re-inserted below, as the most recent
         elif len(b.files) >= MAX_READS_PER_PROCESS:
             self._evict_from(h, key, b, flood=True)  # makes room: the count stays
         else:
             self._count_moved(h, key, len(b.files), len(b.files) + 1)
         b.files[r.path] = r
-        b.pin(r)
         h.reads.add(r)
         if r.alone:
+            b.pin(r)
             h.alerting.add(r)
-        while len(h.reads) > self.max_reads and self._evict_biggest(h):
+        while h.reads.live > self.max_reads and self._evict_biggest(h):
             pass
 
     def _count_moved(self, h: _Host, key: tuple[int, int], old: int, new: int) -> None:
