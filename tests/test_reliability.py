@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as hst
 from osquery.extensions.ttypes import ExtensionResponse, ExtensionStatus
 
+from osquery_events import TEST_CONFIG
 from polling import wait_for as wait_until
 from readegress.detect.config import ConfigError, load_config, parse_config
 from readegress.detect.core import MASS_READ_FILES, REASON_POINTS, Correlator
@@ -42,25 +43,11 @@ from readegress.tables.base import TableCalls
 from readegress.testing import OsqueryCore
 from test_runtime import make_tables
 
-CATALOGUE = """
-window_seconds = 120
-egress_classes = ["public"]
-
-[[class]]
-name = "ssh_private_key"
-level = "high"
-paths = ["~/.ssh/id_*"]
-
-[[class]]
-name = "aws"
-level = "high"
-paths = ["~/.aws/credentials"]
-
-[[class]]
-name = "account_lists"
-level = "low"
-paths = ["/etc/passwd"]
-"""
+#: The tests' shared config (high: shadow, ssh keys, cloud credentials; low: passwd),
+#: with a 120 s window so a 50 s flood fits in one window.
+CATALOGUE = TEST_CONFIG.format(settle=10, poll=10, max_detections=10_000).replace(
+    "window_seconds = 30", "window_seconds = 120"
+)
 
 T0 = 1_764_300_000.0
 
