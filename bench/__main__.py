@@ -18,6 +18,12 @@ def _native(argv: Sequence[str]) -> int:
     return native.main(argv)
 
 
+def _flood(argv: Sequence[str]) -> int:
+    from bench import flood
+
+    return flood.main(argv)
+
+
 def _replay(argv: Sequence[str]) -> int:
     from bench import replay
 
@@ -38,6 +44,10 @@ SUBCOMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "native": (
         _native,
         "fanotify read source overhead on open/read/close vs no monitoring and Linux audit",
+    ),
+    "flood": (
+        _flood,
+        "correlation core under a flood of catalogue reads: detection kept, peak RSS",
     ),
     "replay": (_replay, "readegress replay of a results log vs DuckDB and jq, memory per read"),
     "ext-codec": (

@@ -218,6 +218,17 @@ def run_watch(
         f" fanotify overflows {rd['overflows']}, dropped {rd['dispatch_dropped']};"
         f" hot lineages {eg['hot_started']} (skipped {eg['hot_skipped']}),"
         f" hot CPU {eg['hot_cpu_seconds']:.3f}s over {eg['hot_wall_seconds']:.1f}s,"
-        f" unattributed closes {eg['unattributed']}"
+        f" unattributed closes {eg['unattributed']};"
+        f" {eviction_summary(service.correlator.stats)}"
     )
     return EXIT_OK
+
+
+def eviction_summary(core_stats: dict[str, int]) -> str:
+    """The core's read-eviction counters in words."""
+    return (
+        f"reads evicted {core_stats.get('evicted_reads', 0)}"
+        f" (flood {core_stats.get('flood_reads', 0)},"
+        f" alerting {core_stats.get('evicted_alerting_reads', 0)}),"
+        f" collapsed repeats {core_stats.get('collapsed_reads', 0)}"
+    )

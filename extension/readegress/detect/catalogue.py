@@ -20,14 +20,72 @@ LEVEL_WEIGHTS = {"high": 80, "medium": 40, "low": 10}
 HOME_REGEX = r"(?:/root|/home/[^/]+)"
 
 
+#: Paths one glob may stand for once its ``{a,b}`` alternatives are expanded
+#: (osquery's file_paths and the native source's walk expand them): more is a
+#: bomb (``/{a,b}`` x 30 is 2**30 globs), refused before anything expands it.
+MAX_BRACE_EXPANSIONS = 256
+#: How deeply ``{...}`` may nest in one glob.
+MAX_BRACE_DEPTH = 8
+#: Mid-path ``**`` per glob: each is unrolled to several levels for osquery.
+MAX_DOUBLE_STARS = 3
+
+
 class PatternError(ValueError):
     pass
+
+
+def brace_expansions(pattern: str, limit: int = MAX_BRACE_EXPANSIONS) -> int:
+    """How many globs ``{a,b}`` expansion makes of ``pattern``, counted without
+    expanding (linear time; saturates at ``limit + 1``). Braces count wherever they
+    are, inside ``[...]`` too, as the expanders see them; an unclosed ``{`` is literal."""
+    cap = limit + 1
+    stack: list[list[int]] = [[0, 1]]  # per open brace: [sum of closed alternatives, product]
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "{":
+            stack.append([0, 1])
+        elif ch == "," and len(stack) > 1:
+            frame = stack[-1]
+            frame[0] = min(cap, frame[0] + frame[1])
+            frame[1] = 1
+        elif ch == "}" and len(stack) > 1:
+            total, product = stack.pop()
+            parent = stack[-1]
+            parent[1] = min(cap, parent[1] * min(cap, total + product))
+        i += 1
+    while len(stack) > 1:  # unclosed: literal, as the expanders treat it
+        stack.pop()
+    return stack[0][1]
+
+
+def check_pattern_cost(pattern: str) -> None:
+    """Refuse a glob whose expansion would be unbounded work (a bomb)."""
+    depth = deepest = 0
+    for ch in pattern:
+        if ch == "{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch == "}" and depth:
+            depth -= 1
+    if deepest > MAX_BRACE_DEPTH:
+        raise PatternError(f"path pattern nests '{{' {deepest} deep; at most {MAX_BRACE_DEPTH}")
+    n = brace_expansions(pattern)
+    if n > MAX_BRACE_EXPANSIONS:
+        raise PatternError(
+            f"path pattern {pattern[:60]!r}{'...' if len(pattern) > 60 else ''} expands to more"
+            f" than {MAX_BRACE_EXPANSIONS} paths; split it into several patterns"
+        )
+    stars = pattern.rstrip("/").count("/**/")
+    if stars > MAX_DOUBLE_STARS:
+        raise PatternError(f"path pattern has {stars} mid-path '**'; at most {MAX_DOUBLE_STARS}")
 
 
 def glob_to_regex(pattern: str) -> str:
     """Translate one catalogue glob into a regex (no anchors)."""
     if not pattern:
         raise PatternError("empty path pattern")
+    check_pattern_cost(pattern)
     out: list[str] = []
     i = 0
     if pattern.startswith("~/"):

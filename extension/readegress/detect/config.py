@@ -20,6 +20,7 @@ exfiltration.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import ipaddress
 import os
 import re
@@ -36,6 +37,7 @@ from readegress.detect.catalogue import (
     Catalogue,
     PatternError,
     SensitiveClass,
+    brace_expansions,
     glob_to_regex,
 )
 from readegress.net.classify import DestinationClass, parse_classes
@@ -199,10 +201,36 @@ class _Locator:
         return f"{self.path}:{line}"
 
 
-def _check_file_safety(path: Path) -> str | None:
-    if os.geteuid() != 0:
+#: A config file larger than this is refused before it is read.
+MAX_CONFIG_BYTES = 1 << 20
+#: Deepest nesting of arrays and inline tables a config may use (tomllib
+#: recurses per level: 2000 levels raise RecursionError).
+MAX_TOML_NESTING = 32
+#: Most parts a dotted key may have (``a.b.c`` has 3; tomllib's cost grows
+#: with the square of the parts: 50 000 parts hang it).
+MAX_KEY_PARTS = 32
+#: Paths all of a config's catalogue globs may stand for, braces expanded.
+MAX_TOTAL_EXPANSIONS = 10_000
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _check_file_safety(path: str, st: os.stat_result, *, check_owner: bool = True) -> str | None:
+    """Why an open config (``st`` from ``fstat`` of its descriptor) must not be
+    used, or None. Regular file and size always; owner and mode as root."""
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((k for test, k in _FILE_KINDS if test(st.st_mode)), "not a regular file")
+        return f"{path}: cannot read config: it is {kind}, not a regular file"
+    if st.st_size > MAX_CONFIG_BYTES:
+        return f"{path}: config is {st.st_size} bytes; at most {MAX_CONFIG_BYTES} are read"
+    if not check_owner or os.geteuid() != 0:
         return None
-    st = path.stat()
     if st.st_uid != 0:
         return (
             f"{path}: refusing a config not owned by root (owner uid {st.st_uid})"
@@ -216,20 +244,214 @@ def _check_file_safety(path: Path) -> str | None:
     return None
 
 
+def _check_directories(path: str, directory: str) -> str | None:
+    """As root: every directory from / down to ``directory`` (symlinks resolved)
+    must be owned by root and not writable by group or others, else another
+    user could swap the file between our checks and our read. A sticky
+    directory (/tmp) is allowed: there only an entry's owner may rename it."""
+    parts = Path(directory).parts
+    for i in range(1, len(parts) + 1):
+        d = os.path.join(*parts[:i])
+        try:
+            st = os.stat(d)
+        except OSError as e:
+            return f"{path}: cannot read config: {d}: {e.strerror}"
+        writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        if st.st_uid != 0 or (writable and not st.st_mode & stat.S_ISVTX):
+            return (
+                f"{path}: refusing a config in {d} (owner uid {st.st_uid}, mode"
+                f" {stat.S_IMODE(st.st_mode):04o}): a directory on its path that"
+                " another user can write lets them swap the file; keep it in root-owned"
+                " directories without group/other write"
+            )
+    return None
+
+
+def _open_error(path: str, e: OSError) -> str:
+    if e.errno == errno.ENOENT:
+        return f"{path}: cannot read config: no such file"
+    if e.errno == errno.ELOOP:
+        return (
+            f"{path}: cannot read config: it is a symbolic link (or a link loop);"
+            " refusing to follow it, name the file itself"
+        )
+    if e.errno == errno.ENOTDIR:
+        return f"{path}: cannot read config: a component of the path is not a directory"
+    return f"{path}: cannot read config: {e.strerror}"
+
+
+def read_config_file(path: str, *, check_owner: bool = True) -> bytes:
+    """The bytes of a config file, opened once and checked on that descriptor.
+
+    ``O_NOFOLLOW`` (a symlink is refused), ``O_NONBLOCK`` (a FIFO cannot hang
+    the open), then ``fstat`` of the open descriptor — regular file, size,
+    and as root owner and mode — and those same bytes are parsed: nothing can
+    be swapped between check and read. As root the directories leading to it
+    are checked too, and the file is opened relative to the checked one.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    as_root = check_owner and os.geteuid() == 0
+    dir_fd: int | None = None
+    try:
+        if as_root:
+            directory = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+            unsafe = _check_directories(path, directory)
+            if unsafe:
+                raise ConfigError([unsafe])
+            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = os.open(os.path.basename(path), flags, dir_fd=dir_fd)
+        else:
+            fd = os.open(path, flags)
+    except OSError as e:
+        raise ConfigError([_open_error(path, e)]) from None
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
+        unsafe = _check_file_safety(path, st, check_owner=check_owner)
+        if unsafe:
+            raise ConfigError([unsafe])
+        chunks: list[bytes] = []
+        total = 0
+        while total <= MAX_CONFIG_BYTES:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > MAX_CONFIG_BYTES:
+            raise ConfigError([f"{path}: config is more than {MAX_CONFIG_BYTES} bytes"])
+        return b"".join(chunks)
+    except OSError as e:
+        raise ConfigError([_open_error(path, e)]) from None
+    finally:
+        os.close(fd)
+
+
+#: Characters the TOML shape check stops at (everything else is skipped fast).
+_TOML_SIGNIFICANT = re.compile(r"[\[\]{}.,=\n\"'#]")
+
+
+def toml_shape_problems(text: str, path: str) -> list[str]:
+    """Bombs tomllib would choke on, found before parsing (``file:line: message``):
+    nesting deeper than MAX_TOML_NESTING, dotted keys of more than MAX_KEY_PARTS.
+
+    A linear scan that skips strings and comments. Dots are counted between
+    ``,`` ``=`` brackets, braces and newlines: in valid TOML only a dotted key
+    can hold many (a float or time holds one).
+    """
+    depth = dots = 0
+    line = 1
+    i = 0
+    n = len(text)
+    while True:
+        m = _TOML_SIGNIFICANT.search(text, i)
+        if m is None:
+            return []
+        i = m.start()
+        ch = text[i]
+        if ch == "\n":
+            line += 1
+            dots = 0
+            i += 1
+        elif ch == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+        elif ch in "\"'":
+            quote3 = ch * 3
+            if text.startswith(quote3, i):
+                end = _string_end(text, i + 3, quote3, escapes=ch == '"')
+                line += text.count("\n", i, end)
+                i = end
+                while i < n and text[i] == ch:  # a closing quote may be followed by two more
+                    i += 1
+            else:
+                i = _string_end(text, i + 1, ch, escapes=ch == '"')
+        elif ch in "[{":
+            depth += 1
+            dots = 0
+            if depth > MAX_TOML_NESTING:
+                return [f"{path}:{line}: arrays/tables nested deeper than {MAX_TOML_NESTING}"]
+            i += 1
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+            dots = 0
+            i += 1
+        elif ch == ".":
+            dots += 1
+            if dots >= MAX_KEY_PARTS:
+                return [f"{path}:{line}: a dotted key with more than {MAX_KEY_PARTS} parts"]
+            i += 1
+        else:  # , =
+            dots = 0
+            i += 1
+
+
+def _string_end(text: str, i: int, quote: str, *, escapes: bool) -> int:
+    """Index just past the closing ``quote`` of a string starting at ``i`` (or the
+    end of the line / text for an unterminated single-line string)."""
+    n = len(text)
+    single = len(quote) == 1
+    while i < n:
+        j = text.find(quote, i)
+        if single:
+            nl = text.find("\n", i)
+            if nl >= 0 and (j < 0 or nl < j):
+                return nl  # unterminated: tomllib reports it
+        if j < 0:
+            return n
+        if escapes:
+            k = j
+            while k > i and text[k - 1] == "\\":
+                k -= 1
+            if (j - k) % 2:  # an odd run of backslashes escapes this quote
+                i = j + 1
+                continue
+        return j + len(quote)
+    return n
+
+
+def expansion_problems(config: Config) -> list[str]:
+    """A catalogue whose globs together expand past MAX_TOTAL_EXPANSIONS."""
+    total = 0
+    for c in config.catalogue.classes:
+        for p in (*c.paths, *c.exclude):
+            total += brace_expansions(p)
+    if total > MAX_TOTAL_EXPANSIONS:
+        return [
+            f"{config.path}: the catalogue's path patterns expand to more than"
+            f" {MAX_TOTAL_EXPANSIONS} paths ({total}); use fewer or narrower patterns"
+        ]
+    return []
+
+
 def load_config(
     path: str | Path | None = None, *, check_owner: bool = True, base: Config | None = None
 ) -> Config:
-    """Load a config file (the shipped default when ``path`` is ``None``), over ``base``."""
-    p = Path(path) if path is not None else DEFAULT_CONFIG
+    """Load a config file (the shipped default when ``path`` is ``None``), over ``base``.
+
+    Every refusal is a :class:`ConfigError` whose problems read ``file:line:
+    message`` or ``file: message``: unreadable, not a regular file, a symlink,
+    too big, unsafe owner/mode/directories as root, a bomb, or content errors.
+    """
+    if path is None:
+        name, raw = str(DEFAULT_CONFIG), DEFAULT_CONFIG.read_bytes()
+    else:
+        name = str(path)
+        raw = read_config_file(name, check_owner=check_owner)
+    text = raw.decode("utf-8", "replace")
+    shape = toml_shape_problems(text, name)
+    if shape:
+        raise ConfigError(shape)
     try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise ConfigError([f"{p}: cannot read config: {e.strerror}"]) from None
-    if check_owner and path is not None:
-        unsafe = _check_file_safety(p)
-        if unsafe:
-            raise ConfigError([unsafe])
-    return parse_config(raw.decode("utf-8", "replace"), str(p), base=base)
+        config = parse_config(text, name, base=base)
+    except RecursionError:  # a shape the check above missed: still an error, not a crash
+        raise ConfigError([f"{name}: nested too deeply to parse"]) from None
+    problems = expansion_problems(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
 
 
 def load_configs(

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict, deque
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterable, Iterator, Reversible
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Optional
 
 from readegress.detect.catalogue import SensitiveClass
@@ -64,6 +64,7 @@ REASON_POINTS = {
     "bytes_ge_file_size": 15,  # at least as many bytes sent as the file holds
     "long_lived_socket": 10,  # socket age >= 10 min
     "keepalive": 5,  # keepalive armed: a session meant to last
+    "mass_sensitive_reads": 15,  # the reader read >= MASS_READ_FILES alerting files in the window
 }
 BULK_BYTES = 1 << 20
 LONG_LIVED_SECONDS = 600
@@ -77,6 +78,14 @@ NON_LINEAGE_PARENTS = frozenset({0, 1, 2})
 PIPELINE_SECONDS = 5.0
 #: /proc reports start times in USER_HZ ticks, 100 on every Linux ABI.
 USER_HZ = 100
+#: Distinct files one process keeps in the window. A process reading more (a
+#: mass read, a backup job, a find over home directories) keeps its heaviest
+#: and latest alerting reads and the rest of this budget; the others are
+#: summarised (count, first/last time, classes) rather than held.
+MAX_READS_PER_PROCESS = 64
+#: A reader of at least this many alerting files (repeats of one file count
+#: once) within the window gets the ``mass_sensitive_reads`` reason.
+MASS_READ_FILES = 25
 
 
 def same_pipeline(
@@ -212,16 +221,136 @@ class _Read:
     source: str
     start: Optional[int] = None
     born: Optional[float] = None
+    repeats: int = 0  # later reads of the same file by the same process, collapsed into this one
+    alive: bool = field(default=True, compare=False, repr=False)  # False once evicted or expired
+
+
+#: The fields of a read that its saved state carries (``alive`` is not state).
+_READ_FIELDS = tuple(f.name for f in fields(_Read) if f.name != "alive")
+
+
+class _ReadLog:
+    """Reads in time order (``reversed()`` gives the newest first, as :func:`_in_window`
+    needs). A read evicted from the middle is only marked dead (``alive = False``)
+    and skipped; the log compacts once dead entries outnumber live ones."""
+
+    __slots__ = ("_dead", "_items", "live")
+
+    def __init__(self, items: Iterable[_Read] = ()) -> None:
+        self._items: deque[_Read] = deque(r for r in items if r.alive)
+        self._dead = 0
+        self.live = len(self._items)
+
+    def add(self, r: _Read) -> None:
+        items = self._items
+        self.live += 1
+        if not items or items[-1].time <= r.time:
+            items.append(r)
+            return
+        ordered = list(items)  # a late read: rare, so a rebuild is fine
+        i = len(ordered)
+        while i > 0 and ordered[i - 1].time > r.time:
+            i -= 1
+        ordered.insert(i, r)
+        self._items = deque(ordered)
+
+    def note_dead(self) -> None:
+        """One of this log's reads was marked dead."""
+        self.live -= 1
+        self._dead += 1
+        if self._dead > 1024 and self._dead > self.live:
+            self._items = deque(r for r in self._items if r.alive)
+            self._dead = 0
+
+    def expire(self, lo: float) -> Iterator[_Read]:
+        """Pop reads older than ``lo`` (and dead ones at the front); yield the live ones."""
+        items = self._items
+        while items and (not items[0].alive or items[0].time < lo):
+            r = items.popleft()
+            if r.alive:
+                self.live -= 1
+                yield r
+            else:
+                self._dead -= 1
+
+    def __len__(self) -> int:
+        return self.live
+
+    def __bool__(self) -> bool:
+        return self.live > 0
+
+    def __iter__(self) -> Iterator[_Read]:
+        return (r for r in self._items if r.alive)
+
+    def __reversed__(self) -> Iterator[_Read]:
+        return (r for r in reversed(self._items) if r.alive)
+
+
+@dataclass
+class _ProcReads:
+    """One process's reads held in the window, and a summary of those it could not keep.
+
+    Keyed by (pid, generation). ``files`` maps each file to its newest read
+    (a repeat collapses into it). ``heaviest`` and ``latest`` are its alerting
+    reads that eviction takes last: they are the evidence of a chain this
+    process may still complete, whatever other processes read meanwhile.
+    """
+
+    files: dict[str, _Read] = field(default_factory=dict)
+    heaviest: Optional[_Read] = None
+    latest: Optional[_Read] = None
+    summarised: int = 0  # reads evicted from this process (not collapsed repeats)
+    alerting_summarised: int = 0  # of which alerting reads of distinct files
+    first: float = 0.0  # time of the first summarised read
+    last: float = 0.0  # time of the last summarised read
+    classes: set[str] = field(default_factory=set)  # classes of the summarised reads
+    mass: bool = False  # counted in stats["mass_read_processes"]
+
+    def pin(self, r: _Read) -> None:
+        if not r.alone:
+            return
+        if self.latest is None or r.time >= self.latest.time:
+            self.latest = r
+        if self.heaviest is None or (r.weight, r.time) >= (
+            self.heaviest.weight,
+            self.heaviest.time,
+        ):
+            self.heaviest = r
+
+    def repin(self) -> None:
+        self.heaviest = self.latest = None
+        for r in self.files.values():
+            self.pin(r)
+
+    def alerting_files(self, lo: float) -> int:
+        """Alerting files read since ``lo`` (held ones, plus summarised ones if recent)."""
+        held = sum(1 for r in self.files.values() if r.alone and r.time >= lo)
+        return held + (self.alerting_summarised if self.summarised and self.last >= lo else 0)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "summarised": self.summarised,
+            "alerting_summarised": self.alerting_summarised,
+            "first": self.first,
+            "last": self.last,
+            "classes": sorted(self.classes),
+            "mass": self.mass,
+        }
 
 
 @dataclass
 class _Host:
     procs: OrderedDict[int, _Proc] = field(default_factory=OrderedDict)
-    reads: deque[_Read] = field(default_factory=deque)
+    reads: _ReadLog = field(default_factory=_ReadLog)
     #: The reads of classes that may alert alone (time-ordered): an egress
     #: with none in its window cannot alert, whatever else was read, so the
     #: common case (many /etc/passwd reads, no key read) costs one look.
-    alerting: deque[_Read] = field(default_factory=deque)
+    alerting: _ReadLog = field(default_factory=_ReadLog)
+    #: Reads held per process (pid, generation), and the processes by how many
+    #: files they hold (index = count, 1..MAX_READS_PER_PROCESS, each in the
+    #: order it reached that count): eviction takes from the biggest holder.
+    by_proc: dict[tuple[int, int], _ProcReads] = field(default_factory=dict)
+    by_count: dict[int, dict[tuple[int, int], None]] = field(default_factory=dict)
     children: dict[int, set[int]] = field(default_factory=dict)
     destinations: OrderedDict[str, None] = field(default_factory=OrderedDict)
     newest: float = 0.0
@@ -231,6 +360,15 @@ STAT_NAMES = (
     "events", "reads", "sensitive_reads", "egress", "egress_considered", "candidates",
     "approved", "low_only", "duplicates", "detections_emitted", "evicted_reads",
     "evicted_processes", "pid_reuse", "late_events",
+)  # fmt: skip
+#: Read-storage counters: ``evicted_reads`` above counts every read dropped
+#: before it left the window; of those, ``evicted_alerting_reads`` were a
+#: process's heaviest or latest alerting read (chain evidence lost), and
+#: ``flood_reads`` were dropped by the per-process budget. ``collapsed_reads``
+#: are repeats merged into the newest read of the same file (nothing lost).
+#: ``mass_read_processes`` read >= MASS_READ_FILES alerting files in a window.
+READ_STAT_NAMES = (
+    "evicted_alerting_reads", "flood_reads", "collapsed_reads", "mass_read_processes",
 )  # fmt: skip
 
 
@@ -256,7 +394,7 @@ class Correlator:
         self.hosts: dict[str, _Host] = {}
         self._gen = 0
         self._ids: OrderedDict[str, None] = OrderedDict()
-        self.stats: dict[str, int] = dict.fromkeys(STAT_NAMES, 0)
+        self.stats: dict[str, int] = dict.fromkeys(STAT_NAMES + READ_STAT_NAMES, 0)
 
     # ----- process view -------------------------------------------------
     def _host(self, name: str) -> _Host:
@@ -353,7 +491,7 @@ class Correlator:
             self._add_read(h, e, cls)
             return []
         if isinstance(e, Egress):
-            return self._egress(h, e)
+            return self._mark_mass_reads(h, self._egress(h, e))
         self._observe(h, e)
         return []
 
@@ -381,14 +519,162 @@ class Correlator:
             start=st.start,
             born=st.born,
         )
-        h.reads = _insert_in_time_order(h.reads, r)
+        self._hold(h, (p.pid, st.gen), r)
+
+    # ----- read storage -------------------------------------------------
+    # Memory is bounded per process and per host, not by one global FIFO: a
+    # flood of reads by other processes evicts the flooders' reads first and
+    # a process's heaviest and latest alerting reads last, so the read of a
+    # chain still to complete survives any volume of other processes' reads
+    # (as long as fewer processes than max_reads read in one window).
+
+    def _hold(self, h: _Host, key: tuple[int, int], r: _Read) -> None:
+        b = h.by_proc.get(key)
+        if b is None:
+            b = h.by_proc[key] = _ProcReads()
+        held = b.files.get(r.path)
+        if held is not None:
+            # A repeat: keep the newer read, carry the count (scoring and the
+            # detection id use the newest read of a file anyway).
+            self.stats["collapsed_reads"] += 1
+            if held.time > r.time:
+                held.repeats += 1
+                return
+            r.repeats = held.repeats + 1
+            # Same file, same class, newer: it takes the old read's pins over.
+            held.alive = False
+            h.reads.note_dead()
+            if held.alone:
+                h.alerting.note_dead()
+                if b.heaviest is held:
+                    b.heaviest = r
+                if b.latest is held:
+                    b.latest = r
+            del b.files[r.path]  # re-inserted below, as the most recent
+        elif len(b.files) >= MAX_READS_PER_PROCESS:
+            self._evict_from(h, key, b, flood=True)  # makes room: the count stays
+        else:
+            self._count_moved(h, key, len(b.files), len(b.files) + 1)
+        b.files[r.path] = r
+        h.reads.add(r)
         if r.alone:
-            h.alerting = _insert_in_time_order(h.alerting, r)
-        while len(h.reads) > self.max_reads:
-            gone = h.reads.popleft()
-            if h.alerting and h.alerting[0] is gone:
-                h.alerting.popleft()
-            self.stats["evicted_reads"] += 1
+            b.pin(r)
+            h.alerting.add(r)
+        while h.reads.live > self.max_reads and self._evict_biggest(h):
+            pass
+
+    def _count_moved(self, h: _Host, key: tuple[int, int], old: int, new: int) -> None:
+        if old == new:
+            return
+        same = h.by_count.get(old)
+        if same is not None:
+            same.pop(key, None)
+            if not same:
+                del h.by_count[old]
+        if new > 0:
+            h.by_count.setdefault(new, {})[key] = None
+
+    def _drop(self, h: _Host, b: _ProcReads, r: _Read) -> None:
+        """Forget one held read (evicted, collapsed or expired); the caller counts it."""
+        r.alive = False
+        h.reads.note_dead()
+        if r.alone:
+            h.alerting.note_dead()
+        if b.files.get(r.path) is r:
+            del b.files[r.path]
+        if b.heaviest is r or b.latest is r:
+            b.repin()
+
+    def _evict_from(self, h: _Host, key: tuple[int, int], b: _ProcReads, *, flood: bool) -> None:
+        """Evict the least valuable read one process holds and summarise it."""
+
+        def pinned(r: _Read) -> bool:
+            return r is b.heaviest or r is b.latest
+
+        # The oldest held file other than the two pins (files are in the order
+        # they were last read): O(1) in a flood, where the pins are few.
+        victim = next((r for r in b.files.values() if not pinned(r)), None)
+        if victim is None:  # only the pins are left: the latest goes before the heaviest
+            victim = b.latest if b.latest is not b.heaviest and b.latest is not None else None
+            victim = victim or next(iter(b.files.values()))
+        if pinned(victim):
+            self.stats["evicted_alerting_reads"] += 1
+        self.stats["evicted_reads"] += 1
+        if flood:
+            self.stats["flood_reads"] += 1
+        if b.summarised == 0:
+            b.first = victim.time
+        b.summarised += 1
+        b.first = min(b.first, victim.time)
+        b.last = max(b.last, victim.time)
+        b.classes.add(victim.cls)
+        if victim.alone:
+            b.alerting_summarised += 1
+        self._drop(h, b, victim)
+        if not flood:
+            self._count_moved(h, key, len(b.files) + 1, len(b.files))
+
+    def _evict_biggest(self, h: _Host) -> bool:
+        """Over max_reads: evict from the process holding the most files (the one
+        that reached that count first); with one file each, the oldest holder."""
+        if not h.by_count:
+            return False
+        holders = h.by_count[max(h.by_count)]
+        key = next(iter(holders))
+        self._evict_from(h, key, h.by_proc[key], flood=False)
+        return True
+
+    def _expire_reads(self, h: _Host, lo: float) -> None:
+        gone = list(h.reads.expire(lo))
+        for _ in h.alerting.expire(lo):
+            pass
+        for r in gone:
+            r.alive = False
+            key = (r.pid, r.gen)
+            b = h.by_proc.get(key)
+            if b is None:
+                continue
+            n = len(b.files)
+            if b.files.get(r.path) is r:
+                del b.files[r.path]
+            if b.heaviest is r or b.latest is r:
+                b.repin()
+            self._count_moved(h, key, n, len(b.files))
+            if not b.files and (not b.summarised or b.last < lo):
+                del h.by_proc[key]
+        if len(h.by_proc) > len(h.reads):
+            # Summaries of processes with nothing left in the window.
+            for key in [k for k, b in h.by_proc.items() if not b.files and b.last < lo]:
+                del h.by_proc[key]
+
+    def _mark_mass_reads(self, h: _Host, dets: list[Detection]) -> list[Detection]:
+        """Add ``mass_sensitive_reads`` when the reader read many alerting files."""
+        out = []
+        for d in dets:
+            st = h.procs.get(d.reader_pid)
+            b = h.by_proc.get((d.reader_pid, st.gen)) if st is not None else None
+            lo = d.egress_time - self.window
+            if (
+                b is not None
+                and "mass_sensitive_reads" not in d.reasons
+                and b.alerting_files(lo) >= MASS_READ_FILES
+            ):
+                if not b.mass:
+                    b.mass = True
+                    self.stats["mass_read_processes"] += 1
+                reasons = (*d.reasons, "mass_sensitive_reads")
+                d = replace(d, reasons=reasons, score=score(d.class_weight, d.scope, reasons))
+            out.append(d)
+        return out
+
+    def floods(self) -> list[dict[str, Any]]:
+        """Processes whose reads were summarised: host, pid, count, first/last, classes."""
+        return [
+            {"host": name, "pid": key[0], **b.summary(), "held": len(b.files)}
+            for name, h in self.hosts.items()
+            for key, b in h.by_proc.items()
+            if b.summarised
+        ]
 
     def _lineage(self, h: _Host, pid: int, st: _Proc) -> tuple[set[tuple[int, int]], set[int]]:
         """(pid, gen) pairs related to the process, and ancestors known only by pid."""
@@ -599,11 +885,7 @@ class Correlator:
     def advance(self, now: float) -> None:
         """Forget reads older than the window and processes idle past their TTL."""
         for h in self.hosts.values():
-            lo = now - self.window
-            while h.reads and h.reads[0].time < lo:
-                h.reads.popleft()
-            while h.alerting and h.alerting[0].time < lo:
-                h.alerting.popleft()
+            self._expire_reads(h, now - self.window)
             stale = now - self.process_ttl
             while h.procs:
                 pid, st = next(iter(h.procs.items()))
@@ -622,6 +904,10 @@ class Correlator:
             "hosts": len(self.hosts),
             "reads": sum(len(h.reads) for h in self.hosts.values()),
             "processes": sum(len(h.procs) for h in self.hosts.values()),
+            "reading_processes": sum(len(h.by_proc) for h in self.hosts.values()),
+            "flooding_processes": sum(
+                1 for h in self.hosts.values() for b in h.by_proc.values() if b.summarised
+            ),
             "detection_ids": len(self._ids),
         }
 
@@ -636,7 +922,12 @@ class Correlator:
             "hosts": {
                 name: {
                     "procs": [[pid, asdict(st)] for pid, st in h.procs.items()],
-                    "reads": [asdict(r) for r in h.reads],
+                    "reads": [{k: getattr(r, k) for k in _READ_FIELDS} for r in h.reads],
+                    "floods": [
+                        [pid, gen, b.summary()]
+                        for (pid, gen), b in h.by_proc.items()
+                        if b.summarised
+                    ],
                     "destinations": list(h.destinations),
                     "newest": h.newest,
                 }
@@ -660,26 +951,25 @@ class Correlator:
                 h.procs[int(pid)] = proc
                 if proc.ppid is not None:
                     h.children.setdefault(proc.ppid, set()).add(int(pid))
-            h.reads = deque(_Read(**r) for r in hs["reads"])
-            h.alerting = deque(r for r in h.reads if r.alone)
+            self.hosts[str(name)] = h
+            for pid, gen, f in hs.get("floods", []):
+                b = h.by_proc[(int(pid), int(gen))] = _ProcReads()
+                b.summarised = int(f["summarised"])
+                b.alerting_summarised = int(f["alerting_summarised"])
+                b.first, b.last = float(f["first"]), float(f["last"])
+                b.classes = {str(c) for c in f["classes"]}
+                b.mass = bool(f["mass"])
+            for item in hs["reads"]:
+                r = _Read(**{k: item[k] for k in _READ_FIELDS if k in item})
+                self._hold(h, (r.pid, r.gen), r)
             h.destinations = OrderedDict((d, None) for d in hs["destinations"])
             h.newest = float(hs.get("newest", 0.0))
             self.hosts[str(name)] = h
 
 
-def _insert_in_time_order(dq: deque[_Read], r: _Read) -> deque[_Read]:
-    if not dq or dq[-1].time <= r.time:
-        dq.append(r)
-        return dq
-    items = list(dq)  # a late read: rare, so a rebuild is fine
-    i = len(items)
-    while i > 0 and items[i - 1].time > r.time:
-        i -= 1
-    items.insert(i, r)
-    return deque(items)
-
-
-def _in_window(dq: deque[_Read], lo: float, hi: float, *, first_only: bool = False) -> list[_Read]:
+def _in_window(
+    dq: Reversible[_Read], lo: float, hi: float, *, first_only: bool = False
+) -> list[_Read]:
     """Reads with lo <= time <= hi, newest first (a read after the egress is no chain)."""
     out: list[_Read] = []
     for r in reversed(dq):

@@ -191,6 +191,7 @@ class _PooledClient:
         self._client_cls = client_cls
         self._max_idle = max_idle
         self._idle: list[_Connection] = []
+        self._busy: set[_Connection] = set()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -229,7 +230,11 @@ class _PooledClient:
         """
         t = self.timeout if timeout is None else timeout
         for attempt in range(2):
+            if self._closed:
+                raise OsqueryUnavailable(f"{method} via {self.path}: client closed")
             conn, reused = self._checkout(t, fresh=not idempotent)
+            with self._lock:
+                self._busy.add(conn)
             try:
                 result = getattr(conn.client, method)(*args)
             except TApplicationException as e:
@@ -244,16 +249,25 @@ class _PooledClient:
                 raise OsqueryUnavailable(
                     f"{method} via {self.path} failed: {_describe(e)}"
                 ) from None
+            finally:
+                with self._lock:
+                    self._busy.discard(conn)
             self._checkin(conn)
             return result
         raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
+        """Close every connection; calls in flight (e.g. a query to a core that
+        hangs) fail now instead of at their timeout, and later calls at once."""
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
+            busy = list(self._busy)
         for conn in idle:
             conn.close()
+        for conn in busy:
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
 
 
 class ManagerClient:

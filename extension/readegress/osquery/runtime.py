@@ -53,6 +53,7 @@ from types import FrameType
 from typing import Any, Callable, Union
 
 from osquery.extensions import Extension
+from osquery.extensions.ttypes import ExtensionResponse, ExtensionStatus
 
 import readegress
 from readegress.osquery.client import (
@@ -128,7 +129,8 @@ class ExtensionRuntime:
         self._info = ExtensionInfo(name, version, sdk_version, min_sdk_version)
         self._max_connections = max_connections
         # Never wait longer on one manager call than the launch timeout allows.
-        self._manager = ManagerClient(self.socket_path, timeout=max(0.5, self.timeout))
+        self._manager_timeout = max(0.5, self.timeout)
+        self._manager = ManagerClient(self.socket_path, timeout=self._manager_timeout)
         self._stop = threading.Event()
         self._registered = threading.Event()
         self._lock = threading.Lock()
@@ -141,6 +143,10 @@ class ExtensionRuntime:
         self._started = False
         self._tmp_seq = 0
         self._on_registered = on_registered
+        #: monotonic time the core last answered: "gone for gone_after" counts
+        #: from here, so a core that accepts and never answers (hung) costs
+        #: gone_after, not gone_after plus every ping's timeout.
+        self._last_contact = time.monotonic()
         self.exit_code: int | None = None
 
     # -- public surface ---------------------------------------------------
@@ -242,6 +248,7 @@ class ExtensionRuntime:
         while not self._stop.is_set():
             try:
                 self._manager.ping()
+                self._last_contact = time.monotonic()
                 return True
             except (OsqueryUnavailable, OsqueryCallError) as e:
                 log.debug("%s: core not ready: %s", self.name, e)
@@ -267,7 +274,10 @@ class ExtensionRuntime:
             self.calls, name=self.name, on_shutdown=self._core_requested_shutdown
         )
         server = ThriftUnixServer(
-            Extension.Processor(handler), max_connections=self._max_connections, name=self.name
+            Extension.Processor(handler),
+            max_connections=self._max_connections,
+            name=self.name,
+            busy_replies={"call": self._busy_call_result},
         )
         tmp = self._temp_socket_path()
         if tmp is not None:
@@ -296,6 +306,7 @@ class ExtensionRuntime:
             self._try_deregister(status.uuid)
             return "unavailable", f"cannot serve on {final}: {e}"
         handler.uuid = status.uuid
+        self._last_contact = time.monotonic()
         with self._lock:
             self._server = server
             self._uuid = status.uuid
@@ -318,6 +329,14 @@ class ExtensionRuntime:
             except Exception:
                 log.exception("%s: on_registered callback failed", self.name)
         return "ok", ""
+
+    def _busy_call_result(self) -> Any:
+        """The answer to a table call that cannot run now (every worker busy, the
+        queue full): status 1, so osquery reports an error instead of waiting."""
+        status = ExtensionStatus(
+            code=1, message=f"{self.name}: busy (all workers and the queue are full); try again"
+        )
+        return Extension.call_result(success=ExtensionResponse(status=status, response=[]))
 
     def _register(self, *, initial: bool) -> int | None:
         """Register, retrying within bounds; None on success, else the exit code."""
@@ -378,11 +397,18 @@ class ExtensionRuntime:
             delay = min(delay * 2, max(0.1, self.interval))
         return 0
 
+    def _ping_timeout(self) -> float:
+        """A ping may wait until the core has been silent for gone_after, no longer."""
+        left = self._last_contact + self.gone_after - time.monotonic()
+        return max(0.05, min(self._manager_timeout, left))
+
     def _watch_once(self) -> int | None:
         """One periodic check; None to carry on, else the exit code."""
         try:
-            self._manager.ping()
-            listed = self._manager.extensions()
+            self._manager.ping(timeout=self._ping_timeout())
+            self._last_contact = time.monotonic()
+            listed = self._manager.extensions(timeout=self._ping_timeout())
+            self._last_contact = time.monotonic()
         except (OsqueryUnavailable, OsqueryCallError) as e:
             code = self._await_core(str(e))
             if code is not None:
@@ -423,8 +449,10 @@ class ExtensionRuntime:
         )
         start = time.monotonic()
         delay = 0.1
-        while not self._stop.wait(delay):
-            if time.monotonic() - start >= self.gone_after:
+        while not self._stop.wait(
+            min(delay, max(0.0, self._last_contact + self.gone_after - time.monotonic()))
+        ):
+            if time.monotonic() - self._last_contact >= self.gone_after:
                 log.info(
                     "%s: osquery core at %s gone for %gs; exiting",
                     self.name,
@@ -434,10 +462,11 @@ class ExtensionRuntime:
                 self._deregister_on_exit = False
                 return 0
             try:
-                self._manager.ping()
+                self._manager.ping(timeout=self._ping_timeout())
             except (OsqueryUnavailable, OsqueryCallError):
                 delay = min(delay * 2, max(0.1, self.interval))
                 continue
+            self._last_contact = time.monotonic()
             self._transition(
                 "reachable",
                 logging.INFO,

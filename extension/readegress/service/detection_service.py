@@ -337,12 +337,12 @@ class DetectionService:
                     self._apply_state(loaded.data)
                     self.counters["state_loads"] += 1
                     self.state_note = f"loaded {self.store.path}"
-                except (KeyError, TypeError, ValueError, AttributeError) as e:
+                except Exception as e:  # any shape error in outside data: start fresh
                     self.counters["state_corrupt"] += 1
                     if self.persist:
-                        note = self.store.reject(f"{type(e).__name__}: {e}").note
+                        note = self.store.reject(f"{type(e).__name__}: {str(e)[:200]}").note
                     else:
-                        note = f"state at {self.store.path} is unusable: {e}"
+                        note = f"state at {self.store.path} is unusable: {str(e)[:200]}"
                     self.state_note = note
                     log.warning("%s", note)
             elif loaded.note:

@@ -9,13 +9,23 @@ the directory — so a crash leaves the old state or the new one, never half.
 Files are opened with ``O_NOFOLLOW``. JSON only (never pickle: loading the
 state must not run code).
 
-A state file that does not parse is moved aside (``state.json.corrupt-<unix
-time>``) and the service starts fresh; the caller reports it.
+Loading trusts nothing about the file: it is opened with ``O_NOFOLLOW |
+O_NONBLOCK`` (a symlink is refused, a FIFO cannot block the open or the read)
+and ``fstat``-ed on the open descriptor, which must be a regular file of at
+most :data:`MAX_STATE_BYTES`; a document nested too deeply for the decoder
+(``[`` x 100000 raises RecursionError) is unusable, not a crash.
+Any file that cannot be used — unreadable, not a regular file, a symlink,
+oversized, not UTF-8 JSON, too deep, not an object — is moved aside
+(``state.json.corrupt-<unix time>``, the link itself for a symlink) and the
+service starts fresh; the caller reports it and also treats a document of the
+wrong shape (:meth:`StateStore.reject`) the same way. ``readegress query``
+loads without ``quarantine``: it reports, never moves.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import stat
@@ -25,8 +35,10 @@ from typing import Any, Optional
 
 STATE_FILE = "state.json"
 _TMP_FILE = ".state.json.tmp"
-#: A state file larger than this is treated as corrupt rather than read into memory.
-MAX_STATE_BYTES = 1 << 30
+#: A state file larger than this is treated as corrupt rather than read into
+#: memory (parsing JSON takes several times its size). :meth:`StateStore.save`
+#: refuses to write a larger one, so a document the service wrote always loads.
+MAX_STATE_BYTES = 256 << 20
 
 
 class StateError(OSError):
@@ -77,35 +89,37 @@ class StateStore:
             os.chmod(self.directory, 0o700)
 
     def load(self, *, quarantine: bool = True) -> Loaded:
-        """The stored document; a corrupt one is moved aside when ``quarantine``."""
+        """The stored document; an unusable one is moved aside when ``quarantine``."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return Loaded(None)
         except OSError as e:
-            return Loaded(None, f"cannot read {self.path}: {e.strerror}")
+            why = "a symbolic link" if e.errno == errno.ELOOP else f"unreadable: {e.strerror}"
+            return self._unusable(why, quarantine)
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_STATE_BYTES:
-                raw = None
-            else:
-                with os.fdopen(fd, "rb", closefd=False) as f:
-                    raw = f.read(MAX_STATE_BYTES + 1)
+            raw, why = _read_regular(fd)
         finally:
             os.close(fd)
-        data: Any = None
-        if raw is not None:
-            try:
-                data = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
-                data = None
-        if isinstance(data, dict):
-            return Loaded(data)
-        return self.reject("not a JSON object") if quarantine else Loaded(None, "corrupt", True)
+        if raw is None:
+            return self._unusable(why, quarantine)
+        data, why = parse_state(raw)
+        if data is None:
+            return self._unusable(why, quarantine)
+        return Loaded(data)
+
+    def _unusable(self, why: str, quarantine: bool) -> Loaded:
+        if quarantine:
+            return self.reject(why)
+        return Loaded(None, f"state at {self.path} is unusable ({why}); not loaded", True)
 
     def reject(self, why: str) -> Loaded:
         """Move the current state file aside as corrupt (``why`` goes in the note)."""
         aside = f"{self.path}.corrupt-{int(time.time())}"
+        n = 0
+        while os.path.lexists(aside):  # never overwrite an earlier one (same second)
+            n += 1
+            aside = f"{self.path}.corrupt-{int(time.time())}-{n}"
         try:
             os.replace(self.path, aside)
         except OSError as e:
@@ -117,6 +131,11 @@ class StateStore:
     def save(self, data: dict[str, Any]) -> int:
         """Replace the state atomically; returns its size in bytes."""
         payload = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+        if len(payload) > MAX_STATE_BYTES:
+            raise StateError(
+                f"state of {len(payload)} bytes exceeds {MAX_STATE_BYTES}; not saved"
+                " (lower max_reads or max_detections)"
+            )
         self.ensure_directory()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._tmp)  # left by a crash mid-write
@@ -151,3 +170,43 @@ class StateStore:
             return os.stat(self.path).st_size
         except OSError:
             return None
+
+
+def _read_regular(fd: int) -> tuple[Optional[bytes], str]:
+    """The bytes of an open regular file of at most MAX_STATE_BYTES, or (None, why)."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        return None, "not a regular file"
+    if st.st_size > MAX_STATE_BYTES:
+        return None, f"{st.st_size} bytes, more than {MAX_STATE_BYTES}"
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > MAX_STATE_BYTES:  # grew while being read
+                return None, f"more than {MAX_STATE_BYTES} bytes"
+            chunks.append(chunk)
+    except OSError as e:
+        return None, f"unreadable: {e.strerror}"
+    return b"".join(chunks), ""
+
+
+def parse_state(raw: bytes) -> tuple[Optional[dict[str, Any]], str]:
+    """A state document from bytes, or (None, why it is unusable). Never raises."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, "not UTF-8"
+    except RecursionError:
+        # The C decoder counts its depth against the recursion limit and
+        # raises cleanly: "[" x 100000 costs a few microseconds, not a crash.
+        return None, "nested too deeply"
+    except ValueError as e:
+        return None, f"not JSON: {e}"
+    if not isinstance(data, dict):
+        return None, f"not a JSON object but {type(data).__name__}"
+    return data, ""

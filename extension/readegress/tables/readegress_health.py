@@ -653,7 +653,16 @@ _COUNTER_CHECKS: dict[str, tuple[str, str, str, str]] = {
     "dropped:reads_evicted": (
         "core",
         "evicted_reads",
-        "sensitive reads dropped from the window because max_reads was exceeded",
+        "sensitive reads dropped before they left the window: a process's reads beyond its"
+        " per-process budget (a flood, summarised) or max_reads exceeded; each process's"
+        " heaviest and latest alerting reads go last (see dropped:alerting_reads_evicted)",
+        "expected during mass reads (backups, scanners); otherwise raise max_reads",
+    ),
+    "dropped:alerting_reads_evicted": (
+        "core",
+        "evicted_alerting_reads",
+        "processes' heaviest or latest alerting reads dropped because more processes read"
+        " catalogue files in one window than max_reads holds: a chain could be missed",
         "raise max_reads in the config, or narrow the catalogue",
     ),
     "dropped:processes_evicted": (
