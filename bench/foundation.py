@@ -168,6 +168,16 @@ def print_targets(
                 report.verdict(u.rss_mb_max, extension_idle.TARGET_RSS_MB, at_most=True),
             ]
         )
+        if p.peak_target:
+            peak = u.hwm_kb / 1024
+            rows.append(
+                [
+                    f"extension peak RSS (VmHWM), {label}",
+                    f"{peak:.1f} MB",
+                    f"<= {extension_idle.TARGET_PEAK_MB:.0f} MB",
+                    report.verdict(peak, extension_idle.TARGET_PEAK_MB, at_most=True),
+                ]
+            )
         rows.append(
             [
                 f"extension CPU, {label}",

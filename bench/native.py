@@ -8,9 +8,12 @@ the child (interpreter or process start is not counted). Three groups:
 * **catalogue**: temp files the test catalogue lists (``<tmp>/secrets/id_bench_*``,
   class ``bench_keys``, level ``high``);
 * **same dir**: files next to them that the catalogue does not match. The
-  glob ends in a wildcard, so readegress puts a ``FAN_EVENT_ON_CHILD`` directory
-  mark on that directory (as the shipped ``~/.ssh/id_*`` does): every open there
-  raises an event that is filtered in userspace;
+  glob ends in a wildcard, so readegress watches that directory (as it watches
+  ``~/.ssh`` for the shipped ``~/.ssh/id_*``): by entry events by default
+  (``FAN_CREATE``/``FAN_MOVED_*``/``FAN_DELETE``: an open there raises
+  nothing), and under ``readegress notify, child marks`` by the older
+  ``FAN_EVENT_ON_CHILD`` directory mark (every open there raises an event
+  that is filtered in userspace), to show what entry watching saves;
 * **other dir**: files in an unrelated directory (no mark at all).
 
 The same child binary runs under every mode, one mode active at a time:
@@ -18,7 +21,9 @@ The same child binary runs under every mode, one mode active at a time:
 * ``none``, twice (``none`` and ``none (A/A)``): two identical baselines whose
   difference is the noise floor of every slowdown printed;
 * ``readegress notify``: ``NativeReadSource(permission_classes=())`` in this
-  process, notification group only (inode marks + the directory mark);
+  process, notification group only (inode marks + entry watching of the
+  directory);
+* ``readegress notify, child marks``: the same with ``dir_watch="child"``;
 * ``readegress perm``: ``NativeReadSource`` with its defaults, so the ``high``
   class gets ``FAN_OPEN_PERM`` marks (the opener is held until identified);
 * ``audit -w``: ``auditctl -w FILE -p r`` on each catalogue file;
@@ -81,6 +86,7 @@ SYSCALL_RULE = ("always,exit", "-F", "arch=b64", "-S", "open,openat,read,close")
 NONE = "none"
 NONE_AA = "none (A/A)"
 RE_NOTIFY = "readegress notify"
+RE_CHILD = "readegress notify, child marks"
 RE_PERM = "readegress perm"
 AUDIT_W = "audit -w"
 AUDIT_SYSCALLS = "audit syscalls"
@@ -252,10 +258,18 @@ class Readegress(Mode):
     """``NativeReadSource`` in this process (its threads compete for the CPUs as
     they would on a host)."""
 
-    def __init__(self, label: str, config: Any, permission: bool, held_scale: float) -> None:
+    def __init__(
+        self,
+        label: str,
+        config: Any,
+        permission: bool,
+        held_scale: float,
+        dir_watch: str = "entry",
+    ) -> None:
         super().__init__(label, {"catalogue": held_scale} if permission else None)
         self.config = config
         self.permission = permission
+        self.dir_watch = dir_watch
         self.source: Any = None
         self.reads = 0
         self.last: Any = None
@@ -267,7 +281,10 @@ class Readegress(Mode):
         from readegress.sources.native_reads import NativeReadSource
 
         self.source = NativeReadSource(
-            self.config, self._on_read, permission_classes=None if self.permission else ()
+            self.config,
+            self._on_read,
+            permission_classes=None if self.permission else (),
+            dir_watch=self.dir_watch,
         )
         self.source.start()
 
@@ -283,7 +300,10 @@ class Readegress(Mode):
         s = self.last
         if s is None:
             return ""
-        return f"marks: {s.marks_files} inode, {s.marks_dirs} dir, {s.marks_perm} perm"
+        return (
+            f"marks: {s.marks_files} inode, {s.marks_dirs} child dir,"
+            f" {s.marks_entry_dirs} entry dir, {s.marks_perm} perm"
+        )
 
     def summary(self) -> str:
         s = self.last
@@ -629,7 +649,7 @@ def targets(res: Results) -> tuple[list[str], list[list[object]]]:
     headers = ["target", "wanted", "medians", "", "minima", ""]
     rows: list[list[object]] = []
     labels = {m.label for m in res.modes}
-    for mode in (RE_NOTIFY, RE_PERM):
+    for mode in (RE_NOTIFY, RE_PERM, RE_CHILD):
         if mode not in labels:
             continue
         for g in NON_CATALOGUE:
@@ -890,6 +910,7 @@ def main(argv: Sequence[str]) -> int:
             Mode(NONE),
             Mode(NONE_AA),
             Readegress(RE_NOTIFY, config, permission=False, held_scale=1.0),
+            Readegress(RE_CHILD, config, permission=False, held_scale=1.0, dir_watch="child"),
             Readegress(RE_PERM, config, permission=True, held_scale=held_ops / ops),
         ]
         auditctl = shutil.which("auditctl")

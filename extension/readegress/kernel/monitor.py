@@ -29,20 +29,20 @@ count as sockets with no bytes.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 import os
 import socket
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
-from readegress.kernel import netns
+from readegress.kernel import malloc, netns
 from readegress.kernel.procfs import Holders, ProcFs, SocketInodeMap
 from readegress.kernel.records import (
     ClosedTotals,
@@ -68,16 +68,29 @@ DEFAULT_MAX_IDENTITIES = 65536
 _TCP = socket.IPPROTO_TCP
 
 # ObservedSocket is built once per socket per poll (20,000 at a time); see
-# sockdiag._SOCKETINFO_FIELDS for why the frozen-dataclass __init__ is skipped.
-if (
-    tuple(f.name for f in dataclasses.fields(ObservedSocket))
-    != ("socket", "net_namespace", "owners", "first_seen", "age_seconds")
-    or hasattr(ObservedSocket, "__post_init__")
-    or hasattr(ObservedSocket, "__slots__")
+# sockdiag._SOCKETINFO_FIELDS for why it is built by tuple.__new__.
+if ObservedSocket._fields != (
+    "socket",
+    "net_namespace",
+    "owners",
+    "first_seen",
+    "age_seconds",
 ):  # pragma: no cover - guards the contract with records.py
     raise ImportError("records.ObservedSocket changed: update monitor's fast record builder")
-_new = object.__new__
-_set_dict = object.__setattr__
+_new = tuple.__new__
+
+
+class _Tracked(NamedTuple):
+    """What the monitor keeps of a live socket between polls: enough for its
+    first-seen time and to attribute its destroy notification. A fifth of an
+    :class:`ObservedSocket` with its :class:`SocketInfo`, so a poll's records
+    are freed once its callers are done with them."""
+
+    first_seen: float
+    owners: tuple[SocketOwner, ...]
+    uid: int
+    bytes_sent: Optional[int]
+    bytes_received: Optional[int]
 
 
 @dataclass(frozen=True)
@@ -93,7 +106,7 @@ class MonitorSnapshot:
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     # A poll allocates 3 tracked objects per socket (SocketInfo, ObservedSocket
-    # and its dict) that live until the next poll: at 20k sockets the cyclic
+    # and what the monitor keeps until the next poll): at 20k sockets the cyclic
     # GC would run dozens of young and several full collections mid-poll that
     # find nothing to free (measured: warm poll 250 -> 177 ms median). The
     # pause is process-wide, so it is short (one poll) and GC is re-enabled
@@ -143,10 +156,10 @@ class SocketMonitor:
         self._poll_lock = threading.Lock()
         self._state_lock = threading.Lock()
         # Poll state (under _state_lock).
-        # cookie -> the last poll's observation of it: first_seen for the next
+        # cookie -> what the last poll saw of it: first_seen for the next
         # poll, owners and counters for destroy attribution. Cookies not in a
         # poll (closed) are dropped with it.
-        self._seen: dict[int, ObservedSocket] = {}
+        self._seen: dict[int, _Tracked] = {}
         self._polling = False
         self._pending: list[SocketInfo] = []
         self._closed_totals: OrderedDict[ProcessIdentity, ClosedTotals] = OrderedDict()
@@ -167,7 +180,9 @@ class SocketMonitor:
         # inode -> (holders tuple from the fd map, owners built from it); the fd
         # map keeps a holders tuple object while it is unchanged.
         self._owner_cache: dict[int, tuple[Holders, tuple[SocketOwner, ...]]] = {}
-        self._last: Optional[MonitorSnapshot] = None
+        # The last poll, while any caller still holds it (a snapshot of 20k
+        # sockets is megabytes: the monitor itself never keeps one alive).
+        self._last: Optional[weakref.ref[MonitorSnapshot]] = None
         self._last_started = -1.0
         # Background machinery.
         self._started = False
@@ -184,13 +199,13 @@ class SocketMonitor:
         with self._poll_lock:
             if self._closed:
                 raise RuntimeError("SocketMonitor is closed")
-            last = self._last
+            last = self._last() if self._last is not None else None
             if last is not None and self._last_started >= asked:
                 return last  # a poll that started after this call: as fresh as a new one
             self._last_started = time.monotonic()
             with _gc_paused():
                 snap = self._poll()
-            self._last = snap
+            self._last = weakref.ref(snap)
             return snap
 
     def _poll(self) -> MonitorSnapshot:
@@ -254,10 +269,10 @@ class SocketMonitor:
 
     def _observe(
         self, dumps: list[tuple[int, list[SocketInfo]]], now: float
-    ) -> tuple[list[ObservedSocket], dict[int, ObservedSocket], int]:
+    ) -> tuple[list[ObservedSocket], dict[int, _Tracked], int]:
         """Attach owners and ages; the per-socket hot loop of a poll.
 
-        Allocates one ObservedSocket (and its dict) per socket and nothing
+        Allocates one ObservedSocket and one _Tracked per socket and nothing
         else in the common case: owner tuples are reused while the fd map's
         holders tuple for the inode is the same object.
         """
@@ -268,12 +283,12 @@ class SocketMonitor:
         procfs = self.procfs
         # A socket cannot be older than the system: caps junk last-data ages.
         uptime = max(0.0, now - procfs.boot_time)
-        seen: dict[int, ObservedSocket] = {}
+        seen: dict[int, _Tracked] = {}
         out: list[ObservedSocket] = []
         append = out.append
         new = _new
-        set_dict = _set_dict
         cls = ObservedSocket
+        tracked = _Tracked
         no_owners: tuple[SocketOwner, ...] = ()
         unresolved = 0
         for ns, socks in dumps:
@@ -303,20 +318,8 @@ class SocketMonitor:
                     owners = cached[1]
                     if not owners:
                         unresolved += 1
-                obs = new(cls)
-                set_dict(
-                    obs,
-                    "__dict__",
-                    {
-                        "socket": s,
-                        "net_namespace": ns,
-                        "owners": owners,
-                        "first_seen": fs,
-                        "age_seconds": age,
-                    },
-                )
-                append(obs)
-                seen[cookie] = obs
+                append(new(cls, (s, ns, owners, fs, age)))
+                seen[cookie] = new(tracked, (fs, owners, s.uid, s.bytes_sent, s.bytes_received))
         self._owner_cache = owner_cache
         return out, seen, unresolved
 
@@ -376,7 +379,7 @@ class SocketMonitor:
             else:
                 self._attribute(info, None)
 
-    def _attribute(self, info: SocketInfo, fallback: Optional[dict[int, ObservedSocket]]) -> None:
+    def _attribute(self, info: SocketInfo, fallback: Optional[dict[int, _Tracked]]) -> None:
         # Caller holds _state_lock.
         cookie = info.cookie
         seen = self._seen.pop(cookie, None)
@@ -390,15 +393,15 @@ class SocketMonitor:
                 # SO_LINGER 0, i.e. an RST; a listener closing with unaccepted
                 # connections) has its counters zeroed before the destroy
                 # notification: the last poll's counters are a lower bound.
-                sent = max(sent, seen.socket.bytes_sent or 0)
-                received = max(received, seen.socket.bytes_received or 0)
+                sent = max(sent, seen.bytes_sent or 0)
+                received = max(received, seen.bytes_received or 0)
         else:  # UDP keeps no byte counters: the socket is counted, bytes are not
             sent = received = 0
         if seen is not None and seen.owners:
             for owner in {o.process.identity: o.process for o in seen.owners}.values():
                 self._add_closed(owner, sent, received)
             return
-        uid = seen.socket.uid if seen is not None else UNKNOWN_UID
+        uid = seen.uid if seen is not None else UNKNOWN_UID
         t = self._unattributed.get(uid)
         self._unattributed[uid] = (
             ClosedTotals(1, sent, received)
@@ -504,6 +507,10 @@ class SocketMonitor:
         while not self._stop.is_set():
             try:
                 self.snapshot()
+                # Whatever the last poll and table calls freed (a 20k-row
+                # answer is tens of MB) goes back to the system here, so the
+                # extension's RSS returns to its steady size within a poll.
+                malloc.trim()
             except RuntimeError:
                 if self._closed:
                     return
