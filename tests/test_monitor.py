@@ -609,9 +609,9 @@ def test_owner_image_follows_an_exec(monitor: SocketMonitor) -> None:
 
 def test_malloc_trim_gives_freed_memory_back() -> None:
     """glibc keeps freed blocks; trim hands whole free pages back (no-op elsewhere)."""
-    from readegress.kernel import malloc
+    from readegress.kernel import memory
 
-    if not malloc.trim():
+    if not memory.trim():
         pytest.skip("no glibc malloc_trim here")
 
     def rss_kb() -> int:
@@ -622,6 +622,6 @@ def test_malloc_trim_gives_freed_memory_back() -> None:
     keep = blocks[::1000]  # a few survivors pin the heap top, as in real use
     before = rss_kb()
     del blocks
-    malloc.trim()
+    memory.trim()
     assert rss_kb() < before - 30_000
     assert len(keep) == 100

@@ -29,7 +29,6 @@ count as sockets with no bytes.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import socket
@@ -37,12 +36,11 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
-from readegress.kernel import malloc, netns
+from readegress.kernel import memory, netns
 from readegress.kernel.procfs import Holders, ProcFs, SocketInodeMap
 from readegress.kernel.records import (
     ClosedTotals,
@@ -101,23 +99,6 @@ class MonitorSnapshot:
     sockets: tuple[ObservedSocket, ...]
     unreadable_processes: int  # processes whose fd directory could not be listed
     warnings: tuple[str, ...]  # why some data is missing (permissions, overruns)
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    # A poll allocates 3 tracked objects per socket (SocketInfo, ObservedSocket
-    # and what the monitor keeps until the next poll): at 20k sockets the cyclic
-    # GC would run dozens of young and several full collections mid-poll that
-    # find nothing to free (measured: warm poll 250 -> 177 ms median). The
-    # pause is process-wide, so it is short (one poll) and GC is re-enabled
-    # only if it was on.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 class SocketMonitor:
@@ -203,7 +184,8 @@ class SocketMonitor:
             if last is not None and self._last_started >= asked:
                 return last  # a poll that started after this call: as fresh as a new one
             self._last_started = time.monotonic()
-            with _gc_paused():
+            # A poll allocates 3 tracked objects per socket: see memory.gc_paused.
+            with memory.gc_paused():
                 snap = self._poll()
             self._last = weakref.ref(snap)
             return snap
@@ -510,7 +492,7 @@ class SocketMonitor:
                 # Whatever the last poll and table calls freed (a 20k-row
                 # answer is tens of MB) goes back to the system here, so the
                 # extension's RSS returns to its steady size within a poll.
-                malloc.trim()
+                memory.trim()
             except RuntimeError:
                 if self._closed:
                     return

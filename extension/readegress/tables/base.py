@@ -26,6 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any, Optional, Protocol, TypeVar
 
+from readegress.kernel.memory import gc_paused
 from readegress.tables.context import QueryContext
 from readegress.tables.spec import TableSpec, load_specs
 
@@ -86,12 +87,14 @@ class BoundTable:
         self._osquery_row: type = type(f"{spec.name}_osquery_row", (), {})
 
     def rows(self, ctx: QueryContext) -> list[tuple[Any, ...]]:
-        return list(self.impl.generate(ctx))
+        with gc_paused():
+            return list(self.impl.generate(ctx))
 
     def osquery_rows(self, ctx: QueryContext) -> list[dict[str, str]]:
         """Generate and convert in one pass: each typed row is dropped as soon
         as its osquery dict exists, so a 20k-row answer never holds both."""
-        return self.to_osquery_rows(self.impl.generate(ctx))
+        with gc_paused():
+            return self.to_osquery_rows(self.impl.generate(ctx))
 
     def to_osquery_rows(self, rows: Iterable[tuple[Any, ...]]) -> list[dict[str, str]]:
         names = self._names
