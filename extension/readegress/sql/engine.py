@@ -31,7 +31,7 @@ import contextlib
 import json
 import threading
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import apsw
 
@@ -116,6 +116,15 @@ class _Cursor:
 
     def Close(self) -> None:
         self._rows = ()
+
+
+class _Prepared(NamedTuple):
+    """One prepared statement: its text, what follows it, its columns."""
+
+    first: str
+    remaining: str
+    names: list[str]
+    readonly: bool
 
 
 class _Planning:
@@ -207,16 +216,31 @@ class Engine:
                 self.db.create_module(name, None)
                 del self.tables[name]
 
+    def _prepare(self, sql: str) -> _Prepared:
+        """Prepare the first statement of ``sql`` without running it (planning,
+        and so xBestIndex, happens at prepare); ``apsw.Error`` when it does not
+        compile."""
+        got: list[_Prepared] = []
+
+        def tracer(cursor: apsw.Cursor, first: str, bindings: Any) -> bool:
+            names = [d[0] for d in cursor.get_description()]
+            got.append(_Prepared(first, sql[len(first) :], names, cursor.is_readonly))
+            return False  # stop before the first step
+
+        cur = self.db.cursor()
+        cur.exec_trace = tracer
+        with contextlib.suppress(apsw.ExecTraceAbort):
+            cur.execute(sql, can_cache=False)
+        return got[0] if got else _Prepared("", "", [], True)
+
     def _bulk_candidates(self, sql: str) -> dict[str, set[str]]:
         """Tables the statement scans without a pushable constraint (planning only)."""
-        import apsw.ext
-
         seen = self._planning  # shared with every module: reset, not replaced
         seen.scanned.clear()
         seen.constrained.clear()
         seen.used.clear()
         try:
-            apsw.ext.query_info(self.db, sql)
+            self._prepare(sql)
         except apsw.Error:
             return {}  # the real run reports it
         out: dict[str, set[str]] = {}
@@ -272,23 +296,21 @@ class Engine:
         unique column names, or a value is a BLOB (JSON cannot hold one): the
         caller then encodes rows itself. Errors become :class:`SQLError`.
         """
-        import apsw.ext
-
         with self._lock:
             try:
-                info = apsw.ext.query_info(self.db, sql)
+                info = self._prepare(sql)
             except apsw.Error as e:
                 raise SQLError(_sqlite_message(e)) from None
-            names = [d[0] for d in (info.description or ())]
+            names = info.names
             if (
                 not names
-                or not info.is_readonly
-                or (info.query_remaining or "").strip(" \t\r\n;")
+                or not info.readonly
+                or info.remaining.strip(" \t\r\n;")
                 or len(set(names)) != len(names)
             ):
                 return None
             pairs = ", ".join(f"{_sql_text(n)}, {_sql_name(n)}" for n in names)
-            body = (info.first_query or sql).rstrip().rstrip(";")
+            body = (info.first or sql).rstrip().rstrip(";")
             try:
                 _names, rows = self.query(f"SELECT json_object({pairs}) FROM ({body}\n)")
             except SQLError as e:
