@@ -7,6 +7,7 @@ a non-root user on a tree we control): those use a fake procfs root.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -17,10 +18,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psutil
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import loopback
 from readegress.kernel import procfs
-from readegress.kernel.procfs import ProcFs, SocketInodeMap
+from readegress.kernel.procfs import (
+    ProcFs,
+    SocketInodeMap,
+    parse_stat,
+    parse_stat_fields,
+    read_proc_file,
+)
 from readegress.kernel.records import ProcessIdentity
 from readegress.kernel.sockdiag import SockDiag
 
@@ -282,3 +291,34 @@ def test_fake_unreadable_fd_dirs_are_counted_not_guessed(
     m = SocketInodeMap(str(fake.root))
     m.refresh({1000, 2000})
     assert m.unreadable == 0 and m.owners_of(1000)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    comm=st.binary(max_size=16).filter(lambda b: b"\n" not in b),
+    nums=st.lists(st.integers(0, 2**40), min_size=6, max_size=6),
+)
+def test_stat_fields_survive_any_comm(comm: bytes, nums: list[int]) -> None:
+    """comm may hold spaces and parentheses: fields are counted after the last ')'."""
+    ppid, pgrp, sid, flags, ticks, pid = nums
+    fields = [b"S", ppid, pgrp, sid, 0, -1, flags] + [7] * 12 + [ticks, 1, 2]
+    data = b"%d (%s) " % (pid, comm) + b" ".join(
+        f if isinstance(f, bytes) else str(f).encode() for f in fields
+    )
+    got = parse_stat_fields(data)
+    assert got == (comm, ppid, pgrp, sid, flags, ticks)
+    assert parse_stat(data) == (ppid, flags, ticks)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_stat_fields_of_garbage_raise_value_or_index_errors(data: bytes) -> None:
+    # Anything else (a TypeError, an infinite loop) would fail the test.
+    with contextlib.suppress(ValueError, IndexError):
+        parse_stat_fields(data)
+
+
+def test_stat_fields_match_getpgid_and_getsid_of_this_process() -> None:
+    got = parse_stat_fields(read_proc_file(f"/proc/{os.getpid()}/stat"))
+    assert (got.ppid, got.pgrp, got.session) == (os.getppid(), os.getpgid(0), os.getsid(0))
+    assert got.comm == read_proc_file(f"/proc/{os.getpid()}/comm").rstrip(b"\n")

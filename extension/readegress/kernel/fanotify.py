@@ -80,7 +80,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Optional
 
-from readegress.kernel.procfs import PROC_ROOT, ProcFs
+from readegress.kernel.procfs import (
+    PROC_ROOT,
+    ProcFs,
+    parse_stat_fields,
+    read_proc_file,
+    real_uid,
+)
 
 log = logging.getLogger("readegress.kernel.fanotify")
 
@@ -462,13 +468,6 @@ def _read_loginuid(proc_root: str, pid: int) -> Optional[int]:
         os.close(fd)
 
 
-def _pid_call(fn: Callable[[int], int], pid: int) -> Optional[int]:
-    try:
-        return fn(pid)
-    except OSError:
-        return None
-
-
 def read_opener(
     procfs: ProcFs,
     pid: int,
@@ -479,40 +478,55 @@ def read_opener(
     """Read the identity of ``pid`` from /proc, as far as it can be trusted.
 
     ``alive`` (a pidfd poll) is asked right after the start ticks are read:
-    a process still alive then still owns the pid, so the ticks are its own;
-    :meth:`ProcFs.process_info` then checks every later read against those
-    ticks. ``pgid``, ``sid`` and ``auid`` are read before that final check,
-    so they are covered by it too. Past ``deadline`` (``time.monotonic()``)
-    the remaining reads are skipped: a held opener is waiting.
+    a process still alive then still owns the pid, so the ticks are its own.
+    Every later read (cmdline, status, exe, loginuid) is checked by reading
+    the start ticks again at the end: details of a later process reusing the
+    pid are never returned. Past ``deadline`` (``time.monotonic()``) the
+    remaining reads are skipped: a held opener is waiting.
+
+    Five reads and a readlink: ``stat`` gives ppid, process group and session
+    along with the ticks (no getpgid/getsid calls), and each file is read in
+    one ``read`` (this runs while a permission-held opener waits).
     """
-    ident = procfs.identity(pid)
-    if ident is None:
+    base = f"{procfs.root}/{pid}"
+    try:
+        st = parse_stat_fields(read_proc_file(base + "/stat"))
+    except (OSError, ValueError, IndexError):  # gone, or a zombie being reaped
         return Opener(pid)
     if alive is not None and not alive():
         return Opener(pid)
-    ticks = ident.start_ticks
+    ticks = st.start_ticks
     if time.monotonic() > deadline:
         return Opener(pid, start_ticks=ticks)
-    pgid = _pid_call(os.getpgid, pid)
-    sid = _pid_call(os.getsid, pid)
+    try:
+        cmdline = read_proc_file(base + "/cmdline")
+        status = read_proc_file(base + "/status")
+    except OSError:
+        return Opener(pid, start_ticks=ticks)
     auid = _read_loginuid(procfs.root, pid)
-    if time.monotonic() > deadline:
-        return Opener(pid, start_ticks=ticks)
-    info = procfs.process_info(ident)
-    if info is None:
+    try:
+        path = os.readlink(base + "/exe")
+    except OSError:
+        path = ""  # another user's process without root, a kernel thread, a zombie
+    try:
+        again = parse_stat_fields(read_proc_file(base + "/stat")).start_ticks
+    except (OSError, ValueError, IndexError):
+        again = None
+    if again != ticks:
         # Gone (or replaced) during the reads: only the verified ticks stand.
         return Opener(pid, start_ticks=ticks)
+    uid = real_uid(status)
     return Opener(
         pid=pid,
         start_ticks=ticks,
-        ppid=info.ppid,
-        executable=info.path,
+        ppid=st.ppid,
+        executable=path,
         # A zombie or a kernel thread reads as an empty cmdline: unknown, not "".
-        cmdline=info.cmdline or None,
-        uid=info.uid if info.uid >= 0 else None,
+        cmdline=os.fsdecode(cmdline.rstrip(b"\0").replace(b"\0", b" ")) or None,
+        uid=uid if uid >= 0 else None,
         auid=auid,
-        pgid=pgid,
-        sid=sid,
+        pgid=st.pgrp,
+        sid=st.session,
     )
 
 
@@ -743,6 +757,10 @@ class FanotifyWatcher:
         self._watchdog_idle = False  # waiting with no deadline: must be notified
         # (pid, path) -> monotonic time the permission group answered it.
         self._perm_seen: dict[tuple[int, str], float] = {}
+        # (pid, st_dev, st_ino) -> monotonic time an identified open of that
+        # file by that pid was answered: later opens within
+        # _PERM_REPEAT_SECONDS are allowed on an fstat, without a readlink.
+        self._perm_repeat: dict[tuple[int, int, int], float] = {}
         self._pid = os.getpid()
         #: Test hooks: a held permission event waits on ``_test_stall`` (while
         #: the opener is held) before its identity is read; with
@@ -1210,6 +1228,8 @@ class FanotifyWatcher:
             events = e.events
             self._stats.internal_errors += 1
             log.error("%s", e)
+        if len(events) == 1 and self._perm_fast_repeat(events[0], read_ns):
+            return
         deadline = read_ns / 1e9 + self.perm_budget
         with self._cond:
             for ev in events:
@@ -1239,6 +1259,39 @@ class FanotifyWatcher:
                     self._answer(ev.fd)
             close_event_fds(events)
             self._perm_busy_until = None
+
+    def _perm_fast_repeat(self, ev: RawEvent, read_ns: int) -> bool:
+        """Allow a repeat open at once: the same pid opened the same file
+        (same st_dev and st_ino) within _PERM_REPEAT_SECONDS and was
+        identified then. A process opening a catalogue file in a loop costs
+        an fstat and a response per open: no lock but the group's, no
+        readlink, no identity read. False (nothing done) for anything else:
+        the general path answers it.
+        """
+        fd = ev.fd
+        if fd < 0 or not ev.mask & PERM_EVENTS or ev.pid == self._pid:
+            return False
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return False
+        seen = self._perm_repeat.get((ev.pid, st.st_dev, st.st_ino))
+        if seen is None or read_ns / 1e9 - seen >= _PERM_REPEAT_SECONDS:
+            return False
+        try:
+            group = self._perm
+            if group is not None:
+                group.allow(fd)
+            s = self._stats
+            s.perm_events += 1
+            s.perm_repeats += 1
+            s.perm_answered += 1
+            hold = (time.monotonic_ns() - read_ns) // 1000
+            if hold > s.perm_max_hold_us:
+                s.perm_max_hold_us = hold
+        finally:
+            close_event_fds((ev,))
+        return True
 
     def _perm_event(self, ev: RawEvent, wall: float, deadline: float) -> None:
         opener = Opener(ev.pid)
@@ -1271,10 +1324,15 @@ class FanotifyWatcher:
                 self._stats.perm_budget_exceeded += 1
             # Before the answer: the FAN_OPEN notification of this very open
             # is raised only once open() returns, after the answer.
-            self._perm_seen[(ev.pid, path)] = time.monotonic()
+            now = time.monotonic()
+            self._perm_seen[(ev.pid, path)] = now
+            if opener.identified:
+                with contextlib.suppress(OSError):
+                    st = os.fstat(ev.fd)
+                    self._perm_repeat[(ev.pid, st.st_dev, st.st_ino)] = now
         finally:
             hold = self._answer(ev.fd)
-        if len(self._perm_seen) > 4096:
+        if len(self._perm_seen) > 4096 or len(self._perm_repeat) > 4096:
             self._prune_perm_seen()
         size, inode = _fd_stat(ev.fd)
         self._emit(FanotifyEvent(wall, ev.mask, path, opener, size, True, hold, inode))
@@ -1284,6 +1342,9 @@ class FanotifyWatcher:
         for k, t in list(self._perm_seen.items()):
             if t < cutoff:
                 self._perm_seen.pop(k, None)
+        for k2, t in list(self._perm_repeat.items()):
+            if t < cutoff:
+                self._perm_repeat.pop(k2, None)
 
     def _answer(self, event_fd: int, *, watchdog: bool = False) -> Optional[int]:
         """Allow one pending event once; returns the hold in µs (None if answered before)."""

@@ -158,6 +158,7 @@ class SocketMonitor:
         self._subscribe_failures: dict[int, str] = {}
         # Poll-thread-only caches.
         self._infos: dict[ProcessIdentity, Optional[ProcessInfo]] = {}
+        self._last_info: tuple[object, Optional[ProcessInfo]] = (None, None)
         # inode -> (holders tuple from the fd map, owners built from it); the fd
         # map keeps a holders tuple object while it is unchanged.
         self._owner_cache: dict[int, tuple[Holders, tuple[SocketOwner, ...]]] = {}
@@ -306,14 +307,31 @@ class SocketMonitor:
         return out, seen, unresolved
 
     def _owners(self, holders: Holders) -> tuple[SocketOwner, ...]:
-        owners = []
+        # Runs once per socket on a first poll (20k times): the fd map hands
+        # out one ProcessIdentity object per process, so an identity seen
+        # last time is recognised by ``is`` before it is hashed (a dataclass
+        # hash is a Python call), and the common single holder skips the list.
         infos = self._infos
-        for ident, fd in holders:
-            if ident in infos:
-                info = infos[ident]
+        last = self._last_info
+        if len(holders) == 1:
+            ident, fd = holders[0]
+            if last[0] is ident:
+                info = last[1]
             else:
+                try:
+                    info = infos[ident]
+                except KeyError:
+                    info = infos[ident] = self.procfs.process_info(ident)
+                self._last_info = (ident, info)
+            # None: exited between the fd scan and now
+            return () if info is None else (_new(SocketOwner, (info, fd)),)
+        owners = []
+        for ident, fd in holders:
+            try:
+                info = infos[ident]
+            except KeyError:
                 info = infos[ident] = self.procfs.process_info(ident)
-            if info is not None:  # None: exited between the fd scan and now
+            if info is not None:
                 owners.append(SocketOwner(info, fd))
         return tuple(owners)
 
@@ -339,6 +357,7 @@ class SocketMonitor:
                     continue
             kept[ident] = info
         self._infos = kept
+        self._last_info = (None, None)
         if stale:
             # Owner tuples embed ProcessInfo: rebuild them from the fresh infos.
             self._owner_cache = {}

@@ -26,7 +26,7 @@ import errno
 import os
 from collections.abc import Collection, Iterable, Mapping
 from collections.abc import Set as AbstractSet
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from readegress.kernel.records import ProcessIdentity, ProcessInfo
 
@@ -80,6 +80,54 @@ def parse_stat(data: bytes) -> tuple[int, int, int]:
     """
     rest = data[data.rindex(b")") + 2 :].split(b" ", 20)
     return int(rest[1]), int(rest[6]), int(rest[19])
+
+
+class StatFields(NamedTuple):
+    """The fields of ``/proc/<pid>/stat`` an opener's identity needs."""
+
+    comm: bytes  # field 2, without its parentheses (as /proc/<pid>/comm, no newline)
+    ppid: int  # field 4
+    pgrp: int  # field 5: what getpgid(pid) returns
+    session: int  # field 6: what getsid(pid) returns
+    flags: int  # field 9
+    start_ticks: int  # field 22
+
+
+def parse_stat_fields(data: bytes) -> StatFields:
+    """:class:`StatFields` from the text of ``/proc/<pid>/stat`` (comm may hold
+    spaces and parentheses: fields are counted after the last ``)``)."""
+    close = data.rindex(b")")
+    rest = data[close + 2 :].split(b" ", 20)
+    return StatFields(
+        data[data.index(b"(") + 1 : close],
+        int(rest[1]),
+        int(rest[2]),
+        int(rest[3]),
+        int(rest[6]),
+        int(rest[19]),
+    )
+
+
+def read_proc_file(path: str) -> bytes:
+    """The whole of a procfs file, in as few reads as it takes (one for most)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        first = os.read(fd, 8192)
+        if len(first) < 8192:
+            return first
+        chunks = [first]
+        while True:
+            b = os.read(fd, 65536)
+            if not b:
+                return b"".join(chunks)
+            chunks.append(b)
+    finally:
+        os.close(fd)
+
+
+def real_uid(status: bytes) -> int:
+    """Real uid from the text of ``/proc/<pid>/status`` (-1 when absent)."""
+    return _status_uid(status)
 
 
 def parse_start_ticks(data: bytes) -> int:
