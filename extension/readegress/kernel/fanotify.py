@@ -690,8 +690,9 @@ class FanotifyWatcher:
     ``entry_events=True`` (Linux 5.9+) watches ``dirs_to_mark`` and
     ``entry_dirs`` through a third group instead: ``FAN_CREATE |
     FAN_MOVED_TO | FAN_DELETE | FAN_MOVED_FROM`` with ``FAN_REPORT_DFID_NAME``
-    tells ``on_entry`` that a name appeared in or left the directory, and
-    opens of its children raise no event at all. The caller marks a new
+    tells ``on_entry`` (on the entry reader's thread, so it must be quick)
+    that a name appeared in or left the directory, and opens of its children
+    raise no event at all. The caller marks a new
     matching file by inode (:meth:`add_file`). A directory whose filesystem
     cannot report file handles, or a kernel without the group, falls back to
     a ``FAN_EVENT_ON_CHILD`` mark for ``dirs_to_mark`` (counted in
@@ -1201,10 +1202,16 @@ class FanotifyWatcher:
             self._emit_entry(EntryEvent(wall, r.mask, d, r.name, r.pid))
 
     def _emit_entry(self, event: EntryEvent) -> None:
+        # Called on this reader thread, not the dispatcher's: entry events are
+        # rare, and a new file is marked as soon as possible (an open that
+        # comes before its mark is not seen).
+        if self._on_entry is None:
+            return
         try:
-            self._queue.put_nowait(event)
-        except queue.Full:
-            self._stats.dispatch_dropped += 1
+            self._on_entry(event)
+        except Exception:
+            self._stats.callback_errors += 1
+            log.exception("fanotify on_entry")
 
     # -- permission group ------------------------------------------------
 
@@ -1467,15 +1474,6 @@ class FanotifyWatcher:
             item = self._queue.get()
             if item is _STOP:
                 return
-            if isinstance(item, EntryEvent):
-                if self._on_entry is None:
-                    continue
-                try:
-                    self._on_entry(item)
-                except Exception:
-                    self._stats.callback_errors += 1
-                    log.exception("fanotify on_entry")
-                continue
             assert isinstance(item, FanotifyEvent)
             self._stats.events += 1
             if self._on_event is None:
