@@ -296,16 +296,9 @@ def parse_entry_events(buf: bytes) -> tuple[list[EntryRecord], Optional[str]]:
     n = len(buf)
     while off + METADATA_LEN <= n:
         event_len, vers, _res, meta_len, mask, _fd, pid = _METADATA.unpack_from(buf, off)
-        if (
-            vers != FANOTIFY_METADATA_VERSION
-            or event_len < METADATA_LEN
-            or meta_len < METADATA_LEN
-            or off + event_len > n
-        ):
-            return out, (
-                f"fanotify entry record at {off}: version {vers}, event_len {event_len},"
-                f" metadata_len {meta_len} (buffer {n} bytes)"
-            )
+        problem = _bad_record(off, n, event_len, vers, meta_len)
+        if problem is not None:
+            return out, f"entry {problem}"
         fsid, handle, name = 0, b"", ""
         i = off + meta_len
         end = off + event_len
@@ -370,6 +363,21 @@ class FanotifyFormatError(ValueError):
         self.events = events
 
 
+def _bad_record(off: int, n: int, event_len: int, vers: int, meta_len: int) -> Optional[str]:
+    """Why a record header at ``off`` of an ``n``-byte buffer cannot be parsed, or None."""
+    if (
+        vers != FANOTIFY_METADATA_VERSION
+        or event_len < METADATA_LEN
+        or meta_len < METADATA_LEN
+        or off + event_len > n
+    ):
+        return (
+            f"fanotify record at {off}: version {vers}, event_len {event_len},"
+            f" metadata_len {meta_len} (buffer {n} bytes)"
+        )
+    return None
+
+
 def parse_events(buf: bytes) -> list[RawEvent]:
     """Split a ``read(2)`` buffer into records (pure; closes nothing).
 
@@ -384,17 +392,9 @@ def parse_events(buf: bytes) -> list[RawEvent]:
     n = len(buf)
     while off + METADATA_LEN <= n:
         event_len, vers, _res, meta_len, mask, fd, pid = _METADATA.unpack_from(buf, off)
-        if (
-            vers != FANOTIFY_METADATA_VERSION
-            or event_len < METADATA_LEN
-            or meta_len < METADATA_LEN
-            or off + event_len > n
-        ):
-            raise FanotifyFormatError(
-                f"fanotify record at {off}: version {vers}, event_len {event_len},"
-                f" metadata_len {meta_len} (buffer {n} bytes)",
-                out,
-            )
+        problem = _bad_record(off, n, event_len, vers, meta_len)
+        if problem is not None:
+            raise FanotifyFormatError(problem, out)
         pidfd: Optional[int] = None
         i = off + meta_len
         end = off + event_len

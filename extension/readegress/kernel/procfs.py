@@ -190,8 +190,8 @@ class ProcFs:
         try:
             stat = _read_small(f"{base}/stat")
             comm = _read_small(f"{base}/comm")
-            cmdline = _read_whole(f"{base}/cmdline")
-            status = _read_whole(f"{base}/status")
+            cmdline = read_proc_file(f"{base}/cmdline")
+            status = read_proc_file(f"{base}/status")
         except (*_GONE, PermissionError):
             return None
         try:
@@ -222,19 +222,6 @@ class ProcFs:
         """:meth:`process_info` of whatever process runs as ``pid`` now."""
         ident = self.identity(pid)
         return None if ident is None else self.process_info(ident)
-
-
-def _read_whole(path: str) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        chunks: list[bytes] = []
-        while True:
-            b = os.read(fd, 65536)
-            if not b:
-                return b"".join(chunks)
-            chunks.append(b)
-    finally:
-        os.close(fd)
 
 
 def _status_uid(status: bytes) -> int:

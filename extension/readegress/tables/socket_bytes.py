@@ -168,74 +168,36 @@ class SocketBytesTable:
             remote_class = classes.get(remote_address)
             if remote_class is None:
                 remote_class = _remember_class(remote_address)
-            last_sent = s.last_data_sent_ms
-            last_recv = s.last_data_recv_ms
+            middle = (
+                s.inode,
+                s.cookie,
+                s.family,
+                protocol,
+                state_text,
+                direction,
+                local_address,
+                local_port,
+                remote_address,
+                remote_port,
+                remote_class,
+                s.bytes_sent,
+                s.bytes_acked,
+                s.bytes_received,
+                s.segs_out,
+                s.segs_in,
+                s.last_data_sent_ms,
+                s.last_data_recv_ms,
+                s.timer == _KEEPALIVE_TIMER,
+                int(first_seen),
+                int(age),
+                s.uid,
+            )
             if not owners:
-                yield new(
-                    cls,
-                    (
-                        None,
-                        None,
-                        s.inode,
-                        s.cookie,
-                        s.family,
-                        protocol,
-                        state_text,
-                        direction,
-                        local_address,
-                        local_port,
-                        remote_address,
-                        remote_port,
-                        remote_class,
-                        s.bytes_sent,
-                        s.bytes_acked,
-                        s.bytes_received,
-                        s.segs_out,
-                        s.segs_in,
-                        last_sent,
-                        last_recv,
-                        s.timer == _KEEPALIVE_TIMER,
-                        int(first_seen),
-                        int(age),
-                        s.uid,
-                        None,
-                        ns,
-                    ),
-                )
+                yield new(cls, (None, None, *middle, None, ns))
                 continue
             for w in owners:
                 p = w.process
-                yield new(
-                    cls,
-                    (
-                        p.identity.pid,
-                        w.fd,
-                        s.inode,
-                        s.cookie,
-                        s.family,
-                        protocol,
-                        state_text,
-                        direction,
-                        local_address,
-                        local_port,
-                        remote_address,
-                        remote_port,
-                        remote_class,
-                        s.bytes_sent,
-                        s.bytes_acked,
-                        s.bytes_received,
-                        s.segs_out,
-                        s.segs_in,
-                        last_sent,
-                        last_recv,
-                        s.timer == _KEEPALIVE_TIMER,
-                        int(first_seen),
-                        int(age),
-                        s.uid,
-                        p.start_time,
-                        ns,
-                    ),
-                )
+                yield new(cls, (p.identity.pid, w.fd, *middle, p.start_time, ns))
 
 
 _new_tuple = tuple.__new__
