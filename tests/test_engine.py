@@ -327,3 +327,23 @@ def test_query_json_errors_are_sql_errors(both: tuple[Engine, Plain, Numbers]) -
     e, _plain, _numbers = both
     with pytest.raises(SQLError, match="no such table"):
         e.query_json("SELECT * FROM nope")
+
+
+def test_osquery_rows_share_repeated_integers_and_stay_exact() -> None:
+    class Many:
+        row_type = PlainRow
+
+        def __init__(self, env: TableEnv) -> None:
+            pass
+
+        def generate(self, ctx: QueryContext) -> Iterator[PlainRow]:
+            for i in range(1000):  # n: 1000 distinct values, more than a column's memo
+                yield PlainRow(i, None, i / 4, 10 + i % 2)  # type: ignore[arg-type]
+
+    table = BoundTable(PLAIN_SPEC, Many(TableEnv()))
+    rows = table.osquery_rows(QueryContext.of(()))
+    assert [r["n"] for r in rows] == [str(i) for i in range(1000)]
+    assert [r["even"] for r in rows] == [str(10 + i % 2) for i in range(1000)]
+    assert rows[3] == {"n": "3", "label": "", "half": "0.75", "even": "11"}
+    odd = [r["even"] for r in rows if r["even"] == "11"]
+    assert len({id(x) for x in odd}) == 1  # one string for a repeated value

@@ -89,6 +89,9 @@ class _Tracked(NamedTuple):
     uid: int
     bytes_sent: Optional[int]
     bytes_received: Optional[int]
+    #: the fd map's holders tuple the owners were built from: while the map
+    #: hands out the same object, the owners are still right
+    holders: Optional[Holders]
 
 
 @dataclass(frozen=True)
@@ -159,9 +162,9 @@ class SocketMonitor:
         # Poll-thread-only caches.
         self._infos: dict[ProcessIdentity, Optional[ProcessInfo]] = {}
         self._last_info: tuple[object, Optional[ProcessInfo]] = (None, None)
-        # inode -> (holders tuple from the fd map, owners built from it); the fd
-        # map keeps a holders tuple object while it is unchanged.
-        self._owner_cache: dict[int, tuple[Holders, tuple[SocketOwner, ...]]] = {}
+        # False for one poll after a process exec'd: owner tuples embed
+        # ProcessInfo, so every one is rebuilt from the fresh infos.
+        self._reuse_owners = True
         # The last poll, while any caller still holds it (a snapshot of 20k
         # sockets is megabytes: the monitor itself never keeps one alive).
         self._last: Optional[weakref.ref[MonitorSnapshot]] = None
@@ -256,13 +259,15 @@ class SocketMonitor:
         """Attach owners and ages; the per-socket hot loop of a poll.
 
         Allocates one ObservedSocket and one _Tracked per socket and nothing
-        else in the common case: owner tuples are reused while the fd map's
-        holders tuple for the inode is the same object.
+        else in the common case: a socket's owner tuple is reused from the
+        last poll's _Tracked while the fd map's holders tuple for its inode is
+        the same object (no cache of its own: the state kept between polls is
+        one record per socket).
         """
         owners_index = self.fdmap.owners
         old_seen = self._seen
-        old_owner_cache = self._owner_cache
-        owner_cache: dict[int, tuple[Holders, tuple[SocketOwner, ...]]] = {}
+        reuse = self._reuse_owners
+        self._reuse_owners = True
         procfs = self.procfs
         # A socket cannot be older than the system: caps junk last-data ages.
         uptime = max(0.0, now - procfs.boot_time)
@@ -294,16 +299,16 @@ class SocketMonitor:
                     owners = no_owners
                     unresolved += 1
                 else:
-                    cached = old_owner_cache.get(inode)
-                    if cached is None or cached[0] is not holders:
-                        cached = (holders, self._owners(holders))
-                    owner_cache[inode] = cached
-                    owners = cached[1]
+                    if reuse and prev is not None and prev.holders is holders:
+                        owners = prev.owners
+                    else:
+                        owners = self._owners(holders)
                     if not owners:
                         unresolved += 1
                 append(new(cls, (s, ns, owners, fs, age)))
-                seen[cookie] = new(tracked, (fs, owners, s.uid, s.bytes_sent, s.bytes_received))
-        self._owner_cache = owner_cache
+                seen[cookie] = new(
+                    tracked, (fs, owners, s.uid, s.bytes_sent, s.bytes_received, holders)
+                )
         return out, seen, unresolved
 
     def _owners(self, holders: Holders) -> tuple[SocketOwner, ...]:
@@ -360,7 +365,7 @@ class SocketMonitor:
         self._last_info = (None, None)
         if stale:
             # Owner tuples embed ProcessInfo: rebuild them from the fresh infos.
-            self._owner_cache = {}
+            self._reuse_owners = False
 
     # ------------------------------------------------------- destroyed sockets
 
