@@ -306,9 +306,21 @@ class SocketMonitor:
                     if not owners:
                         unresolved += 1
                 append(new(cls, (s, ns, owners, fs, age)))
-                seen[cookie] = new(
-                    tracked, (fs, owners, s.uid, s.bytes_sent, s.bytes_received, holders)
-                )
+                sent = s.bytes_sent
+                received = s.bytes_received
+                if (
+                    prev is not None
+                    and prev.owners is owners
+                    and prev.bytes_sent == sent
+                    and prev.bytes_received == received
+                    and prev.holders is holders
+                ):
+                    # An idle socket keeps its record: the state kept between
+                    # polls is not reallocated among each poll's short-lived
+                    # objects (less fragmentation, fewer allocations).
+                    seen[cookie] = prev
+                else:
+                    seen[cookie] = new(tracked, (fs, owners, s.uid, sent, received, holders))
         return out, seen, unresolved
 
     def _owners(self, holders: Holders) -> tuple[SocketOwner, ...]:
