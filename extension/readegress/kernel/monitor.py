@@ -62,7 +62,11 @@ log = logging.getLogger("readegress.kernel.monitor")
 
 #: uid of closed sockets no poll saw: destroy notifications carry uid 0.
 UNKNOWN_UID = -1
-DEFAULT_MAX_IDENTITIES = 65536
+#: Exited processes whose closed-socket totals are kept (least recently active
+#: evicted first, counted in ``evicted``): ~700 bytes each with a short
+#: cmdline (measured), so at most ~6 MB on a host that runs many short-lived
+#: networked processes (65,536 would have allowed ~45 MB).
+DEFAULT_MAX_IDENTITIES = 8192
 _TCP = socket.IPPROTO_TCP
 
 # ObservedSocket is built once per socket per poll (20,000 at a time); see
