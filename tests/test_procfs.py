@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psutil
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -322,3 +323,45 @@ def test_stat_fields_match_getpgid_and_getsid_of_this_process() -> None:
     got = parse_stat_fields(read_proc_file(f"/proc/{os.getpid()}/stat"))
     assert (got.ppid, got.pgrp, got.session) == (os.getppid(), os.getpgid(0), os.getsid(0))
     assert got.comm == read_proc_file(f"/proc/{os.getpid()}/comm").rstrip(b"\n")
+
+
+@pytest.mark.parametrize("held", [True, False])
+def test_opener_reaped_after_release_keeps_what_was_read_while_it_waited(
+    fake_proc: FakeProc, held: bool
+) -> None:
+    """A permission-held opener is answered after stat, cmdline and exe; if it
+    exits and is reaped before status and loginuid are read, the held reads
+    stand (it could not exit while it waited) and uid/auid are unknown. Without
+    a hold every field is read before anything is answered."""
+    from readegress.kernel.fanotify import read_opener
+
+    fake_proc.add(4242, 777, {})
+    pf = ProcFs(str(fake_proc.root))
+    calls: list[str] = []
+
+    def release() -> None:
+        calls.append("released")
+        fake_proc.remove(4242)  # it runs on, exits and is reaped at once
+
+    o = read_opener(pf, 4242, release=release if held else None)
+    if held:
+        assert calls == ["released"]
+        assert (o.start_ticks, o.executable, o.cmdline, o.ppid) == (
+            777,
+            "/usr/bin/fake",
+            "fake --flag",
+            1,
+        )
+        assert o.uid is None and o.auid is None and o.identified
+    else:
+        assert o.start_ticks == 777 and o.uid == 1000 and o.identified
+
+
+def test_opener_release_is_called_once_even_when_the_process_is_gone(
+    fake_proc: FakeProc,
+) -> None:
+    from readegress.kernel.fanotify import read_opener
+
+    calls: list[int] = []
+    o = read_opener(ProcFs(str(fake_proc.root)), 999, release=lambda: calls.append(1))
+    assert calls == [1] and o.start_ticks is None

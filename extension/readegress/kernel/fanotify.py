@@ -474,6 +474,7 @@ def read_opener(
     *,
     deadline: float = float("inf"),
     alive: Optional[Callable[[], bool]] = None,
+    release: Optional[Callable[[], None]] = None,
 ) -> Opener:
     """Read the identity of ``pid`` from /proc, as far as it can be trusted.
 
@@ -486,36 +487,55 @@ def read_opener(
 
     Five reads and a readlink: ``stat`` gives ppid, process group and session
     along with the ticks (no getpgid/getsid calls), and each file is read in
-    one ``read`` (this runs while a permission-held opener waits).
+    one ``read``.
+
+    ``release`` (a permission-held opener) is called once what identifies a
+    short-lived process has been read — ``stat``, ``cmdline``, ``exe``, all of
+    which a process loses when it exits — and before ``status``,
+    ``loginuid`` and the final ``stat``, which a zombie still has: the opener
+    waits for three reads instead of six. Those three were read while it
+    waited (the caller checks it had not been answered already), so they stand
+    even if the final check fails because it has exited and been reaped
+    since; uid and auid are then unknown. ``release`` is called on every path.
     """
     base = f"{procfs.root}/{pid}"
     try:
-        st = parse_stat_fields(read_proc_file(base + "/stat"))
-    except (OSError, ValueError, IndexError):  # gone, or a zombie being reaped
-        return Opener(pid)
-    if alive is not None and not alive():
-        return Opener(pid)
-    ticks = st.start_ticks
-    if time.monotonic() > deadline:
-        return Opener(pid, start_ticks=ticks)
+        try:
+            st = parse_stat_fields(read_proc_file(base + "/stat"))
+        except (OSError, ValueError, IndexError):  # gone, or a zombie being reaped
+            return Opener(pid)
+        if alive is not None and not alive():
+            return Opener(pid)
+        ticks = st.start_ticks
+        if time.monotonic() > deadline:
+            return Opener(pid, start_ticks=ticks)
+        try:
+            cmdline = read_proc_file(base + "/cmdline")
+        except OSError:
+            return Opener(pid, start_ticks=ticks)
+        try:
+            path = os.readlink(base + "/exe")
+        except OSError:
+            path = ""  # another user's process without root, a kernel thread, a zombie
+    finally:
+        if release is not None:
+            release()
     try:
-        cmdline = read_proc_file(base + "/cmdline")
-        status = read_proc_file(base + "/status")
+        status: Optional[bytes] = read_proc_file(base + "/status")
     except OSError:
-        return Opener(pid, start_ticks=ticks)
+        status = None
     auid = _read_loginuid(procfs.root, pid)
-    try:
-        path = os.readlink(base + "/exe")
-    except OSError:
-        path = ""  # another user's process without root, a kernel thread, a zombie
     try:
         again = parse_stat_fields(read_proc_file(base + "/stat")).start_ticks
     except (OSError, ValueError, IndexError):
         again = None
-    if again != ticks:
-        # Gone (or replaced) during the reads: only the verified ticks stand.
-        return Opener(pid, start_ticks=ticks)
-    uid = real_uid(status)
+    if again != ticks or status is None:
+        if release is None or again is not None:
+            # Gone (or replaced) during the reads: only the verified ticks stand.
+            return Opener(pid, start_ticks=ticks)
+        # Held, then reaped: what was read while it waited is its own.
+        status, auid = None, None
+    uid = real_uid(status) if status is not None else -1
     return Opener(
         pid=pid,
         start_ticks=ticks,
@@ -1303,6 +1323,21 @@ class FanotifyWatcher:
     def _perm_event(self, ev: RawEvent, wall: float, deadline: float) -> None:
         opener = Opener(ev.pid)
         path = ""
+        inode: Optional[tuple[int, int]] = None
+        size: Optional[int] = None
+        # Whether the opener was still waiting when its identity's held part
+        # had been read (the watchdog may have answered first), and the hold.
+        released: list[Optional[int]] = []
+        held = False
+
+        def release() -> None:
+            nonlocal held
+            if released:
+                return
+            with self._cond:
+                held = ev.fd in self._pending
+            released.append(self._answer(ev.fd))
+
         try:
             if ev.pid == self._pid:
                 self._stats.self_events += 1
@@ -1310,38 +1345,35 @@ class FanotifyWatcher:
             stall = self._test_stall
             if stall is not None:
                 stall.wait()
-            path = fd_path(ev.fd)
-            seen = self._perm_seen.get((ev.pid, path))
-            if seen is not None and time.monotonic() - seen < _PERM_REPEAT_SECONDS:
-                # The same process opened the same file within the last second:
-                # it was identified then, and the read source keeps one read per
-                # (pid, path) per second anyway. Answer at once: a process that
-                # opens a catalogue file in a loop costs a readlink per open,
-                # not a full identity read.
-                self._stats.perm_repeats += 1
-                return
-            opener = read_opener(self._procfs, ev.pid, deadline=deadline)
-            with self._cond:
-                held = ev.fd in self._pending
+            size, inode = _fd_stat(ev.fd)
+            if inode is not None:
+                seen = self._perm_repeat.get((ev.pid, *inode))
+                if seen is not None and time.monotonic() - seen < _PERM_REPEAT_SECONDS:
+                    # The same process opened the same file within the last
+                    # second: it was identified then, and the read source keeps
+                    # one read per (pid, path) per second anyway.
+                    self._stats.perm_repeats += 1
+                    return
+            # The opener waits only for what identifies it (stat, cmdline,
+            # exe); read_opener answers through release() and reads the rest.
+            opener = read_opener(self._procfs, ev.pid, deadline=deadline, release=release)
             if not held:
                 # The watchdog answered during the reads: they may postdate
                 # the opener's release (and its exit), so none is trusted.
                 opener = Opener(ev.pid)
             if time.monotonic() > deadline:
                 self._stats.perm_budget_exceeded += 1
-            # Before the answer: the FAN_OPEN notification of this very open
-            # is raised only once open() returns, after the answer.
-            now = time.monotonic()
-            self._perm_seen[(ev.pid, path)] = now
-            if opener.identified:
-                with contextlib.suppress(OSError):
-                    st = os.fstat(ev.fd)
-                    self._perm_repeat[(ev.pid, st.st_dev, st.st_ino)] = now
         finally:
-            hold = self._answer(ev.fd)
+            release()
+        # Answered: the path (a readlink) and the bookkeeping cost the opener nothing.
+        hold = released[0] if released else None
+        path = fd_path(ev.fd)
+        now = time.monotonic()
+        self._perm_seen[(ev.pid, path)] = now
+        if opener.identified and inode is not None:
+            self._perm_repeat[(ev.pid, *inode)] = now
         if len(self._perm_seen) > 4096 or len(self._perm_repeat) > 4096:
             self._prune_perm_seen()
-        size, inode = _fd_stat(ev.fd)
         self._emit(FanotifyEvent(wall, ev.mask, path, opener, size, True, hold, inode))
 
     def _prune_perm_seen(self) -> None:
