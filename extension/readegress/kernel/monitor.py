@@ -30,6 +30,7 @@ count as sockets with no bytes.
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import socket
 import threading
@@ -80,6 +81,7 @@ if ObservedSocket._fields != (
 ):  # pragma: no cover - guards the contract with records.py
     raise ImportError("records.ObservedSocket changed: update monitor's fast record builder")
 _new = tuple.__new__
+_INODE_UID = operator.itemgetter(SocketInfo._fields.index("inode"), SocketInfo._fields.index("uid"))
 
 
 class _Tracked(NamedTuple):
@@ -217,7 +219,10 @@ class SocketMonitor:
             self._diags.prune(namespaces)
             if self._started:
                 self._sync_listeners(namespaces)
-            uids = {s.inode: s.uid for _, socks in dumps for s in socks}
+            # inode -> uid, built in C: SocketInfo is a tuple (fields 7 and 9).
+            uids: dict[int, int] = {}
+            for _, socks in dumps:
+                uids.update(map(_INODE_UID, socks))
             uids.pop(0, None)  # sockets without a file (accept queue, orphans)
             live = uids.keys()
             self.fdmap.refresh(live, uids)

@@ -482,7 +482,15 @@ class SocketInodeMap:
         """Pass 1: a socket that was live and is gone while an fd still carries its
         number: that fd number now names something else (or nothing)."""
         readlinks = 0
-        for ino in [i for i in self._prev_live if i not in live]:
+        # Set difference in C where both are set-like (a set, a dict's keys):
+        # 20k inodes per poll.
+        prev = self._prev_live
+        gone = (
+            prev - live
+            if isinstance(prev, AbstractSet) and isinstance(live, AbstractSet)
+            else [i for i in prev if i not in live]
+        )
+        for ino in gone:
             for ident, fd in self.owners.get(ino, ()):
                 proc = self._procs.get(ident.pid)
                 if proc is not None and proc.identity is ident:
@@ -493,7 +501,10 @@ class SocketInodeMap:
 
     def _unexplained(self, live: Collection[int]) -> set[int]:
         """Live inodes no cached descriptor holds and not searched for yet."""
-        missing = {i for i in live if i not in self.owners}
+        if isinstance(live, AbstractSet):
+            missing = set(live - self.owners.keys())
+        else:
+            missing = {i for i in live if i not in self.owners}
         missing.difference_update(self._searched)
         return missing
 
