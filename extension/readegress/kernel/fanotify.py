@@ -955,8 +955,8 @@ class FanotifyWatcher:
             entry_done: set[str] = set()
             if self._entry is not None:
                 entry_done, removed = self._mark_entry_dirs(dirs | entry_extra, errors)
-            elif entry_extra and self._entry_events:
-                errors["NOENTRYGROUP"] = len(entry_extra)
+            # Without an entry group (entry_error says why), entry_dirs are
+            # best effort: not watched, not an error each re-mark.
             # A permission-marked file needs no notification event: its open is
             # already held and identified. The notification group ignores it (an
             # ignore mask on its inode also silences a parent directory's mark),
