@@ -36,6 +36,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,7 +44,7 @@ from typing import Any
 from bench import report
 from bench.fleet import ConnectionFleet, FleetState
 from bench.procstat import host_sockets
-from bench.timing import Timing, ratio, repeat_interleaved
+from bench.timing import Timing, cpu_clock, ratio, repeat_interleaved
 
 SQL = "SELECT * FROM socket_bytes"
 TARGET_WARM_VS_SS = 0.35
@@ -152,7 +153,11 @@ class WarmTable:
 
 
 def measure_size(
-    fleet: ConnectionFleet, warm: WarmTable, connections: int, runs: int
+    fleet: ConnectionFleet,
+    warm: WarmTable,
+    connections: int,
+    runs: int,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> SizeResult:
     state = fleet.grow(connections)
     res = SizeResult(connections=state.connections, sockets=state.sockets)
@@ -173,7 +178,7 @@ def measure_size(
         "  diag: socket_bytes generate, no SQLite": warm.generate_only,
     }
     before = host_sockets()
-    res.timings = repeat_interleaved(fns, runs=runs, budget_s=BUDGET_S)
+    res.timings = repeat_interleaved(fns, runs=runs, budget_s=BUDGET_S, clock=clock)
     after = host_sockets()
     names, rows = warm.query()
     res.correctness = check_rows(names, rows, state)
@@ -192,8 +197,14 @@ def measure_size(
     return res
 
 
-def run(fleet: ConnectionFleet, sizes: Sequence[int], runs: int) -> list[SizeResult]:
-    """Measure every size on the (growing) fleet, left at the largest size; prints as it goes."""
+def run(
+    fleet: ConnectionFleet, sizes: Sequence[int], runs: int, cpu: bool = False
+) -> list[SizeResult]:
+    """Measure every size on the (growing) fleet, left at the largest size; prints as it goes.
+
+    ``cpu``: time CPU (this process's threads + the reaped subprocess) instead
+    of wall time (:func:`bench.timing.cpu_clock`).
+    """
     report.heading("1. socket_bytes full table vs ss -tinpe and psutil (loopback TCP fleet)")
     report.note(f"ours warm : engine.query({SQL!r}) with one TableEnv kept across runs")
     report.note(f"ours cold : {shlex.join(cli_command())}")
@@ -202,12 +213,13 @@ def run(fleet: ConnectionFleet, sizes: Sequence[int], runs: int) -> list[SizeRes
     report.note(
         f"medians of up to {runs} runs after 1 warm-up, the measurements of one size"
         " interleaved round by round; [min-max] in ms"
+        + (" of CPU (user+sys: this process, or the subprocess), not wall time" if cpu else "")
     )
     results: list[SizeResult] = []
     warm = WarmTable()
     try:
         for n in sorted(sizes):
-            res = measure_size(fleet, warm, n, runs)
+            res = measure_size(fleet, warm, n, runs, cpu_clock if cpu else time.perf_counter)
             results.append(res)
             print_size(res)
     finally:

@@ -179,3 +179,171 @@ def test_row_type_must_match_spec() -> None:
 
     with pytest.raises(TypeError, match="do not match spec columns"):
         BoundTable(SPEC, Impl())
+
+
+# -- bulk scans and SQLite-encoded JSON (the local engine of `readegress query`) --
+
+PLAIN_SPEC = parse_spec(
+    """
+name = "plain"
+description = "Test numbers without hidden columns."
+implementation = "tests:Plain"
+examples = ["SELECT * FROM plain"]
+[[columns]]
+name = "n"
+type = "BIGINT"
+description = "A number."
+index = true
+[[columns]]
+name = "label"
+type = "TEXT"
+description = "Its label."
+[[columns]]
+name = "half"
+type = "DOUBLE"
+description = "Half of it."
+[[columns]]
+name = "even"
+type = "INTEGER"
+description = "1 when even."
+"""
+)
+
+
+class PlainRow(NamedTuple):
+    n: int
+    label: Optional[str]
+    half: float
+    even: bool
+
+
+class Plain:
+    row_type = PlainRow
+
+    def __init__(self, env: TableEnv) -> None:
+        self.seen: list[QueryContext] = []
+
+    def generate(self, ctx: QueryContext) -> Iterator[PlainRow]:
+        self.seen.append(ctx)
+        wanted = ctx.int_equals("n")
+        for i in range(10):
+            if wanted is None or i in wanted:
+                yield PlainRow(i, None if i == 3 else f"n'{i}", i / 2, i % 2 == 0)
+
+
+@pytest.fixture(params=[False, True], ids=["vtable", "bulk"])
+def both(request: pytest.FixtureRequest) -> Iterator[tuple[Engine, Plain, Numbers]]:
+    plain, numbers = Plain(TableEnv()), Numbers(TableEnv())
+    tables = {"plain": BoundTable(PLAIN_SPEC, plain), "numbers": BoundTable(SPEC, numbers)}
+    calls = TableCalls(tables, timeout=5)
+    e = Engine(bulk=request.param)
+    for t in tables.values():
+        e.register(LocalSource(t, calls))
+    yield e, plain, numbers
+    calls.close()
+    e.close()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM plain",
+        "SELECT n, half FROM plain WHERE label LIKE 'n%' ORDER BY n DESC",
+        "SELECT count(*), sum(half) FROM plain",
+        "SELECT p.n, q.label FROM plain p JOIN plain q ON q.n = p.n + 1",
+        "SELECT * FROM plain WHERE n IN (2, 4)",
+        "SELECT n, secret FROM numbers WHERE n > 6",
+    ],
+)
+def test_bulk_scans_answer_exactly_as_virtual_tables(
+    both: tuple[Engine, Plain, Numbers], sql: str
+) -> None:
+    e, _plain, _numbers = both
+    reference = Engine()
+    tables = {
+        "plain": BoundTable(PLAIN_SPEC, Plain(TableEnv())),
+        "numbers": BoundTable(SPEC, Numbers(TableEnv())),
+    }
+    calls = TableCalls(tables, timeout=5)
+    for t in tables.values():
+        reference.register(LocalSource(t, calls))
+    try:
+        assert e.query(sql) == reference.query(sql)
+    finally:
+        calls.close()
+        reference.close()
+    # The copies live for one statement only.
+    assert e.query("SELECT name FROM sqlite_temp_master") == (["name"], [])
+
+
+def test_bulk_copies_only_unconstrained_scans_of_plain_tables(
+    both: tuple[Engine, Plain, Numbers],
+) -> None:
+    e, plain, _numbers = both
+    bulk = e.bulk
+    e.query("SELECT n, label FROM plain")
+    assert e.last_bulk == (("plain",) if bulk else ())
+    # Columns used still reach the table; no constraint is invented.
+    assert plain.seen[-1].constraints == () and plain.seen[-1].cols_used >= {"n", "label"}
+    e.query("SELECT * FROM plain WHERE n = 4")
+    assert e.last_bulk == ()  # constrained: pushdown as before
+    assert plain.seen[-1].int_equals("n") == {4}
+    e.query("SELECT * FROM numbers")
+    assert e.last_bulk == ()  # a hidden column must stay hidden from SELECT *
+    assert e.query("SELECT * FROM plain")[0] == ["n", "label", "half", "even"]
+
+
+def test_query_json_is_what_python_would_encode(both: tuple[Engine, Plain, Numbers]) -> None:
+    import json
+
+    e, _plain, _numbers = both
+    sql = "SELECT n, label, half, even, n > 5 AS big FROM plain ORDER BY n DESC"
+    lines = e.query_json(sql)
+    names, rows = e.query(sql)
+    assert lines is not None
+    assert [json.loads(x) for x in lines] == [dict(zip(names, r)) for r in rows]
+    assert json.loads(lines[0])["n"] == 9  # order kept
+    assert json.loads(lines[6]) == {"n": 3, "label": None, "half": 1.5, "even": 0, "big": 0}
+    assert e.query_json("SELECT * FROM plain WHERE n > 100") == []
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT n, n FROM plain",  # duplicate keys: Python keeps the last
+        "SELECT x'00ff' AS b",  # JSON holds no BLOB
+        "SELECT 1; SELECT 2",
+        "PRAGMA user_version = 3",
+    ],
+)
+def test_query_json_declines_what_it_cannot_encode_faithfully(
+    both: tuple[Engine, Plain, Numbers], sql: str
+) -> None:
+    e, _plain, _numbers = both
+    assert e.query_json(sql) is None
+
+
+def test_query_json_errors_are_sql_errors(both: tuple[Engine, Plain, Numbers]) -> None:
+    e, _plain, _numbers = both
+    with pytest.raises(SQLError, match="no such table"):
+        e.query_json("SELECT * FROM nope")
+
+
+def test_osquery_rows_share_repeated_integers_and_stay_exact() -> None:
+    class Many:
+        row_type = PlainRow
+
+        def __init__(self, env: TableEnv) -> None:
+            pass
+
+        def generate(self, ctx: QueryContext) -> Iterator[PlainRow]:
+            for i in range(1000):  # n: 1000 distinct values, more than a column's memo
+                yield PlainRow(i, None, i / 4, 10 + i % 2)  # type: ignore[arg-type]
+
+    table = BoundTable(PLAIN_SPEC, Many(TableEnv()))
+    rows = table.osquery_rows(QueryContext.of(()))
+    assert [r["n"] for r in rows] == [str(i) for i in range(1000)]
+    assert [r["even"] for r in rows] == [str(10 + i % 2) for i in range(1000)]
+    assert rows[3] == {"n": "3", "label": "", "half": "0.75", "even": "11"}
+    odd = [r["even"] for r in rows if r["even"] == "11"]
+    assert len({id(x) for x in odd}) == 1  # one string for a repeated value

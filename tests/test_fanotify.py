@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import polling
 from readegress.kernel.fanotify import (
@@ -27,18 +29,27 @@ from readegress.kernel.fanotify import (
     FAN_CLASS_CONTENT,
     FAN_CLASS_NOTIF,
     FAN_CLOEXEC,
+    FAN_CREATE,
+    FAN_DELETE,
+    FAN_EVENT_INFO_TYPE_DFID_NAME,
     FAN_EVENT_INFO_TYPE_PIDFD,
     FAN_MARK_ADD,
+    FAN_MOVED_FROM,
     FAN_NOFD,
+    FAN_ONDIR,
     FAN_OPEN,
     FAN_OPEN_PERM,
     FAN_Q_OVERFLOW,
+    EntryEvent,
+    EntryRecord,
     FanotifyEvent,
     FanotifyFormatError,
     FanotifyWatcher,
     RawEvent,
+    directory_handle,
     fanotify_init,
     fanotify_mark,
+    parse_entry_events,
     parse_events,
 )
 from readegress.kernel.procfs import read_start_ticks
@@ -366,3 +377,110 @@ def test_repeat_opens_by_one_process_are_allowed_without_a_new_identity(
     perm = [e for e in collected if e.permission]
     assert len(perm) == 1 and perm[0].opener.pid == p.pid
     assert s.perm_answered == 10 and s.perm_repeats == 9
+
+
+# -- entry events (FAN_REPORT_DFID_NAME) ----------------------------------------
+
+
+def _entry_record(mask: int, fsid: tuple[int, int], handle: bytes, name: bytes) -> bytes:
+    """One record as the kernel writes it: metadata, then a DFID_NAME info record
+    (fsid, struct file_handle, NUL-terminated name, padded to 4 bytes)."""
+    htype, hbytes = struct.unpack_from("=i", handle)[0], handle[4:]
+    body = struct.pack("=ii", *fsid) + struct.pack("=Ii", len(hbytes), htype) + hbytes
+    body += name + b"\0"
+    body += b"\0" * (-(4 + len(body)) % 4)
+    info = struct.pack("=BBH", FAN_EVENT_INFO_TYPE_DFID_NAME, 0, 4 + len(body)) + body
+    return struct.pack("=IBBHQii", 24 + len(info), 3, 0, 24, mask, FAN_NOFD, 77) + info
+
+
+def test_parse_entry_events_reads_directory_handle_and_name() -> None:
+    handle = struct.pack("=i", 1) + bytes(range(8))
+    buf = _entry_record(FAN_CREATE, (5, 6), handle, b"id_rsa") + _entry_record(
+        FAN_MOVED_FROM | FAN_ONDIR, (-1, 2), handle, b"sub"
+    )
+    records, problem = parse_entry_events(buf)
+    assert problem is None
+    assert records == [
+        EntryRecord(FAN_CREATE, 77, 5 | 6 << 32, handle, "id_rsa"),
+        EntryRecord(FAN_MOVED_FROM | FAN_ONDIR, 77, 0xFFFFFFFF | 2 << 32, handle, "sub"),
+    ]
+    # A truncated second record ends the parse and keeps the first.
+    records, problem = parse_entry_events(buf[: len(buf) - 3])
+    assert [r.name for r in records] == ["id_rsa"] and problem is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 2**64 - 1),
+            st.binary(min_size=4, max_size=40),
+            st.binary(max_size=300).filter(lambda b: b"\0" not in b),
+        ),
+        max_size=5,
+    ),
+    st.binary(max_size=64),
+)
+def test_parse_entry_events_never_raises_and_round_trips(
+    recs: list[tuple[int, bytes, bytes]], junk: bytes
+) -> None:
+    buf = b"".join(_entry_record(m, (1, 2), h, n) for m, h, n in recs)
+    records, problem = parse_entry_events(buf)
+    assert problem is None
+    assert [(r.mask, r.handle, os.fsencode(r.name)) for r in records] == recs
+    # Any bytes after valid records: never an exception, the valid ones kept.
+    records, _problem = parse_entry_events(buf + junk)
+    assert [(r.mask, r.handle) for r in records[: len(recs)]] == [(m, h) for m, h, _n in recs]
+    parse_entry_events(junk)
+
+
+def test_directory_handle_matches_what_entry_events_carry(tmp_path: Path) -> None:
+    d = tmp_path / "watched"
+    d.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(d)
+    assert directory_handle(str(d)) == directory_handle(str(link))  # symlinks followed
+    assert directory_handle(str(d)) != directory_handle(str(tmp_path))
+
+
+def test_entry_watch_reports_names_and_raises_nothing_for_opens(
+    files: Path, tmp_path: Path
+) -> None:
+    """Entry events name what appeared in or left the directory; opens of its
+    children (marked or not) cost no notification at all."""
+    target = str(files / "id_test")
+    entries: list[EntryEvent] = []
+    collected: list[FanotifyEvent] = []
+    outside = tmp_path / "outside"
+    with FanotifyWatcher(
+        [target],
+        [str(files)],
+        [],
+        collected.append,
+        entry_events=True,
+        on_entry=entries.append,
+    ) as w:
+        s = w.stats()
+        assert s.entry_available and s.marks_entry_dirs == 1 and s.marks_dirs == 0
+        subprocess.run([CAT, str(files / "notes")] * 20, stdout=subprocess.DEVNULL, check=True)
+        (files / "id_new").write_text("x")
+        os.rename(files / "id_new", outside)
+        (files / "sub").mkdir()
+        os.unlink(files / "notes")
+        assert wait_for(lambda: {e.name for e in entries} >= {"id_new", "sub", "notes"})
+        time.sleep(0.05)
+        s = w.stats()
+    assert s.notify_events == 0 and not collected  # 20 opens of an unmarked sibling
+    by_name: dict[str, int] = {}
+    for e in entries:
+        assert e.directory == str(files) and e.path == f"{files}/{e.name}"
+        by_name[e.name] = by_name.get(e.name, 0) | e.mask
+    assert by_name["id_new"] & FAN_CREATE and by_name["id_new"] & FAN_MOVED_FROM
+    assert by_name["sub"] & FAN_ONDIR and by_name["notes"] & FAN_DELETE
+    assert s.entry_unknown_dir == 0 and s.mark_errors == {}
+
+
+def test_watch_without_entry_events_keeps_child_marks(files: Path) -> None:
+    with FanotifyWatcher([], [str(files)], [], entry_events=False) as w:
+        s = w.stats()
+    assert (s.marks_dirs, s.marks_entry_dirs, s.entry_available) == (1, 0, False)

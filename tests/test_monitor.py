@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import socket
 import time
@@ -227,8 +226,8 @@ def test_destroy_during_a_poll_waits_for_that_polls_view() -> None:
         gone.close()
         # One socket the running poll will see, one only the previous poll saw.
         during[:] = [
-            dataclasses.replace(a.socket, inode=0, uid=0, bytes_sent=5),
-            dataclasses.replace(g.socket, inode=0, uid=0, bytes_sent=7),
+            a.socket._replace(inode=0, uid=0, bytes_sent=5),
+            g.socket._replace(inode=0, uid=0, bytes_sent=7),
         ]
         m.snapshot()
         assert not during
@@ -438,11 +437,11 @@ def test_pid_reuse_simulated_through_identities(fake_proc_ns: FakeProc) -> None:
         fake.add(4242, 5000, {3: f"socket:[{os.fstat(l1.fileno()).st_ino}]"})
         o1 = find(m.snapshot(), l1.getsockname()[1], 0)
         ident1 = o1.owners[0].process.identity
-        m.ingest_destroyed(dataclasses.replace(o1.socket, inode=0, uid=0, bytes_sent=100))
+        m.ingest_destroyed(o1.socket._replace(inode=0, uid=0, bytes_sent=100))
         fake.add(4242, 7000, {3: f"socket:[{os.fstat(l2.fileno()).st_ino}]"})
         o2 = find(m.snapshot(), l2.getsockname()[1], 0)
         ident2 = o2.owners[0].process.identity
-        m.ingest_destroyed(dataclasses.replace(o2.socket, inode=0, uid=0, bytes_sent=200))
+        m.ingest_destroyed(o2.socket._replace(inode=0, uid=0, bytes_sent=200))
         assert (ident1.pid, ident2.pid) == (4242, 4242)
         assert (ident1.start_ticks, ident2.start_ticks) == (5000, 7000)
         closed = m.closed_totals()
@@ -452,7 +451,7 @@ def test_pid_reuse_simulated_through_identities(fake_proc_ns: FakeProc) -> None:
         assert info1 is not None and info2 is not None
         assert info2.start_time - info1.start_time == 2000 // m.procfs.clock_ticks
         # A destroyed socket nobody polled: kept by (unknown) uid, not given to pid 4242.
-        ghost = dataclasses.replace(o1.socket, cookie=2**63 - 1, bytes_sent=7)
+        ghost = o1.socket._replace(cookie=2**63 - 1, bytes_sent=7)
         m.ingest_destroyed(ghost)
         assert m.unattributed_closed()[UNKNOWN_UID].bytes_sent >= 7
         assert m.closed_totals() == closed
@@ -469,7 +468,7 @@ def test_closed_totals_are_bounded(fake_proc_ns: FakeProc) -> None:
             observed = [find(snap, s.getsockname()[1], 0) for s in servers]
             idents = [o.owners[0].process.identity for o in observed]
             for o in observed:
-                m.ingest_destroyed(dataclasses.replace(o.socket, bytes_sent=1))
+                m.ingest_destroyed(o.socket._replace(bytes_sent=1))
             assert list(m.closed_totals()) == idents[1:]
             assert m.closed_process_info(idents[0]) is None
             assert m.stats()["evicted"] == 1
@@ -606,3 +605,23 @@ def test_owner_image_follows_an_exec(monitor: SocketMonitor) -> None:
     finally:
         p.kill()
         p.wait()
+
+
+def test_malloc_trim_gives_freed_memory_back() -> None:
+    """glibc keeps freed blocks; trim hands whole free pages back (no-op elsewhere)."""
+    from readegress.kernel import memory
+
+    if not memory.trim():
+        pytest.skip("no glibc malloc_trim here")
+
+    def rss_kb() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+
+    blocks = [bytearray(600) for _ in range(100_000)]  # ~64 MB of malloc'd blocks
+    keep = blocks[::1000]  # a few survivors pin the heap top, as in real use
+    before = rss_kb()
+    del blocks
+    memory.trim()
+    assert rss_kb() < before - 30_000
+    assert len(keep) == 100

@@ -7,6 +7,7 @@ a non-root user on a tree we control): those use a fake procfs root.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -17,10 +18,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psutil
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import loopback
 from readegress.kernel import procfs
-from readegress.kernel.procfs import ProcFs, SocketInodeMap
+from readegress.kernel.procfs import (
+    ProcFs,
+    SocketInodeMap,
+    parse_stat,
+    parse_stat_fields,
+    read_proc_file,
+)
 from readegress.kernel.records import ProcessIdentity
 from readegress.kernel.sockdiag import SockDiag
 
@@ -282,3 +292,76 @@ def test_fake_unreadable_fd_dirs_are_counted_not_guessed(
     m = SocketInodeMap(str(fake.root))
     m.refresh({1000, 2000})
     assert m.unreadable == 0 and m.owners_of(1000)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    comm=st.binary(max_size=16).filter(lambda b: b"\n" not in b),
+    nums=st.lists(st.integers(0, 2**40), min_size=6, max_size=6),
+)
+def test_stat_fields_survive_any_comm(comm: bytes, nums: list[int]) -> None:
+    """comm may hold spaces and parentheses: fields are counted after the last ')'."""
+    ppid, pgrp, sid, flags, ticks, pid = nums
+    fields = [b"S", ppid, pgrp, sid, 0, -1, flags] + [7] * 12 + [ticks, 1, 2]
+    data = b"%d (%s) " % (pid, comm) + b" ".join(
+        f if isinstance(f, bytes) else str(f).encode() for f in fields
+    )
+    got = parse_stat_fields(data)
+    assert got == (comm, ppid, pgrp, sid, flags, ticks)
+    assert parse_stat(data) == (ppid, flags, ticks)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_stat_fields_of_garbage_raise_value_or_index_errors(data: bytes) -> None:
+    # Anything else (a TypeError, an infinite loop) would fail the test.
+    with contextlib.suppress(ValueError, IndexError):
+        parse_stat_fields(data)
+
+
+def test_stat_fields_match_getpgid_and_getsid_of_this_process() -> None:
+    got = parse_stat_fields(read_proc_file(f"/proc/{os.getpid()}/stat"))
+    assert (got.ppid, got.pgrp, got.session) == (os.getppid(), os.getpgid(0), os.getsid(0))
+    assert got.comm == read_proc_file(f"/proc/{os.getpid()}/comm").rstrip(b"\n")
+
+
+@pytest.mark.parametrize("held", [True, False])
+def test_opener_reaped_after_release_keeps_what_was_read_while_it_waited(
+    fake_proc: FakeProc, held: bool
+) -> None:
+    """A permission-held opener is answered after stat, cmdline and exe; if it
+    exits and is reaped before status and loginuid are read, the held reads
+    stand (it could not exit while it waited) and uid/auid are unknown. Without
+    a hold every field is read before anything is answered."""
+    from readegress.kernel.fanotify import read_opener
+
+    fake_proc.add(4242, 777, {})
+    pf = ProcFs(str(fake_proc.root))
+    calls: list[str] = []
+
+    def release() -> None:
+        calls.append("released")
+        fake_proc.remove(4242)  # it runs on, exits and is reaped at once
+
+    o = read_opener(pf, 4242, release=release if held else None)
+    if held:
+        assert calls == ["released"]
+        assert (o.start_ticks, o.executable, o.cmdline, o.ppid) == (
+            777,
+            "/usr/bin/fake",
+            "fake --flag",
+            1,
+        )
+        assert o.uid is None and o.auid is None and o.identified
+    else:
+        assert o.start_ticks == 777 and o.uid == 1000 and o.identified
+
+
+def test_opener_release_is_called_once_even_when_the_process_is_gone(
+    fake_proc: FakeProc,
+) -> None:
+    from readegress.kernel.fanotify import read_opener
+
+    calls: list[int] = []
+    o = read_opener(ProcFs(str(fake_proc.root)), 999, release=lambda: calls.append(1))
+    assert calls == [1] and o.start_ticks is None

@@ -237,6 +237,23 @@ def test_generate_without_constraints(
     assert ctx.cols_used == frozenset({"pid", "name", "uid", "score"})
 
 
+def test_osquery_rows_are_plain_string_maps_converted_while_generated(
+    tables: dict[str, BoundTable],
+) -> None:
+    table = tables["test_procs"]
+    typed = table.rows(QueryContext.of(()))
+    converted = table.to_osquery_rows(typed)
+    streamed = table.osquery_rows(QueryContext.of(()))
+    assert converted == streamed
+    assert all(type(d) is dict and len(d) == len(table.spec.column_names) for d in streamed)
+    assert all(type(v) is str for d in streamed for v in d.values())
+    assert [list(d) for d in streamed] == [list(table.spec.column_names)] * len(streamed)
+    assert streamed[1]["score"] == "" and streamed[0]["score"] == "0.5"
+    # A consumer may add keys to one row without touching the others.
+    streamed[0]["extra"] = "x"
+    assert "extra" not in streamed[1]
+
+
 def test_pid_equals_reaches_the_table_as_a_parsed_constraint(
     core: OsqueryCore, runtime: ExtensionRuntime, tables: dict[str, BoundTable]
 ) -> None:

@@ -101,8 +101,13 @@ def cmd_query(args: argparse.Namespace) -> int:
         _err(f"error: {e}")
         env.close()
         return EXIT_ERROR
+    lines: list[str] | None = None
     try:
-        names, rows = engine.query(args.sql)
+        if args.json:
+            # SQLite encodes the objects itself (see Engine.query_json).
+            lines = engine.query_json(args.sql)
+        if lines is None:
+            names, rows = engine.query(args.sql)
     except SQLError as e:
         _err(f"error: {e}")
         return EXIT_ERROR
@@ -112,7 +117,10 @@ def cmd_query(args: argparse.Namespace) -> int:
             _err(f"warning: {w}")
         env.close()
     out = sys.stdout
-    if args.json:
+    if lines is not None:
+        if lines:
+            out.write("\n".join(lines) + "\n")
+    elif args.json:
         for r in rows:
             out.write(json.dumps(dict(zip(names, r)), default=_format_value) + "\n")
     elif args.csv:

@@ -80,7 +80,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Optional
 
-from readegress.kernel.procfs import PROC_ROOT, ProcFs
+from readegress.kernel.procfs import (
+    PROC_ROOT,
+    ProcFs,
+    parse_stat_fields,
+    read_proc_file,
+    real_uid,
+)
 
 log = logging.getLogger("readegress.kernel.fanotify")
 
@@ -90,6 +96,10 @@ FAN_MODIFY = 0x00000002
 FAN_CLOSE_WRITE = 0x00000008
 FAN_CLOSE_NOWRITE = 0x00000010
 FAN_OPEN = 0x00000020
+FAN_MOVED_FROM = 0x00000040
+FAN_MOVED_TO = 0x00000080
+FAN_CREATE = 0x00000100
+FAN_DELETE = 0x00000200
 FAN_Q_OVERFLOW = 0x00004000
 FAN_OPEN_PERM = 0x00010000
 FAN_ACCESS_PERM = 0x00020000
@@ -103,6 +113,9 @@ FAN_NONBLOCK = 0x00000002
 FAN_CLASS_NOTIF = 0x00000000
 FAN_CLASS_CONTENT = 0x00000004
 FAN_REPORT_PIDFD = 0x00000080
+FAN_REPORT_DIR_FID = 0x00000400
+FAN_REPORT_NAME = 0x00000800
+FAN_REPORT_DFID_NAME = FAN_REPORT_DIR_FID | FAN_REPORT_NAME
 FAN_REPORT_FD_ERROR = 0x00002000
 
 FAN_MARK_ADD = 0x00000001
@@ -119,18 +132,32 @@ FAN_NOFD = -1
 FAN_NOPIDFD = FAN_NOFD
 FAN_EPIDFD = -2
 FANOTIFY_METADATA_VERSION = 3
+FAN_EVENT_INFO_TYPE_DFID_NAME = 2
 FAN_EVENT_INFO_TYPE_PIDFD = 4
 AT_FDCWD = -100
+AT_SYMLINK_FOLLOW = 0x400
+MAX_HANDLE_SZ = 128
 
 #: What the notification group asks for on files and (with FAN_EVENT_ON_CHILD)
 #: on directories. See the module notes for why not FAN_CLOSE_NOWRITE.
 NOTIFY_MASK = FAN_OPEN | FAN_ACCESS
+#: What the entry group asks for on a directory: names appearing and
+#: disappearing (``FAN_ONDIR``: subdirectories too). Opens of its children
+#: raise nothing.
+ENTRY_MASK = FAN_CREATE | FAN_MOVED_TO | FAN_DELETE | FAN_MOVED_FROM | FAN_ONDIR
+#: errnos of ``fanotify_mark``/``name_to_handle_at`` that say "this
+#: filesystem cannot report directory entries by file handle" (no exportfs
+#: support, e.g. some FUSE or pseudo filesystems): such a directory falls back
+#: to a ``FAN_EVENT_ON_CHILD`` mark.
+_NO_FID_ERRNOS = frozenset({errno.EXDEV, errno.EOPNOTSUPP, errno.ENODEV, errno.EINVAL})
 
 _METADATA = struct.Struct("=IBBHQii")
 METADATA_LEN = _METADATA.size  # 24
 _INFO_HEADER = struct.Struct("=BBH")
 _PIDFD_INFO = struct.Struct("=BBHi")
 _RESPONSE = struct.Struct("=iI")
+_FSID = struct.Struct("=ii")
+_HANDLE_HEADER = struct.Struct("=Ii")
 _O_LARGEFILE = getattr(os, "O_LARGEFILE", 0o100000)
 _EVENT_F_FLAGS = os.O_RDONLY | _O_LARGEFILE | os.O_CLOEXEC
 
@@ -167,6 +194,15 @@ class _Libc:
             ctypes.c_char_p,
         ]
         self.mark.restype = ctypes.c_int
+        self.name_to_handle_at = lib.name_to_handle_at
+        self.name_to_handle_at.argtypes = [
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_void_p,
+            ctypes.POINTER(ctypes.c_int),
+            ctypes.c_int,
+        ]
+        self.name_to_handle_at.restype = ctypes.c_int
 
 
 _libc: Optional[_Libc] = None
@@ -196,6 +232,116 @@ def fanotify_mark(group_fd: int, flags: int, mask: int, path: Optional[str]) -> 
         raise OSError(e, os.strerror(e), path)
 
 
+def directory_handle(path: str) -> bytes:
+    """The kernel's file handle of ``path`` (symlinks followed, as
+    ``fanotify_mark`` follows them): ``handle_type`` (4 bytes) then the
+    opaque handle, exactly as a ``FAN_EVENT_INFO_TYPE_DFID_NAME`` record
+    carries it. ``OSError`` when the filesystem has no handles (EOPNOTSUPP).
+    """
+    buf = ctypes.create_string_buffer(_HANDLE_HEADER.size + MAX_HANDLE_SZ)
+    _HANDLE_HEADER.pack_into(buf, 0, MAX_HANDLE_SZ, 0)
+    mount_id = ctypes.c_int(0)
+    rc = _lib().name_to_handle_at(
+        AT_FDCWD,
+        os.fsencode(path),
+        ctypes.addressof(buf),
+        ctypes.byref(mount_id),
+        AT_SYMLINK_FOLLOW,
+    )
+    if rc < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), path)
+    size, _type = _HANDLE_HEADER.unpack_from(buf, 0)
+    return bytes(buf.raw[4 : _HANDLE_HEADER.size + size])
+
+
+def filesystem_id(path: str) -> int:
+    """``statfs(2).f_fsid`` of ``path`` as one 64-bit number (glibc's
+    ``statvfs`` packs both words on 64-bit hosts; :func:`_fsid_of` does the
+    same for an event's fsid, so the two compare equal)."""
+    return int(os.statvfs(path).f_fsid)
+
+
+def _fsid_of(val0: int, val1: int) -> int:
+    return (val0 & 0xFFFFFFFF) | ((val1 & 0xFFFFFFFF) << 32)
+
+
+@dataclass(frozen=True)
+class EntryRecord:
+    """One directory-entry record of a ``FAN_REPORT_DFID_NAME`` group, as read.
+
+    ``handle`` is the parent directory's handle type and bytes (see
+    :func:`directory_handle`), ``name`` the entry's name in it. Events for
+    one name merge while unread: a mask may hold ``FAN_CREATE | FAN_MOVED_FROM``
+    with no order, so a consumer looks at the directory as it is now.
+    """
+
+    mask: int
+    pid: int
+    fsid: int
+    handle: bytes
+    name: str
+
+
+def parse_entry_events(buf: bytes) -> tuple[list[EntryRecord], Optional[str]]:
+    """Split a ``read(2)`` buffer of an entry group into records (pure).
+
+    Entry groups carry no descriptors, so a malformed record simply ends the
+    parse: the records before it and a description of the problem are
+    returned. Overflow records (``FAN_Q_OVERFLOW``, no info) come back with an
+    empty handle and name.
+    """
+    out: list[EntryRecord] = []
+    off = 0
+    n = len(buf)
+    while off + METADATA_LEN <= n:
+        event_len, vers, _res, meta_len, mask, _fd, pid = _METADATA.unpack_from(buf, off)
+        problem = _bad_record(off, n, event_len, vers, meta_len)
+        if problem is not None:
+            return out, f"entry {problem}"
+        fsid, handle, name = 0, b"", ""
+        i = off + meta_len
+        end = off + event_len
+        while i + _INFO_HEADER.size <= end:
+            info_type, _pad, info_len = _INFO_HEADER.unpack_from(buf, i)
+            if info_len < _INFO_HEADER.size or i + info_len > end:
+                return out, f"fanotify entry record at {off}: info length {info_len}"
+            body = i + _INFO_HEADER.size
+            if info_type == FAN_EVENT_INFO_TYPE_DFID_NAME and (
+                body + _FSID.size + _HANDLE_HEADER.size <= i + info_len
+            ):
+                v0, v1 = _FSID.unpack_from(buf, body)
+                hsize, _htype = _HANDLE_HEADER.unpack_from(buf, body + _FSID.size)
+                hstart = body + _FSID.size + 4  # handle_type, then the handle bytes
+                hend = body + _FSID.size + _HANDLE_HEADER.size + hsize
+                if hend > i + info_len:
+                    return out, f"fanotify entry record at {off}: handle of {hsize} bytes"
+                fsid, handle = _fsid_of(v0, v1), bytes(buf[hstart:hend])
+                raw = bytes(buf[hend : i + info_len])
+                name = os.fsdecode(raw.split(b"\0", 1)[0])
+            i += info_len
+        out.append(EntryRecord(mask, pid, fsid, handle, name))
+        off += event_len
+    return out, None
+
+
+@dataclass(frozen=True)
+class EntryEvent:
+    """A name appeared in or left a watched directory (``FAN_CREATE``,
+    ``FAN_MOVED_TO``, ``FAN_DELETE``, ``FAN_MOVED_FROM``, possibly merged;
+    ``FAN_ONDIR`` when the entry is a directory)."""
+
+    time: float
+    mask: int
+    directory: str  # the watched directory, as it was given to the watcher
+    name: str
+    pid: int
+
+    @property
+    def path(self) -> str:
+        return f"{self.directory.rstrip('/')}/{self.name}"
+
+
 @dataclass(frozen=True)
 class RawEvent:
     """One ``fanotify_event_metadata`` record as read: descriptors still open."""
@@ -217,6 +363,21 @@ class FanotifyFormatError(ValueError):
         self.events = events
 
 
+def _bad_record(off: int, n: int, event_len: int, vers: int, meta_len: int) -> Optional[str]:
+    """Why a record header at ``off`` of an ``n``-byte buffer cannot be parsed, or None."""
+    if (
+        vers != FANOTIFY_METADATA_VERSION
+        or event_len < METADATA_LEN
+        or meta_len < METADATA_LEN
+        or off + event_len > n
+    ):
+        return (
+            f"fanotify record at {off}: version {vers}, event_len {event_len},"
+            f" metadata_len {meta_len} (buffer {n} bytes)"
+        )
+    return None
+
+
 def parse_events(buf: bytes) -> list[RawEvent]:
     """Split a ``read(2)`` buffer into records (pure; closes nothing).
 
@@ -231,17 +392,9 @@ def parse_events(buf: bytes) -> list[RawEvent]:
     n = len(buf)
     while off + METADATA_LEN <= n:
         event_len, vers, _res, meta_len, mask, fd, pid = _METADATA.unpack_from(buf, off)
-        if (
-            vers != FANOTIFY_METADATA_VERSION
-            or event_len < METADATA_LEN
-            or meta_len < METADATA_LEN
-            or off + event_len > n
-        ):
-            raise FanotifyFormatError(
-                f"fanotify record at {off}: version {vers}, event_len {event_len},"
-                f" metadata_len {meta_len} (buffer {n} bytes)",
-                out,
-            )
+        problem = _bad_record(off, n, event_len, vers, meta_len)
+        if problem is not None:
+            raise FanotifyFormatError(problem, out)
         pidfd: Optional[int] = None
         i = off + meta_len
         end = off + event_len
@@ -315,57 +468,85 @@ def _read_loginuid(proc_root: str, pid: int) -> Optional[int]:
         os.close(fd)
 
 
-def _pid_call(fn: Callable[[int], int], pid: int) -> Optional[int]:
-    try:
-        return fn(pid)
-    except OSError:
-        return None
-
-
 def read_opener(
     procfs: ProcFs,
     pid: int,
     *,
     deadline: float = float("inf"),
     alive: Optional[Callable[[], bool]] = None,
+    release: Optional[Callable[[], None]] = None,
 ) -> Opener:
     """Read the identity of ``pid`` from /proc, as far as it can be trusted.
 
     ``alive`` (a pidfd poll) is asked right after the start ticks are read:
-    a process still alive then still owns the pid, so the ticks are its own;
-    :meth:`ProcFs.process_info` then checks every later read against those
-    ticks. ``pgid``, ``sid`` and ``auid`` are read before that final check,
-    so they are covered by it too. Past ``deadline`` (``time.monotonic()``)
-    the remaining reads are skipped: a held opener is waiting.
+    a process still alive then still owns the pid, so the ticks are its own.
+    Every later read (cmdline, status, exe, loginuid) is checked by reading
+    the start ticks again at the end: details of a later process reusing the
+    pid are never returned. Past ``deadline`` (``time.monotonic()``) the
+    remaining reads are skipped: a held opener is waiting.
+
+    Five reads and a readlink: ``stat`` gives ppid, process group and session
+    along with the ticks (no getpgid/getsid calls), and each file is read in
+    one ``read``.
+
+    ``release`` (a permission-held opener) is called once what identifies a
+    short-lived process has been read — ``stat``, ``cmdline``, ``exe``, all of
+    which a process loses when it exits — and before ``status``,
+    ``loginuid`` and the final ``stat``, which a zombie still has: the opener
+    waits for three reads instead of six. Those three were read while it
+    waited (the caller checks it had not been answered already), so they stand
+    even if the final check fails because it has exited and been reaped
+    since; uid and auid are then unknown. ``release`` is called on every path.
     """
-    ident = procfs.identity(pid)
-    if ident is None:
-        return Opener(pid)
-    if alive is not None and not alive():
-        return Opener(pid)
-    ticks = ident.start_ticks
-    if time.monotonic() > deadline:
-        return Opener(pid, start_ticks=ticks)
-    pgid = _pid_call(os.getpgid, pid)
-    sid = _pid_call(os.getsid, pid)
+    base = f"{procfs.root}/{pid}"
+    try:
+        try:
+            st = parse_stat_fields(read_proc_file(base + "/stat"))
+        except (OSError, ValueError, IndexError):  # gone, or a zombie being reaped
+            return Opener(pid)
+        if alive is not None and not alive():
+            return Opener(pid)
+        ticks = st.start_ticks
+        if time.monotonic() > deadline:
+            return Opener(pid, start_ticks=ticks)
+        try:
+            cmdline = read_proc_file(base + "/cmdline")
+        except OSError:
+            return Opener(pid, start_ticks=ticks)
+        try:
+            path = os.readlink(base + "/exe")
+        except OSError:
+            path = ""  # another user's process without root, a kernel thread, a zombie
+    finally:
+        if release is not None:
+            release()
+    try:
+        status: Optional[bytes] = read_proc_file(base + "/status")
+    except OSError:
+        status = None
     auid = _read_loginuid(procfs.root, pid)
-    if time.monotonic() > deadline:
-        return Opener(pid, start_ticks=ticks)
-    info = procfs.process_info(ident)
-    if info is None:
-        # Gone (or replaced) during the reads: only the verified ticks stand.
-        return Opener(pid, start_ticks=ticks)
+    try:
+        again = parse_stat_fields(read_proc_file(base + "/stat")).start_ticks
+    except (OSError, ValueError, IndexError):
+        again = None
+    if again != ticks or status is None:
+        if release is None or again is not None:
+            # Gone (or replaced) during the reads: only the verified ticks stand.
+            return Opener(pid, start_ticks=ticks)
+        # Held, then reaped: what was read while it waited is its own.
+        status, auid = None, None
+    uid = real_uid(status) if status is not None else -1
     return Opener(
         pid=pid,
         start_ticks=ticks,
-        ppid=info.ppid,
-        executable=info.path,
+        ppid=st.ppid,
+        executable=path,
         # A zombie or a kernel thread reads as an empty cmdline: unknown, not "".
-        cmdline=info.cmdline or None,
-        uid=info.uid if info.uid >= 0 else None,
+        cmdline=os.fsdecode(cmdline.rstrip(b"\0").replace(b"\0", b" ")) or None,
+        uid=uid if uid >= 0 else None,
         auid=auid,
-        pgid=pgid,
-        sid=sid,
+        pgid=st.pgrp,
+        sid=st.session,
     )
 
 
@@ -387,6 +568,7 @@ class FanotifyEvent:
     size: Optional[int] = None  # st_size of a regular file, from fstat of the event fd
     permission: bool = False  # came from the permission group (opener was held)
     hold_us: Optional[int] = None  # permission events: read → answer, microseconds
+    inode: Optional[tuple[int, int]] = None  # (st_dev, st_ino) from fstat of the event fd
 
     @property
     def pid(self) -> int:
@@ -404,6 +586,13 @@ class FanotifyStats:
     marks_files: int = 0
     marks_dirs: int = 0
     marks_perm: int = 0
+    marks_entry_dirs: int = 0  # directories watched by entry events (no per-open events)
+    entry_available: bool = False  # the entry group (FAN_REPORT_DFID_NAME, Linux 5.9+) exists
+    entry_error: str = ""  # why it does not
+    entry_fallback_dirs: int = 0  # wanted as entry watches, child-marked instead
+    entry_events: int = 0  # entry records read
+    entry_unknown_dir: int = 0  # records whose directory handle matched no watched directory
+    entry_overflows: int = 0  # the entry queue overflowed: entries were lost
     mark_errors: dict[str, int] = field(default_factory=dict)  # errno name -> count
     events: int = 0  # events handed to on_event
     notify_events: int = 0  # notification records read (before filtering)
@@ -517,6 +706,19 @@ class FanotifyWatcher:
     held longer than ``perm_budget`` seconds (and, while the reader is stuck,
     reads and allows the ones queued behind it), and the dispatcher.
     ``permission=False`` creates no permission group at all.
+
+    ``entry_events=True`` (Linux 5.9+) watches ``dirs_to_mark`` and
+    ``entry_dirs`` through a third group instead: ``FAN_CREATE |
+    FAN_MOVED_TO | FAN_DELETE | FAN_MOVED_FROM`` with ``FAN_REPORT_DFID_NAME``
+    tells ``on_entry`` (on the entry reader's thread, so it must be quick)
+    that a name appeared in or left the directory, and opens of its children
+    raise no event at all. The caller marks a new
+    matching file by inode (:meth:`add_file`). A directory whose filesystem
+    cannot report file handles, or a kernel without the group, falls back to
+    a ``FAN_EVENT_ON_CHILD`` mark for ``dirs_to_mark`` (counted in
+    :attr:`FanotifyStats.entry_fallback_dirs`); ``entry_dirs`` are watched
+    by entry events only, never by child marks (they are the directories
+    whose every open would cost: homes, ``/etc``).
     """
 
     def __init__(
@@ -531,8 +733,17 @@ class FanotifyWatcher:
         permission: bool = True,
         proc_root: str = PROC_ROOT,
         close_timeout: float = 1.0,
+        entry_events: bool = False,
+        entry_dirs: Iterable[str] = (),
+        on_entry: Optional[Callable[[EntryEvent], None]] = None,
     ) -> None:
         self._want = (tuple(paths_to_mark), tuple(dirs_to_mark), tuple(perm_paths))
+        self._want_entry = tuple(entry_dirs)
+        self._entry_events = entry_events
+        self._on_entry = on_entry
+        self._entry: Optional[_Group] = None
+        # directory handle -> [(fsid, directory as given)] of the entry marks
+        self._entry_handles: dict[bytes, list[tuple[int, str]]] = {}
         self._on_event = on_event
         self._permission = permission
         self.perm_budget = perm_budget
@@ -547,7 +758,9 @@ class FanotifyWatcher:
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._marks_lock = threading.Lock()
-        self._marked: tuple[set[str], set[str], set[str], set[str]] = (
+        # files, child-marked dirs, permission files, ignore marks, entry dirs
+        self._marked: tuple[set[str], set[str], set[str], set[str], set[str]] = (
+            set(),
             set(),
             set(),
             set(),
@@ -565,6 +778,10 @@ class FanotifyWatcher:
         self._watchdog_idle = False  # waiting with no deadline: must be notified
         # (pid, path) -> monotonic time the permission group answered it.
         self._perm_seen: dict[tuple[int, str], float] = {}
+        # (pid, st_dev, st_ino) -> monotonic time an identified open of that
+        # file by that pid was answered: later opens within
+        # _PERM_REPEAT_SECONDS are allowed on an fstat, without a readlink.
+        self._perm_repeat: dict[tuple[int, int, int], float] = {}
         self._pid = os.getpid()
         #: Test hooks: a held permission event waits on ``_test_stall`` (while
         #: the opener is held) before its identity is read; with
@@ -610,16 +827,31 @@ class FanotifyWatcher:
                 except OSError as e:
                     self._stats.perm_error = f"fanotify_init(FAN_CLASS_CONTENT): {e.strerror}"
                     log.warning("fanotify permission group unavailable: %s", e)
+            entry: Optional[_Group] = None
+            if self._entry_events:
+                try:
+                    entry = _Group(
+                        "entry",
+                        fanotify_init(
+                            FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | FAN_REPORT_DFID_NAME,
+                            os.O_RDONLY | os.O_CLOEXEC,
+                        ),
+                    )
+                except OSError as e:
+                    # EINVAL: a kernel before 5.9 knows no FAN_REPORT_DFID_NAME.
+                    self._stats.entry_error = f"fanotify_init(FAN_REPORT_DFID_NAME): {e.strerror}"
+                    log.warning("fanotify entry group unavailable: %s", e)
             self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         except BaseException:
             notify.close()
             if perm is not None:
                 perm.close()
             raise
-        self._notify, self._perm = notify, perm
+        self._notify, self._perm, self._entry = notify, perm, entry
         self._stats.perm_available = perm is not None
+        self._stats.entry_available = entry is not None
         self._stats.fd_headroom = _fd_headroom()
-        self.set_marks(*self._want)
+        self.set_marks(*self._want, entry_dirs=self._want_entry)
         self._stats.running = True
         specs: list[tuple[str, Callable[[], None]]] = [
             ("fanotify-notify", self._notify_loop),
@@ -627,6 +859,8 @@ class FanotifyWatcher:
         ]
         if self._perm is not None:
             specs += [("fanotify-perm", self._perm_loop), ("fanotify-watchdog", self._watchdog)]
+        if self._entry is not None:
+            specs.append(("fanotify-entry", self._entry_loop))
         for name, target in specs:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -652,7 +886,11 @@ class FanotifyWatcher:
         with contextlib.suppress(OSError):
             os.write(self._stop_w, b"x")
         by_name = {t.name: t for t in self._threads}
-        for name, group in (("fanotify-perm", self._perm), ("fanotify-notify", self._notify)):
+        for name, group in (
+            ("fanotify-perm", self._perm),
+            ("fanotify-notify", self._notify),
+            ("fanotify-entry", self._entry),
+        ):
             t = by_name.get(name)
             if t is not None:
                 _join(t, self._close_timeout)
@@ -695,6 +933,7 @@ class FanotifyWatcher:
         paths_to_mark: Iterable[str],
         dirs_to_mark: Iterable[str],
         perm_paths: Iterable[str] = (),
+        entry_dirs: Iterable[str] = (),
     ) -> MarkChange:
         """Make the marks exactly these (add new ones, remove the others).
 
@@ -706,15 +945,23 @@ class FanotifyWatcher:
         (ENOENT: gone since the caller listed it; ENOSPC: mark limit).
         """
         perm = set(perm_paths) if self._perm is not None else set()
-        # A permission-marked file needs no notification event: its open is
-        # already held and identified. The notification group ignores it (an
-        # ignore mask on its inode also silences a parent directory's mark),
-        # which halves the per-open cost: one event and one thread per open.
-        want = (set(paths_to_mark) - perm, set(dirs_to_mark), set(perm_paths), perm)
-        self._want = (tuple(set(paths_to_mark)), tuple(want[1]), tuple(want[2]))
+        dirs = set(dirs_to_mark)
+        entry_extra = set(entry_dirs)
+        self._want = (tuple(set(paths_to_mark)), tuple(dirs), tuple(set(perm_paths)))
+        self._want_entry = tuple(entry_extra)
         errors: dict[str, int] = {}
         removed = 0
         with self._marks_lock:
+            entry_done: set[str] = set()
+            if self._entry is not None:
+                entry_done, removed = self._mark_entry_dirs(dirs | entry_extra, errors)
+            # Without an entry group (entry_error says why), entry_dirs are
+            # best effort: not watched, not an error each re-mark.
+            # A permission-marked file needs no notification event: its open is
+            # already held and identified. The notification group ignores it (an
+            # ignore mask on its inode also silences a parent directory's mark),
+            # which halves the per-open cost: one event and one thread per open.
+            want = (set(paths_to_mark) - perm, dirs - entry_done, set(perm_paths), perm)
             plan = (
                 (self._notify, NOTIFY_MASK, 0, 0),
                 (self._notify, NOTIFY_MASK | FAN_EVENT_ON_CHILD, FAN_MARK_ONLYDIR, 1),
@@ -745,22 +992,92 @@ class FanotifyWatcher:
                     with contextlib.suppress(OSError):
                         group.mark(FAN_MARK_REMOVE | flags, mask, p)
                     removed += 1
-            self._marked = (done[0], done[1], done[2], done[3])
-            self._stats.marks_files = len(done[0] | done[3])
-            self._stats.marks_dirs = len(done[1])
-            self._stats.marks_perm = len(done[2])
+            self._marked = (done[0], done[1], done[2], done[3], entry_done)
+            self._stats.entry_fallback_dirs = (
+                len(done[1] & (dirs - entry_done)) if self._entry_events else 0
+            )
+            self._count_marks()
             for k2, v in errors.items():
                 self._stats.mark_errors[k2] = self._stats.mark_errors.get(k2, 0) + v
         return MarkChange(len(done[0]), len(done[1]), len(done[2]), removed, errors)
 
+    def _count_marks(self) -> None:
+        m = self._marked
+        self._stats.marks_files = len(m[0] | m[3])
+        self._stats.marks_dirs = len(m[1])
+        self._stats.marks_perm = len(m[2])
+        self._stats.marks_entry_dirs = len(m[4])
+
+    def _mark_entry_dirs(self, want: set[str], errors: dict[str, int]) -> tuple[set[str], int]:
+        """Entry marks on ``want`` (marks lock held): (directories marked, removed).
+
+        A directory whose filesystem has no file handles is left out (the
+        caller child-marks it when it must be watched); its errno is not an
+        error. The handle map is replaced whole: the entry reader looks it up
+        without the lock.
+        """
+        group = self._entry
+        assert group is not None
+        done: set[str] = set()
+        handles: dict[bytes, list[tuple[int, str]]] = {}
+        for d in sorted(want):
+            try:
+                handle = directory_handle(d)
+                fsid = filesystem_id(d)
+                group.mark(FAN_MARK_ADD | FAN_MARK_ONLYDIR, ENTRY_MASK, d)
+            except OSError as e:
+                if e.errno not in _NO_FID_ERRNOS:
+                    name = errno.errorcode.get(e.errno or 0, str(e.errno))
+                    errors[name] = errors.get(name, 0) + 1
+                continue
+            done.add(d)
+            handles.setdefault(handle, []).append((fsid, d))
+        removed = 0
+        for d in sorted(self._marked[4] - done):
+            with contextlib.suppress(OSError):
+                group.mark(FAN_MARK_REMOVE | FAN_MARK_ONLYDIR, ENTRY_MASK, d)
+            removed += 1
+        self._entry_handles = handles
+        return done, removed
+
+    def add_file(self, path: str, *, permission: bool = False) -> bool:
+        """Mark one more file by inode, keeping every other mark (an entry
+        event said it appeared). ``permission``: a ``FAN_OPEN_PERM`` mark (and
+        the notification group's ignore mark), when there is a permission
+        group. False when the mark failed (counted by errno name)."""
+        with self._marks_lock:
+            try:
+                if permission and self._perm is not None:
+                    self._perm.mark(FAN_MARK_ADD, FAN_OPEN_PERM, path)
+                    if self._notify is not None:
+                        self._notify.mark(
+                            FAN_MARK_ADD | FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORED_SURV_MODIFY,
+                            NOTIFY_MASK,
+                            path,
+                        )
+                    self._marked[2].add(path)
+                    self._marked[3].add(path)
+                elif self._notify is not None:
+                    self._notify.mark(FAN_MARK_ADD, NOTIFY_MASK, path)
+                    self._marked[0].add(path)
+                else:
+                    return False
+            except OSError as e:
+                name = errno.errorcode.get(e.errno or 0, str(e.errno))
+                self._stats.mark_errors[name] = self._stats.mark_errors.get(name, 0) + 1
+                return False
+            self._count_marks()
+            return True
+
     def flush_marks(self) -> None:
         """Remove every inode and directory mark of both groups (FAN_MARK_FLUSH)."""
         with self._marks_lock:
-            for group in (self._notify, self._perm):
+            for group in (self._notify, self._perm, self._entry):
                 if group is not None:
                     group.mark(FAN_MARK_FLUSH, 0, None)
-            self._marked = (set(), set(), set(), set())
-            self._stats.marks_files = self._stats.marks_dirs = self._stats.marks_perm = 0
+            self._marked = (set(), set(), set(), set(), set())
+            self._entry_handles = {}
+            self._count_marks()
 
     # -- notification group ---------------------------------------------
 
@@ -846,9 +1163,8 @@ class FanotifyWatcher:
                     openers[ev.pid] = self._notify_opener(ev)
             for ev, path in todo:
                 opener = openers[ev.pid]
-                self._emit(
-                    FanotifyEvent(wall, ev.mask, path, opener, _fd_size(ev.fd)),
-                )
+                size, inode = _fd_stat(ev.fd)
+                self._emit(FanotifyEvent(wall, ev.mask, path, opener, size, inode=inode))
         except Exception:
             self._stats.internal_errors += 1
             log.exception("fanotify notification batch")
@@ -867,6 +1183,55 @@ class FanotifyWatcher:
         if pidfd < 0:  # FAN_EPIDFD: no pidfd for another reason; read unverified
             return read_opener(self._procfs, ev.pid)
         return read_opener(self._procfs, ev.pid, alive=lambda: _pidfd_alive(pidfd))
+
+    # -- entry group -----------------------------------------------------
+
+    def _entry_loop(self) -> None:
+        group = self._entry
+        assert group is not None
+        # One record: metadata, info header, fsid, handle header, handle, name.
+        record_max = METADATA_LEN + 4 + 8 + 8 + MAX_HANDLE_SZ + 256
+        try:
+            self._read_batches(group, 64 * record_max, self._entry_batch)
+        finally:
+            group.close()
+
+    def _entry_batch(self, data: bytes) -> None:
+        wall = time.time()
+        records, problem = parse_entry_events(data)
+        s = self._stats
+        if problem is not None:
+            s.internal_errors += 1
+            log.error("%s", problem)
+        s.entry_events += len(records)
+        handles = self._entry_handles
+        for r in records:
+            if r.mask & FAN_Q_OVERFLOW:
+                # Entries were lost: the consumer should look at the
+                # directories again (an empty directory says "all of them").
+                s.entry_overflows += 1
+                self._emit_entry(EntryEvent(wall, FAN_Q_OVERFLOW, "", "", 0))
+                continue
+            found = handles.get(r.handle, [])
+            same_fs = [d for fsid, d in found if fsid == r.fsid]
+            if len(same_fs) == 1 or (not same_fs and len(found) == 1):
+                d = same_fs[0] if same_fs else found[0][1]
+            else:
+                s.entry_unknown_dir += 1
+                continue
+            self._emit_entry(EntryEvent(wall, r.mask, d, r.name, r.pid))
+
+    def _emit_entry(self, event: EntryEvent) -> None:
+        # Called on this reader thread, not the dispatcher's: entry events are
+        # rare, and a new file is marked as soon as possible (an open that
+        # comes before its mark is not seen).
+        if self._on_entry is None:
+            return
+        try:
+            self._on_entry(event)
+        except Exception:
+            self._stats.callback_errors += 1
+            log.exception("fanotify on_entry")
 
     # -- permission group ------------------------------------------------
 
@@ -890,6 +1255,8 @@ class FanotifyWatcher:
             events = e.events
             self._stats.internal_errors += 1
             log.error("%s", e)
+        if len(events) == 1 and self._perm_fast_repeat(events[0], read_ns):
+            return
         deadline = read_ns / 1e9 + self.perm_budget
         with self._cond:
             for ev in events:
@@ -920,9 +1287,57 @@ class FanotifyWatcher:
             close_event_fds(events)
             self._perm_busy_until = None
 
+    def _perm_fast_repeat(self, ev: RawEvent, read_ns: int) -> bool:
+        """Allow a repeat open at once: the same pid opened the same file
+        (same st_dev and st_ino) within _PERM_REPEAT_SECONDS and was
+        identified then. A process opening a catalogue file in a loop costs
+        an fstat and a response per open: no lock but the group's, no
+        readlink, no identity read. False (nothing done) for anything else:
+        the general path answers it.
+        """
+        fd = ev.fd
+        if fd < 0 or not ev.mask & PERM_EVENTS or ev.pid == self._pid:
+            return False
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return False
+        seen = self._perm_repeat.get((ev.pid, st.st_dev, st.st_ino))
+        if seen is None or read_ns / 1e9 - seen >= _PERM_REPEAT_SECONDS:
+            return False
+        try:
+            group = self._perm
+            if group is not None:
+                group.allow(fd)
+            s = self._stats
+            s.perm_events += 1
+            s.perm_repeats += 1
+            s.perm_answered += 1
+            hold = (time.monotonic_ns() - read_ns) // 1000
+            if hold > s.perm_max_hold_us:
+                s.perm_max_hold_us = hold
+        finally:
+            close_event_fds((ev,))
+        return True
+
     def _perm_event(self, ev: RawEvent, wall: float, deadline: float) -> None:
         opener = Opener(ev.pid)
         path = ""
+        inode: Optional[tuple[int, int]] = None
+        size: Optional[int] = None
+        # Whether the opener was still waiting when its identity's held part
+        # had been read (the watchdog may have answered first), and the hold.
+        released: list[Optional[int]] = []
+        held = False
+
+        def release() -> None:
+            nonlocal held
+            if released:
+                return
+            with self._cond:
+                held = ev.fd in self._pending
+            released.append(self._answer(ev.fd))
+
         try:
             if ev.pid == self._pid:
                 self._stats.self_events += 1
@@ -930,41 +1345,45 @@ class FanotifyWatcher:
             stall = self._test_stall
             if stall is not None:
                 stall.wait()
-            path = fd_path(ev.fd)
-            seen = self._perm_seen.get((ev.pid, path))
-            if seen is not None and time.monotonic() - seen < _PERM_REPEAT_SECONDS:
-                # The same process opened the same file within the last second:
-                # it was identified then, and the read source keeps one read per
-                # (pid, path) per second anyway. Answer at once: a process that
-                # opens a catalogue file in a loop costs a readlink per open,
-                # not a full identity read.
-                self._stats.perm_repeats += 1
-                return
-            opener = read_opener(self._procfs, ev.pid, deadline=deadline)
-            with self._cond:
-                held = ev.fd in self._pending
+            size, inode = _fd_stat(ev.fd)
+            if inode is not None:
+                seen = self._perm_repeat.get((ev.pid, *inode))
+                if seen is not None and time.monotonic() - seen < _PERM_REPEAT_SECONDS:
+                    # The same process opened the same file within the last
+                    # second: it was identified then, and the read source keeps
+                    # one read per (pid, path) per second anyway.
+                    self._stats.perm_repeats += 1
+                    return
+            # The opener waits only for what identifies it (stat, cmdline,
+            # exe); read_opener answers through release() and reads the rest.
+            opener = read_opener(self._procfs, ev.pid, deadline=deadline, release=release)
             if not held:
                 # The watchdog answered during the reads: they may postdate
                 # the opener's release (and its exit), so none is trusted.
                 opener = Opener(ev.pid)
             if time.monotonic() > deadline:
                 self._stats.perm_budget_exceeded += 1
-            # Before the answer: the FAN_OPEN notification of this very open
-            # is raised only once open() returns, after the answer.
-            self._perm_seen[(ev.pid, path)] = time.monotonic()
         finally:
-            hold = self._answer(ev.fd)
-        if len(self._perm_seen) > 4096:
+            release()
+        # Answered: the path (a readlink) and the bookkeeping cost the opener nothing.
+        hold = released[0] if released else None
+        path = fd_path(ev.fd)
+        now = time.monotonic()
+        self._perm_seen[(ev.pid, path)] = now
+        if opener.identified and inode is not None:
+            self._perm_repeat[(ev.pid, *inode)] = now
+        if len(self._perm_seen) > 4096 or len(self._perm_repeat) > 4096:
             self._prune_perm_seen()
-        self._emit(
-            FanotifyEvent(wall, ev.mask, path, opener, _fd_size(ev.fd), True, hold),
-        )
+        self._emit(FanotifyEvent(wall, ev.mask, path, opener, size, True, hold, inode))
 
     def _prune_perm_seen(self) -> None:
         cutoff = time.monotonic() - _PERM_COVER_SECONDS
         for k, t in list(self._perm_seen.items()):
             if t < cutoff:
                 self._perm_seen.pop(k, None)
+        for k2, t in list(self._perm_repeat.items()):
+            if t < cutoff:
+                self._perm_repeat.pop(k2, None)
 
     def _answer(self, event_fd: int, *, watchdog: bool = False) -> Optional[int]:
         """Allow one pending event once; returns the hold in µs (None if answered before)."""
@@ -1062,10 +1481,9 @@ class FanotifyWatcher:
                     hold = self._answer_locked(ev.fd, watchdog=True)
                 if ev.pid != self._pid:
                     path = fd_path(ev.fd)
+                    size, inode = _fd_stat(ev.fd)
                     self._emit(
-                        FanotifyEvent(
-                            wall, ev.mask, path, Opener(ev.pid), _fd_size(ev.fd), True, hold
-                        )
+                        FanotifyEvent(wall, ev.mask, path, Opener(ev.pid), size, True, hold, inode)
                     )
         finally:
             for ev in events:
@@ -1105,13 +1523,13 @@ def _join(t: threading.Thread, timeout: float) -> None:
         t.join(timeout)
 
 
-def _fd_size(fd: int) -> Optional[int]:
-    """st_size of the event fd's file when it is a regular file."""
+def _fd_stat(fd: int) -> tuple[Optional[int], Optional[tuple[int, int]]]:
+    """(st_size when a regular file, (st_dev, st_ino)) of the event fd's file."""
     try:
         st = os.fstat(fd)
     except OSError:
-        return None
-    return st.st_size if stat.S_ISREG(st.st_mode) else None
+        return None, None
+    return (st.st_size if stat.S_ISREG(st.st_mode) else None), (st.st_dev, st.st_ino)
 
 
 def _fd_headroom() -> int:
@@ -1124,12 +1542,20 @@ def _fd_headroom() -> int:
 
 
 __all__ = [
+    "ENTRY_MASK",
     "FAN_ACCESS",
+    "FAN_CREATE",
+    "FAN_DELETE",
     "FAN_EVENT_ON_CHILD",
+    "FAN_MOVED_FROM",
+    "FAN_MOVED_TO",
+    "FAN_ONDIR",
     "FAN_OPEN",
     "FAN_OPEN_PERM",
     "FAN_Q_OVERFLOW",
     "NOTIFY_MASK",
+    "EntryEvent",
+    "EntryRecord",
     "FanotifyEvent",
     "FanotifyStats",
     "FanotifyWatcher",
@@ -1137,9 +1563,11 @@ __all__ = [
     "Opener",
     "RawEvent",
     "close_event_fds",
+    "directory_handle",
     "fanotify_init",
     "fanotify_mark",
     "fd_path",
+    "parse_entry_events",
     "parse_events",
     "read_opener",
 ]

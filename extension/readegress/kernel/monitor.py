@@ -29,20 +29,19 @@ count as sockets with no bytes.
 
 from __future__ import annotations
 
-import dataclasses
-import gc
 import logging
+import operator
 import os
 import socket
 import threading
 import time
+import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
-from readegress.kernel import netns
+from readegress.kernel import memory, netns
 from readegress.kernel.procfs import Holders, ProcFs, SocketInodeMap
 from readegress.kernel.records import (
     ClosedTotals,
@@ -64,20 +63,41 @@ log = logging.getLogger("readegress.kernel.monitor")
 
 #: uid of closed sockets no poll saw: destroy notifications carry uid 0.
 UNKNOWN_UID = -1
-DEFAULT_MAX_IDENTITIES = 65536
+#: Exited processes whose closed-socket totals are kept (least recently active
+#: evicted first, counted in ``evicted``): ~700 bytes each with a short
+#: cmdline (measured), so at most ~6 MB on a host that runs many short-lived
+#: networked processes (65,536 would have allowed ~45 MB).
+DEFAULT_MAX_IDENTITIES = 8192
 _TCP = socket.IPPROTO_TCP
 
 # ObservedSocket is built once per socket per poll (20,000 at a time); see
-# sockdiag._SOCKETINFO_FIELDS for why the frozen-dataclass __init__ is skipped.
-if (
-    tuple(f.name for f in dataclasses.fields(ObservedSocket))
-    != ("socket", "net_namespace", "owners", "first_seen", "age_seconds")
-    or hasattr(ObservedSocket, "__post_init__")
-    or hasattr(ObservedSocket, "__slots__")
+# sockdiag._SOCKETINFO_FIELDS for why it is built by tuple.__new__.
+if ObservedSocket._fields != (
+    "socket",
+    "net_namespace",
+    "owners",
+    "first_seen",
+    "age_seconds",
 ):  # pragma: no cover - guards the contract with records.py
     raise ImportError("records.ObservedSocket changed: update monitor's fast record builder")
-_new = object.__new__
-_set_dict = object.__setattr__
+_new = tuple.__new__
+_INODE_UID = operator.itemgetter(SocketInfo._fields.index("inode"), SocketInfo._fields.index("uid"))
+
+
+class _Tracked(NamedTuple):
+    """What the monitor keeps of a live socket between polls: enough for its
+    first-seen time and to attribute its destroy notification. A fifth of an
+    :class:`ObservedSocket` with its :class:`SocketInfo`, so a poll's records
+    are freed once its callers are done with them."""
+
+    first_seen: float
+    owners: tuple[SocketOwner, ...]
+    uid: int
+    bytes_sent: Optional[int]
+    bytes_received: Optional[int]
+    #: the fd map's holders tuple the owners were built from: while the map
+    #: hands out the same object, the owners are still right
+    holders: Optional[Holders]
 
 
 @dataclass(frozen=True)
@@ -88,23 +108,6 @@ class MonitorSnapshot:
     sockets: tuple[ObservedSocket, ...]
     unreadable_processes: int  # processes whose fd directory could not be listed
     warnings: tuple[str, ...]  # why some data is missing (permissions, overruns)
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    # A poll allocates 3 tracked objects per socket (SocketInfo, ObservedSocket
-    # and its dict) that live until the next poll: at 20k sockets the cyclic
-    # GC would run dozens of young and several full collections mid-poll that
-    # find nothing to free (measured: warm poll 250 -> 177 ms median). The
-    # pause is process-wide, so it is short (one poll) and GC is re-enabled
-    # only if it was on.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 class SocketMonitor:
@@ -143,10 +146,10 @@ class SocketMonitor:
         self._poll_lock = threading.Lock()
         self._state_lock = threading.Lock()
         # Poll state (under _state_lock).
-        # cookie -> the last poll's observation of it: first_seen for the next
+        # cookie -> what the last poll saw of it: first_seen for the next
         # poll, owners and counters for destroy attribution. Cookies not in a
         # poll (closed) are dropped with it.
-        self._seen: dict[int, ObservedSocket] = {}
+        self._seen: dict[int, _Tracked] = {}
         self._polling = False
         self._pending: list[SocketInfo] = []
         self._closed_totals: OrderedDict[ProcessIdentity, ClosedTotals] = OrderedDict()
@@ -164,10 +167,13 @@ class SocketMonitor:
         self._subscribe_failures: dict[int, str] = {}
         # Poll-thread-only caches.
         self._infos: dict[ProcessIdentity, Optional[ProcessInfo]] = {}
-        # inode -> (holders tuple from the fd map, owners built from it); the fd
-        # map keeps a holders tuple object while it is unchanged.
-        self._owner_cache: dict[int, tuple[Holders, tuple[SocketOwner, ...]]] = {}
-        self._last: Optional[MonitorSnapshot] = None
+        self._last_info: tuple[object, Optional[ProcessInfo]] = (None, None)
+        # False for one poll after a process exec'd: owner tuples embed
+        # ProcessInfo, so every one is rebuilt from the fresh infos.
+        self._reuse_owners = True
+        # The last poll, while any caller still holds it (a snapshot of 20k
+        # sockets is megabytes: the monitor itself never keeps one alive).
+        self._last: Optional[weakref.ref[MonitorSnapshot]] = None
         self._last_started = -1.0
         # Background machinery.
         self._started = False
@@ -184,13 +190,14 @@ class SocketMonitor:
         with self._poll_lock:
             if self._closed:
                 raise RuntimeError("SocketMonitor is closed")
-            last = self._last
+            last = self._last() if self._last is not None else None
             if last is not None and self._last_started >= asked:
                 return last  # a poll that started after this call: as fresh as a new one
             self._last_started = time.monotonic()
-            with _gc_paused():
+            # A poll allocates 3 tracked objects per socket: see memory.gc_paused.
+            with memory.gc_paused():
                 snap = self._poll()
-            self._last = snap
+            self._last = weakref.ref(snap)
             return snap
 
     def _poll(self) -> MonitorSnapshot:
@@ -212,7 +219,10 @@ class SocketMonitor:
             self._diags.prune(namespaces)
             if self._started:
                 self._sync_listeners(namespaces)
-            uids = {s.inode: s.uid for _, socks in dumps for s in socks}
+            # inode -> uid, built in C: SocketInfo is a tuple (fields 7 and 9).
+            uids: dict[int, int] = {}
+            for _, socks in dumps:
+                uids.update(map(_INODE_UID, socks))
             uids.pop(0, None)  # sockets without a file (accept queue, orphans)
             live = uids.keys()
             self.fdmap.refresh(live, uids)
@@ -254,26 +264,28 @@ class SocketMonitor:
 
     def _observe(
         self, dumps: list[tuple[int, list[SocketInfo]]], now: float
-    ) -> tuple[list[ObservedSocket], dict[int, ObservedSocket], int]:
+    ) -> tuple[list[ObservedSocket], dict[int, _Tracked], int]:
         """Attach owners and ages; the per-socket hot loop of a poll.
 
-        Allocates one ObservedSocket (and its dict) per socket and nothing
-        else in the common case: owner tuples are reused while the fd map's
-        holders tuple for the inode is the same object.
+        Allocates one ObservedSocket and one _Tracked per socket and nothing
+        else in the common case: a socket's owner tuple is reused from the
+        last poll's _Tracked while the fd map's holders tuple for its inode is
+        the same object (no cache of its own: the state kept between polls is
+        one record per socket).
         """
         owners_index = self.fdmap.owners
         old_seen = self._seen
-        old_owner_cache = self._owner_cache
-        owner_cache: dict[int, tuple[Holders, tuple[SocketOwner, ...]]] = {}
+        reuse = self._reuse_owners
+        self._reuse_owners = True
         procfs = self.procfs
         # A socket cannot be older than the system: caps junk last-data ages.
         uptime = max(0.0, now - procfs.boot_time)
-        seen: dict[int, ObservedSocket] = {}
+        seen: dict[int, _Tracked] = {}
         out: list[ObservedSocket] = []
         append = out.append
         new = _new
-        set_dict = _set_dict
         cls = ObservedSocket
+        tracked = _Tracked
         no_owners: tuple[SocketOwner, ...] = ()
         unresolved = 0
         for ns, socks in dumps:
@@ -296,39 +308,56 @@ class SocketMonitor:
                     owners = no_owners
                     unresolved += 1
                 else:
-                    cached = old_owner_cache.get(inode)
-                    if cached is None or cached[0] is not holders:
-                        cached = (holders, self._owners(holders))
-                    owner_cache[inode] = cached
-                    owners = cached[1]
+                    if reuse and prev is not None and prev.holders is holders:
+                        owners = prev.owners
+                    else:
+                        owners = self._owners(holders)
                     if not owners:
                         unresolved += 1
-                obs = new(cls)
-                set_dict(
-                    obs,
-                    "__dict__",
-                    {
-                        "socket": s,
-                        "net_namespace": ns,
-                        "owners": owners,
-                        "first_seen": fs,
-                        "age_seconds": age,
-                    },
-                )
-                append(obs)
-                seen[cookie] = obs
-        self._owner_cache = owner_cache
+                append(new(cls, (s, ns, owners, fs, age)))
+                sent = s.bytes_sent
+                received = s.bytes_received
+                if (
+                    prev is not None
+                    and prev.owners is owners
+                    and prev.bytes_sent == sent
+                    and prev.bytes_received == received
+                    and prev.holders is holders
+                ):
+                    # An idle socket keeps its record: the state kept between
+                    # polls is not reallocated among each poll's short-lived
+                    # objects (less fragmentation, fewer allocations).
+                    seen[cookie] = prev
+                else:
+                    seen[cookie] = new(tracked, (fs, owners, s.uid, sent, received, holders))
         return out, seen, unresolved
 
     def _owners(self, holders: Holders) -> tuple[SocketOwner, ...]:
-        owners = []
+        # Runs once per socket on a first poll (20k times): the fd map hands
+        # out one ProcessIdentity object per process, so an identity seen
+        # last time is recognised by ``is`` before it is hashed (a dataclass
+        # hash is a Python call), and the common single holder skips the list.
         infos = self._infos
-        for ident, fd in holders:
-            if ident in infos:
-                info = infos[ident]
+        last = self._last_info
+        if len(holders) == 1:
+            ident, fd = holders[0]
+            if last[0] is ident:
+                info = last[1]
             else:
+                try:
+                    info = infos[ident]
+                except KeyError:
+                    info = infos[ident] = self.procfs.process_info(ident)
+                self._last_info = (ident, info)
+            # None: exited between the fd scan and now
+            return () if info is None else (_new(SocketOwner, (info, fd)),)
+        owners = []
+        for ident, fd in holders:
+            try:
+                info = infos[ident]
+            except KeyError:
                 info = infos[ident] = self.procfs.process_info(ident)
-            if info is not None:  # None: exited between the fd scan and now
+            if info is not None:
                 owners.append(SocketOwner(info, fd))
         return tuple(owners)
 
@@ -354,9 +383,10 @@ class SocketMonitor:
                     continue
             kept[ident] = info
         self._infos = kept
+        self._last_info = (None, None)
         if stale:
             # Owner tuples embed ProcessInfo: rebuild them from the fresh infos.
-            self._owner_cache = {}
+            self._reuse_owners = False
 
     # ------------------------------------------------------- destroyed sockets
 
@@ -376,7 +406,7 @@ class SocketMonitor:
             else:
                 self._attribute(info, None)
 
-    def _attribute(self, info: SocketInfo, fallback: Optional[dict[int, ObservedSocket]]) -> None:
+    def _attribute(self, info: SocketInfo, fallback: Optional[dict[int, _Tracked]]) -> None:
         # Caller holds _state_lock.
         cookie = info.cookie
         seen = self._seen.pop(cookie, None)
@@ -390,15 +420,15 @@ class SocketMonitor:
                 # SO_LINGER 0, i.e. an RST; a listener closing with unaccepted
                 # connections) has its counters zeroed before the destroy
                 # notification: the last poll's counters are a lower bound.
-                sent = max(sent, seen.socket.bytes_sent or 0)
-                received = max(received, seen.socket.bytes_received or 0)
+                sent = max(sent, seen.bytes_sent or 0)
+                received = max(received, seen.bytes_received or 0)
         else:  # UDP keeps no byte counters: the socket is counted, bytes are not
             sent = received = 0
         if seen is not None and seen.owners:
             for owner in {o.process.identity: o.process for o in seen.owners}.values():
                 self._add_closed(owner, sent, received)
             return
-        uid = seen.socket.uid if seen is not None else UNKNOWN_UID
+        uid = seen.uid if seen is not None else UNKNOWN_UID
         t = self._unattributed.get(uid)
         self._unattributed[uid] = (
             ClosedTotals(1, sent, received)
@@ -504,6 +534,10 @@ class SocketMonitor:
         while not self._stop.is_set():
             try:
                 self.snapshot()
+                # Whatever the last poll and table calls freed (a 20k-row
+                # answer is tens of MB) goes back to the system here, so the
+                # extension's RSS returns to its steady size within a poll.
+                memory.trim()
             except RuntimeError:
                 if self._closed:
                     return

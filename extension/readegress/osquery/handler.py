@@ -96,8 +96,7 @@ class TableExtensionHandler:
             log.warning("%s: malformed query context from osquery: %s", item, e)
             return self._fail(f"{item}: malformed query context: {e}")
         try:
-            rows = self.calls.generate(item, ctx)
-            response = table.to_osquery_rows(rows)
+            response = self.calls.generate_osquery(item, ctx)
         except TableCallError as e:
             # TableCalls has already logged it, with the table name.
             return self._fail(str(e))

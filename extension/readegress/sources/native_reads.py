@@ -16,17 +16,32 @@ What gets marked (:func:`expand_catalogue`), and why:
   (``/var/lib/postgresql``, ``/home/staff/bob``) is listed in
   :attr:`MarkPlan.homes_outside` and counted, not marked.
 * Globs are expanded on the filesystem. Existing matching files get inode
-  marks. A directory whose children a glob ends in a wildcard for
-  (``~/.ssh/id_*``), or whose named file does not exist yet
-  (``~/.aws/credentials`` with ``~/.aws`` present), gets a directory mark
-  with ``FAN_EVENT_ON_CHILD``, so a key created later is seen at once.
-  Directory marks report every child (``known_hosts`` next to ``id_rsa``):
-  events are matched against the catalogue again here.
-* Never a directory mark on ``/``, a top-level directory (``/etc``: every
+  marks; nothing else in their directories raises an event when opened.
+* Directories are watched for *entries* (``dir_watch="entry"``, the default,
+  Linux 5.9+): ``FAN_CREATE | FAN_MOVED_TO | FAN_DELETE | FAN_MOVED_FROM``
+  with ``FAN_REPORT_DFID_NAME`` on every directory a glob ends in a wildcard
+  for (``~/.ssh/id_*``), whose named file does not exist yet
+  (``~/.aws/credentials`` with ``~/.aws`` present), or that holds a marked
+  file (:attr:`MarkPlan.entry_dirs`). A matching file created or renamed
+  into place is marked by inode as soon as its entry event is read
+  (milliseconds); ``/etc/shadow`` replaced by a rename (shadow-utils does
+  that) is re-marked at once. A marked file renamed away (or hard-linked
+  elsewhere) keeps its inode mark, and its reads are reported under the
+  catalogue name it had (:attr:`NativeReadStats.renamed_reads`); the rename
+  itself is counted (``renamed_away``). A new subdirectory, or lost entry
+  events (queue overflow), bring the next re-mark forward.
+* Where entry events are unavailable (older kernel, a filesystem without
+  file handles) or with ``dir_watch="child"``, a directory that must be
+  watched gets a ``FAN_EVENT_ON_CHILD`` mark instead: every child's open is
+  then reported (``known_hosts`` next to ``id_rsa``) and matched against the
+  catalogue again here — the per-open cost entry watching removes.
+* Never a child mark on ``/``, a top-level directory (``/etc``: every
   process opens ``/etc/ld.so.cache``) or a home directory itself: a file
-  there (``/etc/shadow``, ``~/.netrc``) gets an inode mark, and if it is
-  replaced by a rename (shadow-utils does that) the new inode is marked at
-  the next re-mark (``remark_interval``, 30 s by default).
+  there (``/etc/shadow``, ``~/.netrc``) gets an inode mark and, with child
+  marks only, a file replaced by a rename is marked again at the next
+  re-mark (``remark_interval``, 30 s by default). Entry watching covers
+  those directories too (never ``/``): a name appearing there costs one
+  event, an open costs nothing.
 * ``**`` globs walk the tree below their literal prefix without following
   directory symlinks, within ``walk_budget`` directory entries per
   expansion (a truncated walk is reported: files past the budget are not
@@ -54,9 +69,10 @@ import logging
 import os
 import re
 import socket
+import stat
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Optional
@@ -66,6 +82,10 @@ from readegress.detect.config import Config
 from readegress.detect.events import Proc, SensitiveRead
 from readegress.kernel.fanotify import (
     DEFAULT_PERM_BUDGET,
+    FAN_MOVED_FROM,
+    FAN_ONDIR,
+    FAN_Q_OVERFLOW,
+    EntryEvent,
     FanotifyEvent,
     FanotifyWatcher,
     Opener,
@@ -80,6 +100,11 @@ DEFAULT_MAX_PERM_MARKS = 256
 DEFAULT_WALK_BUDGET = 50_000
 DEFAULT_REMARK_SECONDS = 30.0
 DEFAULT_MERGE_SECONDS = 1.0
+#: Inodes of marked files renamed away that are still mapped to their catalogue name.
+MAX_MOVED_INODES = 1024
+#: Seconds a re-mark brought forward (new subdirectory, lost entries) waits
+#: for the burst that caused it to settle.
+_REMARK_SOON_DELAY = 0.2
 #: uid from which /etc/passwd entries are people (Debian/RHEL UID_MIN).
 MIN_HUMAN_UID = 1000
 #: How many directory levels a ``**`` walk descends below its literal prefix:
@@ -147,6 +172,10 @@ class MarkPlan:
     skipped: int  # files and directories over max_marks (or perm over max_perm_marks)
     dirs_refused: int  # directories not marked: /, top-level, or a home itself
     walk_truncated: bool  # the walk ran out of walk_budget entries
+    #: directories watched for entries (created/renamed/deleted names) when
+    #: entry events are available: ``dirs``, the parents of marked files, and
+    #: refused directories other than ``/`` (see the module notes)
+    entry_dirs: tuple[str, ...] = ()
 
 
 class _Budget:
@@ -258,6 +287,15 @@ def _expand_deep(pattern: str, comps: list[str], budget: _Budget) -> tuple[list[
     return files, sorted(watch)
 
 
+def permission_class_names(
+    catalogue: Catalogue, permission_classes: Optional[Iterable[str]]
+) -> set[str]:
+    """The classes whose files get permission marks (None: every ``high`` class)."""
+    if permission_classes is None:
+        return {c.name for c in catalogue.classes if c.level == "high"}
+    return set(permission_classes)
+
+
 def _markable_dir(d: str, homes: set[str]) -> bool:
     """Not /, not a top-level directory, not a home itself (see the module notes)."""
     return d.count("/") >= 2 and d not in homes and not _HOME_RX.match(d)
@@ -292,15 +330,12 @@ def expand_catalogue(
     home_set = set(h.homes)
     budget = _Budget(walk_budget)
     weight = {c.name: c.weight for c in catalogue.classes}
-    perm_cls = (
-        {c.name for c in catalogue.classes if c.level == "high"}
-        if permission_classes is None
-        else set(permission_classes)
-    )
+    perm_cls = permission_class_names(catalogue, permission_classes)
 
     files: dict[str, str] = {}
     dir_weight: dict[str, int] = {}
     refused = 0
+    refused_dirs: set[str] = set()
     for c in catalogue.classes:  # heaviest first
         for pattern in c.paths:
             for p in expand_braces(pattern):
@@ -320,6 +355,7 @@ def expand_catalogue(
                             dir_weight[d] = c.weight
                         else:
                             refused += 1
+                            refused_dirs.add(d)
     extra: list[str] = []
     for p in extra_paths:
         p = os.path.normpath(p)
@@ -334,6 +370,8 @@ def expand_catalogue(
                 dir_weight.setdefault(d, max(weight.values(), default=0) + 1)
             else:
                 refused += 1
+                if os.path.isdir(d):
+                    refused_dirs.add(d)
 
     top = max(weight.values(), default=0) + 1  # explicit paths come first
     ranked: list[tuple[int, int, str, bool]] = [
@@ -350,8 +388,12 @@ def expand_catalogue(
     perm = tuple(sorted(r[2] for r in perm_ranked[:max_perm_marks]))
     skipped += max(0, len(perm_ranked) - max_perm_marks)
 
+    entry = set(kept_dirs) | {os.path.dirname(f) for f in kept_files} | refused_dirs
+    entry.discard("/")
+    entry_dirs = tuple(sorted(entry)[:max_marks])
+
     aliases: dict[str, str] = {}
-    for p in (*kept_files, *kept_dirs):
+    for p in (*kept_files, *kept_dirs, *entry_dirs):
         real = os.path.realpath(p)
         if real != p:
             aliases[real] = p
@@ -366,6 +408,7 @@ def expand_catalogue(
         skipped=skipped,
         dirs_refused=refused,
         walk_truncated=budget.exhausted,
+        entry_dirs=entry_dirs,
     )
 
 
@@ -390,6 +433,17 @@ class NativeReadStats:
     marks_files: int = 0
     marks_dirs: int = 0
     marks_perm: int = 0
+    marks_entry_dirs: int = 0  # directories watched for entries (no per-open events)
+    dir_watch: str = ""  # "entry" or "child" (what was asked for)
+    entry_available: bool = False
+    entry_error: str = ""
+    entry_fallback_dirs: int = 0  # directories child-marked because entry events failed there
+    entry_events: int = 0  # entry events handed to this source
+    entry_marked: int = 0  # files marked because an entry event named them
+    renamed_away: int = 0  # marked files renamed out of their catalogue name
+    deleted_marked: int = 0  # marked files deleted (unlinked from their name)
+    renamed_reads: int = 0  # reads of a marked inode found under another name
+    entry_overflows: int = 0
     marks_skipped: int = 0
     dirs_refused: int = 0
     walk_truncated: bool = False
@@ -445,8 +499,12 @@ class NativeReadSource:
         max_marks: int = DEFAULT_MAX_MARKS,
         max_perm_marks: int = DEFAULT_MAX_PERM_MARKS,
         walk_budget: int = DEFAULT_WALK_BUDGET,
+        dir_watch: str = "entry",
     ) -> None:
+        if dir_watch not in ("entry", "child"):
+            raise ValueError(f"dir_watch must be 'entry' or 'child', not {dir_watch!r}")
         self.host = host or socket.gethostname()
+        self.dir_watch = dir_watch
         self._config = config
         self._on_read = on_read
         self._extra = tuple(extra_paths)
@@ -464,6 +522,13 @@ class NativeReadSource:
         # (pid, path) -> (monotonic time, start ticks, executable) of the last read emitted
         self._recent: dict[tuple[int, str], tuple[float, Optional[int], str]] = {}
         self._next_prune = 0.0
+        # Marked files by name and by inode (st_dev, st_ino), rebuilt at every
+        # expansion and extended by entry events; inodes renamed away keep
+        # their catalogue name in _moved (bounded, oldest out first).
+        self._names: dict[str, tuple[int, int]] = {}
+        self._inodes: dict[tuple[int, int], str] = {}
+        self._moved: OrderedDict[tuple[int, int], str] = OrderedDict()
+        self._remark_soon = threading.Event()
 
     @property
     def plan(self) -> Optional[MarkPlan]:
@@ -476,6 +541,7 @@ class NativeReadSource:
 
     def start(self) -> None:
         plan = self._expand(self._config)
+        entry = self.dir_watch == "entry"
         w = FanotifyWatcher(
             plan.files,
             plan.dirs,
@@ -484,6 +550,9 @@ class NativeReadSource:
             perm_budget=self._perm_budget,
             # No permission group when nothing may ever be held.
             permission=self._perm_classes != () or bool(self._extra),
+            entry_events=entry,
+            entry_dirs=plan.entry_dirs if entry else (),
+            on_entry=self._on_entry,
         )
         self._plan = plan
         w.start()
@@ -497,6 +566,7 @@ class NativeReadSource:
 
     def close(self) -> None:
         self._stop.set()
+        self._remark_soon.set()
         if self._remarker is not None:
             self._remarker.join(5.0)
         w = self._watcher
@@ -522,7 +592,12 @@ class NativeReadSource:
             plan = self._expand(self._config)
             # Swap the plan only after the marks: events of new marks are
             # filtered with the new plan, and the old aliases stay valid until then.
-            w.set_marks(plan.files, plan.dirs, plan.perm_files)
+            w.set_marks(
+                plan.files,
+                plan.dirs,
+                plan.perm_files,
+                plan.entry_dirs if self.dir_watch == "entry" else (),
+            )
             self._plan = plan
             self._record(plan, w)
             return plan
@@ -549,6 +624,12 @@ class NativeReadSource:
             s.marks_files = ws.marks_files
             s.marks_dirs = ws.marks_dirs
             s.marks_perm = ws.marks_perm
+            s.marks_entry_dirs = ws.marks_entry_dirs
+            s.entry_available = ws.entry_available
+            s.entry_error = ws.entry_error
+            s.entry_fallback_dirs = ws.entry_fallback_dirs
+            s.entry_overflows = ws.entry_overflows
+        s.dir_watch = self.dir_watch
         return s
 
     # -- internals -------------------------------------------------------
@@ -564,6 +645,15 @@ class NativeReadSource:
             max_perm_marks=max_perm,
             walk_budget=walk,
         )
+        names: dict[str, tuple[int, int]] = {}
+        for f in plan.files:
+            try:
+                st = os.stat(f)  # follows symlinks, as the mark does
+            except OSError:
+                continue
+            names[f] = (st.st_dev, st.st_ino)
+        self._names = names
+        self._inodes = {ino: f for f, ino in names.items()}
         self._stats.remark_seconds = time.monotonic() - t
         return plan
 
@@ -578,7 +668,14 @@ class NativeReadSource:
         s.running = True
 
     def _remark_loop(self) -> None:
-        while not self._stop.wait(self.remark_interval):
+        while not self._stop.is_set():
+            soon = self._remark_soon.wait(self.remark_interval)
+            if self._stop.is_set():
+                return
+            if soon:
+                # Brought forward by an entry event: let its burst settle.
+                self._stop.wait(_REMARK_SOON_DELAY)
+                self._remark_soon.clear()
             try:
                 self.update()
             except Exception:
@@ -594,8 +691,14 @@ class NativeReadSource:
             return
         path = catalogue_path(plan, ev.path)
         if path not in plan.extra and self._config.catalogue.match(path) is None:
-            s.unmatched += 1
-            return
+            named = self._inode_name(ev.inode)
+            if named is None:
+                s.unmatched += 1
+                return
+            # A marked file read under another name (renamed away, a hard
+            # link): it is still the catalogue file it was marked as.
+            s.renamed_reads += 1
+            path = named
         o = ev.opener
         now = time.monotonic()
         key = (o.pid, path)
@@ -630,6 +733,61 @@ class NativeReadSource:
         except Exception:
             s.callback_errors += 1
             log.exception("native read consumer")
+
+    def _inode_name(self, inode: Optional[tuple[int, int]]) -> Optional[str]:
+        if inode is None:
+            return None
+        return self._inodes.get(inode) or self._moved.get(inode)
+
+    def _on_entry(self, ev: EntryEvent) -> None:
+        """A name appeared in or left a watched directory: mark a new matching
+        file by inode; notice a marked file leaving its name.
+
+        Masks of one name merge while unread (``FAN_CREATE | FAN_MOVED_FROM``
+        has no order), so the decision is taken on the directory as it is now.
+        """
+        s = self._stats
+        s.entry_events += 1
+        plan, w = self._plan, self._watcher
+        if ev.mask & (FAN_Q_OVERFLOW | FAN_ONDIR):
+            # Lost entries, or a new subdirectory deeper globs may reach into.
+            self._remark_soon.set()
+            return
+        if plan is None or w is None:
+            return
+        path = catalogue_path(plan, ev.path)
+        try:
+            st: Optional[os.stat_result] = os.stat(ev.path)
+        except OSError:
+            st = None
+        inode = None if st is None else (st.st_dev, st.st_ino)
+        known = self._names.get(path)
+        if known is not None and known != inode:
+            del self._names[path]
+            if ev.mask & FAN_MOVED_FROM:
+                s.renamed_away += 1
+                self._moved[known] = path
+                self._moved.move_to_end(known)
+                while len(self._moved) > MAX_MOVED_INODES:
+                    self._moved.popitem(last=False)
+                log.info("marked file %s was renamed away; its reads stay %s", path, path)
+            else:
+                s.deleted_marked += 1
+        if st is None or inode is None or inode == known or not stat.S_ISREG(st.st_mode):
+            return
+        extra = path in plan.extra
+        cls = self._config.catalogue.match(path)
+        if cls is None and not extra:
+            return
+        perm_classes = permission_class_names(self._config.catalogue, self._perm_classes)
+        limit = self._limits[1]
+        permission = (extra or (cls is not None and cls.name in perm_classes)) and (
+            w.stats().marks_perm < limit
+        )
+        if w.add_file(ev.path, permission=permission):
+            s.entry_marked += 1
+            self._names[path] = inode
+            self._inodes[inode] = path
 
     def _prune(self, now: float) -> None:
         cutoff = now - self.merge_seconds

@@ -42,7 +42,7 @@ def open_local_engine(
         names = [n for n in load_specs() if n in low]
     tables = load_tables(env, names)
     calls = TableCalls(tables, timeout=timeout)
-    engine = Engine()
+    engine = Engine(bulk=True)
     for table in tables.values():
         engine.register(LocalSource(table, calls))
     return engine, calls
