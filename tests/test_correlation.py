@@ -143,7 +143,12 @@ def test_lineage_pipeline_siblings_with_encoder() -> None:
         fork(90, 31, 30),
         execve(90, 31, "/usr/bin/tar"),
         fork(90, 32, 30),
-        execve(90, 32, "/usr/bin/openssl"),
+        Exec(
+            "h1",
+            90,
+            Proc(pid=32, executable="/usr/bin/openssl", cmdline="openssl enc -aes-256-cbc -k x"),
+            "test",
+        ),
         fork(90, 33, 30),
         execve(90, 33, "/usr/bin/curl"),
         read(100, 31, "/home/alice/.aws/credentials", ppid=30, exe="/usr/bin/tar"),
@@ -152,15 +157,17 @@ def test_lineage_pipeline_siblings_with_encoder() -> None:
     dets, _ = run(events)
     assert len(dets) == 1
     d = dets[0]
-    assert d.scope == "lineage" and d.reader_executable == "/usr/bin/tar"
-    assert "encoder_in_lineage" in d.reasons
+    # osquery rows: siblings exec'd within a second are one pipeline.
+    assert d.scope == "pipeline" and d.reader_executable == "/usr/bin/tar"
+    assert {"encoder_in_chain", "encryptor_in_chain"} <= set(d.reasons)
+    assert "pipe_shared" not in d.reasons  # no descriptors in osquery rows
 
 
-def test_lineage_process_group() -> None:
+def test_session_process_group() -> None:
     dets, _ = run(
         [read(100, 41, ppid=2000, pgid=40, uid=5), connect(101, 42, pgid=40, ppid=3000, uid=6)]
     )
-    assert [d.scope for d in dets] == ["lineage"]
+    assert [d.scope for d in dets] == ["session"]
 
 
 def test_user_scope_by_auid_then_uid() -> None:
@@ -353,9 +360,9 @@ def test_one_detection_per_chain_and_destination() -> None:
     assert "first_seen_destination" in dets[1].reasons
 
 
-def test_strongest_scope_wins() -> None:
-    # Two members of one pipeline (forked together): lineage on a high class (64)
-    # beats process scope on a medium one (40).
+def test_the_senders_own_read_beats_a_siblings() -> None:
+    # Two members of one pipeline (forked together): the sender's own read of a
+    # medium class is the evidence, the sibling's high-class read goes to other_paths.
     pipeline = [fork(90, 10, 3), fork(90.2, 11, 3)]
     dets, _ = run(
         [
@@ -365,24 +372,27 @@ def test_strongest_scope_wins() -> None:
             connect(101, 10),
         ]
     )
-    assert dets[0].path == "/etc/shadow" and dets[0].scope == "lineage"
-    assert "/etc/sudoers" in dets[0].other_paths
+    assert dets[0].path == "/etc/sudoers" and dets[0].scope == "process"
+    assert dets[0].reader_pid == 10 and "/etc/shadow" in dets[0].other_paths
+    assert "multiple_sensitive_files" in dets[0].reasons
+    assert [(f.path, f.scope) for f in dets[0].files_read] == [
+        ("/etc/sudoers", "process"),
+        ("/etc/shadow", "pipeline"),
+    ]
 
 
 def test_children_of_a_long_lived_parent_are_not_one_pipeline() -> None:
-    # cron (pid 3) started job 11 a minute before job 10: unrelated siblings.
+    # cron (pid 3) started job 11 a minute before job 10: siblings run one after
+    # the other are a session, which a quick connect alone does not lift.
     jobs = [fork(30, 11, 3), fork(90, 10, 3)]
     dets, _ = run([*jobs, read(100, 11, ppid=3, uid=1), connect(101, 10, uid=2)])
-    assert [d.scope for d in dets] == ["host"]
-    # The same by start ticks (native sources): 60 s apart at USER_HZ 100.
-    dets, _ = run(
-        [read(100, 11, ppid=3, start=1000, uid=1), connect(101, 10, ppid=3, start=7000, uid=2)]
-    )
-    assert [d.scope for d in dets] == ["host"]
-    dets, _ = run(
-        [read(100, 11, ppid=3, start=1000, uid=1), connect(101, 10, ppid=3, start=1100, uid=2)]
-    )
-    assert [d.scope for d in dets] == ["lineage"]
+    assert [d.scope for d in dets] == ["session"] and dets[0].score < 50
+    # By start ticks (native sources), 60 s or 1 s apart: without a pipe, a session.
+    for start in (7000, 1100):
+        dets, _ = run(
+            [read(100, 11, ppid=3, start=1000, uid=1), connect(101, 10, ppid=3, start=start, uid=2)]
+        )
+        assert [d.scope for d in dets] == ["session"] and dets[0].score < 50
 
 
 def test_approval_needs_the_approved_image_to_read_and_to_send() -> None:
@@ -415,7 +425,7 @@ def test_enrich_adds_reasons_and_score() -> None:
     assert {"bulk_transfer", "bytes_ge_file_size", "long_lived_socket", "keepalive"} <= set(
         d.reasons
     )
-    assert d.score == dets[0].score + 15 + 15 + 10 + 5
+    assert d.score == dets[0].score + 15 + 25 + 10 + 5
     assert d.bytes_sent == 5 << 20
 
 
@@ -552,7 +562,7 @@ def test_weak_reasons_cannot_lift_unrelated_processes_over_the_threshold() -> No
         [
             read(100, 10, uid=1, ppid=7),
             read(100, 20, "/root/.aws/credentials", uid=2, ppid=8),
-            connect(105, 30, uid=3, port=8443),
+            connect(105, 30, uid=3, port=4444),
         ]
     )
     assert [d.scope for d in dets] == ["host"]

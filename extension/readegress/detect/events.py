@@ -31,6 +31,11 @@ class Proc:
     cmdline: Optional[str] = None
     pgid: Optional[int] = None
     sid: Optional[int] = None
+    #: Inodes of the pipes on fd 0 and fd 1 when they are pipes (native sources read
+    #: them from /proc/PID/fd; osquery rows carry none): a reader whose stdout pipe
+    #: is a sender's stdin pipe, directly or through other members, is one pipeline.
+    stdin_pipe: Optional[int] = None
+    stdout_pipe: Optional[int] = None
 
 
 @dataclass(frozen=True)

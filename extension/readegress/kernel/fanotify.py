@@ -80,7 +80,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Optional
 
-from readegress.kernel.procfs import PROC_ROOT, ProcFs
+from readegress.kernel.procfs import PROC_ROOT, ProcFs, std_pipes
 
 log = logging.getLogger("readegress.kernel.fanotify")
 
@@ -295,6 +295,8 @@ class Opener:
     auid: Optional[int] = None  # /proc/<pid>/loginuid (4294967295: no login session)
     pgid: Optional[int] = None
     sid: Optional[int] = None
+    stdin_pipe: Optional[int] = None  # pipe inode on fd 0 (procfs.std_pipes)
+    stdout_pipe: Optional[int] = None  # pipe inode on fd 1
 
     @property
     def identified(self) -> bool:
@@ -349,6 +351,9 @@ def read_opener(
     pgid = _pid_call(os.getpgid, pid)
     sid = _pid_call(os.getsid, pid)
     auid = _read_loginuid(procfs.root, pid)
+    # While the opener is held or just opened: a pipeline's reader (cat, tar)
+    # may exit a millisecond later. Checked by process_info's tick check below.
+    stdin_pipe, stdout_pipe = std_pipes(pid, None, procfs.root)
     if time.monotonic() > deadline:
         return Opener(pid, start_ticks=ticks)
     info = procfs.process_info(ident)
@@ -366,6 +371,8 @@ def read_opener(
         auid=auid,
         pgid=pgid,
         sid=sid,
+        stdin_pipe=stdin_pipe,
+        stdout_pipe=stdout_pipe,
     )
 
 

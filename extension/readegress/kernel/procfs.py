@@ -544,3 +544,40 @@ def socket_inodes_of(pid: int, proc_root: str = PROC_ROOT) -> dict[int, int]:
         if ino:
             out[int(n)] = ino
     return out
+
+
+_PIPE_PREFIX = "pipe:["
+
+
+def std_pipes(
+    pid: int, start_ticks: Optional[int], proc_root: str = PROC_ROOT
+) -> tuple[Optional[int], Optional[int]]:
+    """(stdin pipe inode, stdout pipe inode) of ``pid``; ``None`` where fd 0/1 is no pipe.
+
+    ``/proc/<pid>/fd/0`` and ``/1`` read as ``pipe:[<inode>]`` for a shell
+    pipeline's members: ``tar c key | openssl enc | curl -T -`` gives tar's
+    fd 1 and openssl's fd 0 one inode, and openssl's fd 1 and curl's fd 0
+    another. Two readlinks, then the start ticks are read again: a pid reused
+    during the reads (``start_ticks`` differs) yields ``(None, None)``, never
+    another process's pipes. Other descriptors are not read (a pipeline's data
+    travels on 0 and 1; reading every fd of a process costs one readlink each).
+    """
+    out: list[Optional[int]] = []
+    for fd in (0, 1):
+        try:
+            link = os.readlink(f"{proc_root}/{pid}/fd/{fd}")
+        except OSError:
+            out.append(None)
+            continue
+        ino: Optional[int] = None
+        if link.startswith(_PIPE_PREFIX):
+            try:
+                ino = int(link[6:-1])
+            except ValueError:
+                ino = None
+        out.append(ino)
+    if out == [None, None]:
+        return None, None
+    if start_ticks is not None and read_start_ticks(pid, proc_root) != start_ticks:
+        return None, None
+    return out[0], out[1]

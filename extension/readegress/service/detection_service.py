@@ -52,7 +52,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Protocol
 
 import readegress
@@ -151,27 +151,15 @@ def detection_to_json(d: Detection) -> dict[str, Any]:
     return out
 
 
-_DETECTION_FIELDS = tuple(f.name for f in fields(Detection))
-_TUPLE_FIELDS = ("executables", "reasons", "other_paths")
-# Fields with defaults: a record written before they existed still loads.
-_OPTIONAL_FIELDS = frozenset({"cookie", "socket_age", "keepalive"})
-
-
 def detection_from_json(data: Mapping[str, Any]) -> Detection:
-    """Inverse of :func:`detection_to_json`; raises ``ValueError`` on a malformed record."""
+    """Inverse of :func:`detection_to_json`; raises ``ValueError`` on a malformed record.
+
+    Fields added after a record was written (priority, triage evidence) take
+    their defaults, so older state still loads.
+    """
     if not isinstance(data, Mapping):
         raise ValueError("detection is not an object")
-    missing = [f for f in _DETECTION_FIELDS if f not in data and f not in _OPTIONAL_FIELDS]
-    if missing:
-        raise ValueError(f"detection lacks {missing}")
-    kw = {k: data[k] for k in _DETECTION_FIELDS if k in data}
-    for k in _TUPLE_FIELDS:
-        if not isinstance(kw[k], list) or not all(isinstance(x, str) for x in kw[k]):
-            raise ValueError(f"detection {k} is not a list of strings")
-        kw[k] = tuple(kw[k])
-    if not isinstance(kw["id"], str) or not isinstance(kw["score"], int):
-        raise ValueError("detection id/score malformed")
-    return Detection(**kw)
+    return Detection.from_json(data)
 
 
 @dataclass(frozen=True)

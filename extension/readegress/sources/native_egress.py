@@ -519,6 +519,8 @@ def proc_of(o: Opener, start: Optional[int] = None) -> Proc:
         cmdline=o.cmdline,
         pgid=o.pgid,
         sid=o.sid,
+        stdin_pipe=o.stdin_pipe,
+        stdout_pipe=o.stdout_pipe,
     )
 
 

@@ -619,6 +619,8 @@ class NativeReadSource:
                 cmdline=o.cmdline,
                 pgid=o.pgid,
                 sid=o.sid,
+                stdin_pipe=o.stdin_pipe,
+                stdout_pipe=o.stdout_pipe,
             ),
             path=path,
             source=SOURCE,
