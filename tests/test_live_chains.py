@@ -320,7 +320,8 @@ def test_json_lines_carry_replays_fields_and_the_text_line_reads_well(watch: Wat
                 "bytes_sent", "detected_time", "start_time"):  # fmt: skip
         assert key in d, key
     line = detection_text(final)
-    assert f"score {d['score']} {d['scope']}: pid {d['pid']}" in line and d["path"] in line
+    assert f"priority {d['priority']} score {d['score']} {d['scope']}: pid {d['pid']}" in line
+    assert d["path"] in line
     assert f"127.0.0.1:{d['remote_port']}" in line and "\n" not in line
 
 

@@ -300,17 +300,15 @@ def enrich(
     keepalive: Optional[bool] = None,
     chain_bytes_sent: Optional[int] = None,
     bytes_by_destination: Optional[Iterable[tuple[str, int]]] = None,
-    bytes_upper_bound: Optional[int] = None,
     config: Optional[Config] = None,
 ) -> Detection:
     """Add live socket facts (read by the caller, after the settle delay) and rescore.
 
     ``chain_bytes_sent`` is what every connection of the chain sent in the
-    window (split-and-send: many small uploads add up); ``bytes_upper_bound``
-    an upper bound where the exact count is gone (the sender's closed-socket
-    totals): below the file's size, it is evidence too. Unknown bytes are never
-    estimated: with neither, no bytes reason changes. ``config`` recomputes the
-    priority (else it keeps its ratio to the score).
+    window (split-and-send: many small uploads add up). Unknown bytes are never
+    estimated: with neither, no bytes reason changes (a closed socket's totals
+    are not a bound: a socket no poll saw is missing from them). ``config``
+    recomputes the priority (else it keeps its ratio to the score).
     """
     reasons = [r for r in d.reasons if r not in ("bytes_ge_file_size", "few_bytes_sent")]
 
@@ -330,13 +328,6 @@ def enrich(
             add("bytes_ge_file_size")
         elif d.scope != "process":
             add("few_bytes_sent")
-    elif (
-        bytes_upper_bound is not None
-        and need is not None
-        and bytes_upper_bound < need
-        and d.scope != "process"
-    ):
-        add("few_bytes_sent")
     if socket_age is not None and socket_age >= LONG_LIVED_SECONDS:
         add("long_lived_socket")
     if keepalive:

@@ -303,6 +303,11 @@ class DetectionService:
         self.native: Optional[NativeFeed] = None
         # (host, pid, path, remote, port) -> (egress time, id, native?) of recent candidates
         self._recent: dict[tuple[str, int, str, str, int], tuple[float, str, bool]] = {}
+        # (host, reader pid, path, read time) -> (newest egress time, {detection id:
+        # (destination, bytes)}): the bytes of each chain's settled connections.
+        self._chains: dict[
+            tuple[str, int, str, float], tuple[float, dict[str, tuple[str, int]]]
+        ] = {}
 
     # ----- state ---------------------------------------------------------
     def open(self) -> None:
@@ -637,12 +642,44 @@ class DetectionService:
             self._pending_ids -= done
             self._dirty = True
 
+    def _chain_bytes(
+        self, d: Detection, bytes_sent: Optional[int], now: float
+    ) -> tuple[Optional[int], Optional[list[tuple[str, int]]]]:
+        """Bytes of every settled connection of ``d``'s chain (same read), ``d`` included.
+
+        Split-and-send (many small uploads of one file) adds up here: each
+        connection settles with its own bytes, and the chain's total is what
+        ``bytes_ge_file_size`` compares with the file's size. Only known bytes
+        count; a chain whose every connection has unknown bytes has none.
+        """
+        key = (d.host, d.reader_pid, d.path, round(d.read_time, 3))
+        cutoff = now - self.config.window_seconds - self.config.settle_seconds
+        if len(self._chains) > 4 * self.max_pending:
+            self._chains = {k: v for k, v in self._chains.items() if v[0] >= cutoff}
+        entry = self._chains.get(key)
+        if entry is None or entry[0] < cutoff:
+            entry = self._chains[key] = (d.egress_time, {})
+        per = entry[1]
+        if bytes_sent is not None:
+            per[d.id] = (f"{normalize_address(d.remote_address)}:{d.remote_port}", bytes_sent)
+            self._chains[key] = (max(entry[0], d.egress_time), per)
+        if not per:
+            return None, None
+        by_dest: dict[str, int] = {}
+        for dest, n in per.values():
+            by_dest[dest] = by_dest.get(dest, 0) + n
+        return sum(by_dest.values()), sorted(by_dest.items())
+
     def _finalize(self, d: Detection, facts: SocketFacts, now: float) -> None:
+        chain_bytes, by_dest = self._chain_bytes(d, facts.bytes_sent, now)
         settled = enrich(
             d,
             bytes_sent=facts.bytes_sent,
             socket_age=facts.socket_age,
             keepalive=facts.keepalive,
+            chain_bytes_sent=chain_bytes,
+            bytes_by_destination=by_dest,
+            config=self.config,
         )
         start_time: Optional[int] = None
         owner = facts.owner
