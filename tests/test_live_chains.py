@@ -202,11 +202,14 @@ def test_curl_upload_is_detected_in_process_scope(
     assert "bytes_ge_file_size" in d["reasons"] and d["score"] >= 50
 
 
-def test_cat_pipe_to_a_sender_is_lineage(watch: Watch, sink: Sink, area: Path, secret: str) -> None:
+def test_cat_pipe_to_a_sender_is_a_pipeline_proven_by_its_pipe(
+    watch: Watch, sink: Sink, area: Path, secret: str
+) -> None:
     out, _ = run(f"cat {secret} | {py(area)} {sink.port} --stdin 1 --hold 0.02")
     rep = sender_report(out)
     _, d = watch.wait_for(lambda d: d["pid"] == rep["pid"])
-    assert d["scope"] == "lineage" and d["reader_pid"] != d["pid"], d
+    assert d["scope"] == "pipeline" and d["reader_pid"] != d["pid"], d
+    assert {"pipe_shared", "reader_copies_file"} <= set(d["reasons"]), d
     assert d["reader_executable"].endswith("/cat")
     assert d["path"] == secret and d["remote_port"] == sink.port
     assert d["bytes_sent"] >= rep["sent"] == FILE_SIZE

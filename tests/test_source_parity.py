@@ -3,7 +3,8 @@
 One live run of the native sources (in this process: fanotify + sock_diag,
 root) records every event it feeds the correlation core while three real
 chains run against a loopback sink: a reader that sends (process scope),
-``cat | sender`` (lineage), and ``sh -c 'exec sender < FILE'`` (process scope
+``cat | sender`` (pipeline: native proves the pipe, osquery infers it from
+members started together), and ``sh -c 'exec sender < FILE'`` (process scope
 through an exec). From those recorded facts, rows are built in osquery's exact
 event-table schemas (``osquery_events.py``): reads as ``process_file_events``,
 egress as ``socket_events`` connects, image changes as ``process_events``
@@ -14,7 +15,8 @@ Same pid, path, remote address/port and scope on both sides. What may differ,
 and is asserted exactly: only the native side knows the file's size and the
 socket's final byte count (fanotify's event fd, the destroy notification), so
 its reasons add ``bytes_ge_file_size`` and its score adds that reason's points
-times the scope factor; it also has ``bytes_sent`` and the sender's start time,
+times the scope factor; only the native side reads pipe inodes, so its
+pipeline adds ``pipe_shared``; it also has ``bytes_sent`` and the sender's start time,
 where the osquery side (whose processes are gone when it settles) has none.
 
 Then both sources feed one service: each chain is reported once, by the native
@@ -39,7 +41,7 @@ import pytest
 from chain_peers import SENDER, Sink
 from osquery_events import EventTables
 from readegress.detect.config import Config, load_config
-from readegress.detect.core import REASON_POINTS, SCOPE_FACTOR, Detection
+from readegress.detect.core import Detection, score
 from readegress.detect.events import Egress, Event, Exec, Proc, SensitiveRead
 from readegress.osquery import ExtensionRuntime, ManagerClient
 from readegress.service import open_environment
@@ -101,7 +103,7 @@ def run_chains(area: Path, secret: str, port: int) -> dict[str, int]:
     py = f"{sys.executable} {area / 'sender.py'} {port}"
     scripts = {
         "process": f"{py} --file {secret} --hold 0.02",
-        "lineage": f"cat {secret} | {py} --stdin 1 --hold 0.02",
+        "pipeline": f"cat {secret} | {py} --stdin 1 --hold 0.02",
         "exec": f"exec {py} --stdin 1 --hold 0.02 < {secret}",
     }
     pids = {}
@@ -144,7 +146,7 @@ def native_run(
             for f in finals
             if f.detection.pid == pid
             and f.detection.reader_pid in readers
-            and f.detection.scope in ("process", "lineage")
+            and f.detection.scope in ("process", "pipeline")
         ]
         assert mine, (name, pid, [f.detection for f in finals])
         by_name[name] = mine[0]
@@ -249,17 +251,19 @@ def test_native_and_osquery_sources_make_the_same_detections(core: OsqueryCore, 
         assert o["source"] == "osquery" and n.read_source == "fanotify"
         # What differs, and why: the file size and final byte count are native-only.
         o_reasons = set(o["reasons"].split(","))
-        assert set(n.reasons) - o_reasons == {"bytes_ge_file_size"}, (name, n.reasons, o_reasons)
+        native_only = {"bytes_ge_file_size"} | ({"pipe_shared"} if n.scope == "pipeline" else set())
+        assert set(n.reasons) - o_reasons == native_only, (name, n.reasons, o_reasons)
         assert o_reasons <= set(n.reasons)
-        extra = REASON_POINTS["bytes_ge_file_size"]
-        w, f = n.class_weight, SCOPE_FACTOR[n.scope]
-        pts = sum(REASON_POINTS[r] for r in o_reasons)
-        assert (int(o["score"]), n.score) == (round((w + pts) * f), round((w + pts + extra) * f))
+        w = n.class_weight
+        assert (int(o["score"]), n.score) == (
+            score(w, n.scope, o_reasons),
+            score(w, n.scope, [*o_reasons, *native_only]),
+        )
         assert o["bytes_sent"] == "" and n.bytes_sent is not None and n.bytes_sent >= 4096
         assert o["start_time"] == "" and native[name].start_time is not None
         assert n.file_size == 4096
     assert native["process"].detection.scope == "process"
-    assert native["lineage"].detection.scope == "lineage"
+    assert native["pipeline"].detection.scope == "pipeline"
     assert native["exec"].detection.scope == "process"
     assert "exec_after_read" in native["exec"].detection.reasons
 

@@ -55,14 +55,16 @@ from readegress.detect.priority import priority
 from readegress.net.classify import classify
 
 SCOPES = ("process", "pipeline", "lineage", "session", "user", "host")
-SCOPE_FACTOR = {
-    "process": 1.0,
-    "pipeline": 0.44,
-    "lineage": 0.5,
-    "session": 0.42,
-    "user": 0.3,
-    "host": 0.15,
+#: Scope factors in percent (integer arithmetic: no float rounding at the threshold).
+SCOPE_PERCENT = {
+    "process": 100,
+    "pipeline": 44,
+    "lineage": 50,
+    "session": 42,
+    "user": 30,
+    "host": 15,
 }
+SCOPE_FACTOR = {k: v / 100 for k, v in SCOPE_PERCENT.items()}
 
 #: Programs that pack or encode data (compressors and archivers pack).
 ENCODERS = frozenset(
@@ -353,10 +355,12 @@ def enrich(
 
 
 def score(class_weight: int, scope: str, reasons: Iterable[str]) -> int:
-    """A detection's score: evidence points, scaled by how related reader and sender are."""
-    return max(
-        0, round((class_weight + sum(REASON_POINTS[r] for r in reasons)) * SCOPE_FACTOR[scope])
-    )
+    """A detection's score: evidence points, scaled by how related reader and sender are.
+
+    ``(class weight + reason points) * scope factor``, rounded half up, never below 0.
+    """
+    total = class_weight + sum(REASON_POINTS[r] for r in reasons)
+    return max(0, (total * SCOPE_PERCENT[scope] + 50) // 100)
 
 
 def near_approval(
@@ -749,7 +753,10 @@ class Correlator:
         for mpid, m in members:
             if m.ppid != r.ppid or mpid == r.pid:
                 continue
-            sibling_of = m
+            if mpid == side.pid:
+                # A sibling of the sender itself (a sibling of an ancestor is
+                # another job of the same runner: session needs the parent).
+                sibling_of = m
             # osquery rows: no descriptors and no start ticks; exec'd together.
             m_exec = _exec_time(m)
             if (
@@ -761,6 +768,20 @@ class Correlator:
             ):
                 together = _exec_together(h, m.ppid, r_exec)
                 return _Relation("pipeline", members=together)
+            # Native, when a member between them exited before anyone saw its
+            # descriptors (cat | base64 | curl: cat and base64 end within a
+            # millisecond): started together, the reader writing into a pipe
+            # and the sender's side reading from one. Not proven: no pipe_shared.
+            if (
+                r.start is not None
+                and m.start is not None
+                and abs(r.start - m.start) <= EXEC_PIPELINE_SECONDS * USER_HZ
+                and rp is not None
+                and rp.stdout_pipe is not None
+                and m.stdin_pipe is not None
+                and m.stdin_pipe != rp.stdin_pipe
+            ):
+                return _Relation("pipeline")
             break
         if sibling_of is not None:
             return _Relation("session")
