@@ -565,7 +565,8 @@ class Watch:
             text=True,
             start_new_session=True,
         )
-        self.detections: list[dict[str, Any]] = []
+        #: (time printed, detection) in the order they were printed
+        self.printed: list[tuple[float, dict[str, Any]]] = []
         self.stderr: list[str] = []
         self.armed = threading.Event()
         self._lock = threading.Lock()
@@ -579,7 +580,7 @@ class Watch:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             with self._lock:
-                self.detections.append(json.loads(line))
+                self.printed.append((time.time(), json.loads(line)))
 
     def _read_err(self) -> None:
         assert self.proc.stderr is not None
@@ -588,9 +589,28 @@ class Watch:
             if line.startswith("readegress: watching"):
                 self.armed.set()
 
-    def find(self, match: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    @property
+    def detections(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [d for d in self.detections if match(d)]
+            return [d for _, d in self.printed]
+
+    def find(self, match: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        return [d for d in self.detections if match(d)]
+
+    def wait_for(
+        self, match: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+    ) -> tuple[float, dict[str, Any]]:
+        """The first detection matching (when it was printed), waiting up to ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                got = [(t, d) for t, d in self.printed if match(d)]
+            if got:
+                return got[0]
+            time.sleep(0.02)
+        raise AssertionError(
+            f"no detection matched in {timeout}s; got {self.detections}; stderr {self.stderr}"
+        )
 
     def stop(self) -> int:
         if self.proc.poll() is None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any, Optional
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from readegress.detect.config import Config, parse_config
-from readegress.detect.core import Correlator, Detection, enrich
+from readegress.detect.core import Correlator, Detection, enrich, is_encryptor
 from readegress.detect.events import Egress, Event, Exec, Proc, ProcessStart, SensitiveRead
 from readegress.sources.osquery_rows import (
     FILE_EVENTS,
@@ -580,3 +583,207 @@ def test_same_user_chain_alerts_with_bulk_evidence() -> None:
     assert dets[0].scope == "user" and dets[0].score < 50
     d = enrich(dets[0], bytes_sent=2 << 20, socket_age=700, keepalive=True)
     assert d.score >= 50
+
+
+# ------------------------------------------------------------ evidence-based scopes
+
+
+def nproc(
+    pid: int, ppid: int, start: int, exe: str, stdin: Optional[int], stdout: Optional[int]
+) -> Proc:
+    return Proc(
+        pid=pid, ppid=ppid, executable=exe, start=start, uid=0, stdin_pipe=stdin, stdout_pipe=stdout
+    )
+
+
+def test_native_pipes_prove_a_pipeline_through_a_middle_member() -> None:
+    # cat key | base64 | curl: cat's stdout P1 is base64's stdin, base64's stdout P2 curl's.
+    cat = nproc(31, 30, 1000, "/usr/bin/cat", None, 501)
+    b64 = nproc(32, 30, 1000, "/usr/bin/base64", 501, 502)
+    curl = nproc(33, 30, 1000, "/usr/bin/curl", 502, None)
+    events: list[Event] = [
+        Exec("h1", 99, b64, "test"),
+        SensitiveRead("h1", 100, cat, "/etc/shadow", "test", size=1000),
+        Egress("h1", 101, curl, "8.8.8.8", 443, "test"),
+    ]
+    dets, _ = run(events)
+    d = dets[0]
+    assert (d.scope, d.reader_pid) == ("pipeline", 31)
+    assert {"pipe_shared", "reader_copies_file", "encoder_in_chain"} <= set(d.reasons)
+    # Started 10 s apart and no pipe between them: steps of a script, a session.
+    late = nproc(33, 30, 2000, "/usr/bin/curl", None, None)
+    dets, _ = run([events[1], Egress("h1", 101, late, "8.8.8.8", 443, "test")])
+    assert dets[0].scope == "session" and dets[0].score < 50
+
+
+def test_native_pipeline_whose_middle_exited_unseen_is_inferred_not_proven() -> None:
+    cat = nproc(31, 30, 1000, "/usr/bin/cat", None, 501)
+    curl = nproc(33, 30, 1001, "/usr/bin/curl", 502, None)
+    dets, _ = run(
+        [
+            SensitiveRead("h1", 100, cat, "/etc/shadow", "test"),
+            Egress("h1", 101, curl, "8.8.8.8", 4444, "test"),
+        ]
+    )
+    assert dets[0].scope == "pipeline" and "pipe_shared" not in dets[0].reasons
+    # Both reading one inherited stdin pipe (a CI runner's) is no pipeline.
+    cat = nproc(31, 30, 1000, "/usr/bin/cat", 700, 501)
+    curl = nproc(33, 30, 1001, "/usr/bin/curl", 700, None)
+    dets, _ = run(
+        [
+            SensitiveRead("h1", 100, cat, "/etc/shadow", "test"),
+            Egress("h1", 101, curl, "8.8.8.8", 4444, "test"),
+        ]
+    )
+    assert dets[0].scope == "session"
+
+
+def test_osquery_exec_rows_within_one_second_are_a_pipeline() -> None:
+    for gap, scope in ((1, "pipeline"), (2, "session")):
+        dets, _ = run(
+            [
+                execve(100, 31, "/usr/bin/tar", ppid=30),
+                execve(100 + gap, 33, "/usr/bin/curl", ppid=30),
+                read(100 + gap, 31, ppid=30, exe="/usr/bin/tar"),
+                connect(100 + gap, 33, ppid=30),
+            ]
+        )
+        assert [d.scope for d in dets] == [scope], gap
+
+
+def test_a_script_steps_small_request_after_a_siblings_key_read_stays_quiet() -> None:
+    kg = nproc(31, 30, 1000, "/usr/bin/ssh-keygen", None, None)
+    curl = nproc(33, 30, 1002, "/usr/bin/curl", None, None)
+    dets, _ = run(
+        [
+            SensitiveRead("h1", 100, kg, "/root/.ssh/id_rsa", "test", size=200_000),
+            Egress("h1", 100.5, curl, "8.8.8.8", 443, "test"),
+        ]
+    )
+    small = enrich(dets[0], bytes_sent=300)
+    assert small.scope == "session" and "few_bytes_sent" in small.reasons and small.score < 30
+    # The same step uploading the whole key is evidence.
+    big = enrich(dets[0], bytes_sent=200_500)
+    assert "bytes_ge_file_size" in big.reasons and "few_bytes_sent" not in big.reasons
+    # Many small uploads of one chain add up (split-and-send).
+    split = enrich(dets[0], bytes_sent=300, chain_bytes_sent=200_000)
+    assert "bytes_ge_file_size" in split.reasons
+
+
+def test_process_scope_is_never_penalised_for_few_bytes() -> None:
+    dets, _ = run([read(100, 10, size=5000), connect(101, 10)])
+    d = enrich(dets[0], bytes_sent=100)
+    assert "few_bytes_sent" not in d.reasons and d.score == dets[0].score
+
+
+def test_compressed_chains_need_a_quarter_of_the_size() -> None:
+    dets, _ = run(
+        [
+            execve(100, 31, "/usr/bin/gzip", ppid=30),
+            execve(100, 33, "/usr/bin/curl", ppid=30),
+            read(100, 31, ppid=30, exe="/usr/bin/gzip", size=4000),
+            connect(100, 33, ppid=30),
+        ]
+    )
+    assert dets[0].compressed
+    assert "bytes_ge_file_size" in enrich(dets[0], bytes_sent=1000).reasons
+    assert "few_bytes_sent" in enrich(dets[0], bytes_sent=999).reasons
+
+
+@pytest.mark.parametrize(
+    ("image", "cmdline", "encrypts"),
+    [
+        ("/usr/bin/openssl", "openssl enc -aes-256-cbc -pass pass:x", True),
+        ("/usr/bin/openssl", "openssl aes-128-cbc -k x", True),
+        ("/usr/bin/openssl", "openssl s_client -connect h:443", False),
+        ("/usr/bin/openssl", None, True),
+        ("/usr/bin/gpg", "gpg -c --batch", True),
+        ("/usr/bin/gpg", "gpg --verify sig", False),
+        ("/usr/bin/zip", "zip -e out.zip key", True),
+        ("/usr/bin/zip", "zip -P secret out.zip key", True),
+        ("/usr/bin/zip", "zip out.zip key", False),
+        ("/usr/bin/7z", "7z a -psecret out.7z key", True),
+        ("/usr/bin/age", "age -r age1xyz", True),
+        ("/usr/bin/base64", "base64", False),
+    ],
+)
+def test_encryptors_by_image_and_options(
+    image: str, cmdline: Optional[str], encrypts: bool
+) -> None:
+    assert is_encryptor(image, cmdline) is encrypts
+
+
+def test_ports_tls_ssh_and_raw_tcp() -> None:
+    reasons = {}
+    for port in (443, 22, 4444, 80):
+        dets, _ = run([read(100, 10), connect(101, 10, port=port)])
+        reasons[port] = set(dets[0].reasons)
+    assert "encrypted_port" in reasons[443] and "encrypted_port" in reasons[22]
+    assert "uncommon_port" in reasons[4444] and "uncommon_port" not in reasons[443]
+    assert not {"uncommon_port", "encrypted_port"} & reasons[80]
+    dets, _ = run([read(100, 10), connect(101, 10, port=5353, protocol="udp")])
+    assert "uncommon_port" not in dets[0].reasons  # raw TCP only
+
+
+def test_triage_evidence_and_priority() -> None:
+    cfg = config("""
+[[asset]]
+criticality = "critical"
+hosts = ["db-*"]
+
+[[approved]]
+executable = "/usr/bin/ssh"
+class = "ssh_private_key"
+owner = "ops"
+""")
+    dets, _ = run(
+        [
+            read(99, 10, "/etc/passwd", host="db-1", size=900),
+            read(100, 10, "/root/.ssh/id_ed25519", host="db-1", size=400, exe="/usr/bin/curl"),
+            connect(101, 10, host="db-1", port=443),
+        ],
+        cfg,
+    )
+    d = dets[0]
+    assert d.priority == round(d.score * 2.0 * 1.5)
+    assert [(f.path, f.sensitive_class, f.size, f.scope) for f in d.files_read] == [
+        ("/root/.ssh/id_ed25519", "ssh_private_key", 400, "process"),
+        ("/etc/passwd", "account_lists", 900, "process"),
+    ]
+    assert d.destination_seen_before is False
+    near = json.loads(d.near_approval)
+    assert near["owner"] == "ops" and any(
+        "does not match /usr/bin/ssh" in w for w in near["why_not"]
+    )
+    again = Detection.from_json(json.loads(json.dumps(d.to_json())))
+    assert again == d
+
+
+_VALID = {
+    "id": "x", "host": "h", "read_time": 1.0, "egress_time": 2.0, "pid": 1, "start": None,
+    "executable": "/bin/x", "executables": ["/bin/x"], "cmdline": None, "uid": 0, "auid": None,
+    "reader_pid": 1, "reader_executable": "/bin/x", "path": "/etc/shadow",
+    "sensitive_class": "shadow", "class_weight": 80, "remote_address": "1.1.1.1",
+    "remote_port": 443, "remote_class": "public", "protocol": "tcp", "scope": "process",
+    "score": 90, "reasons": [], "other_paths": [], "egress_kind": "connect", "bytes_sent": None,
+    "file_size": None, "read_source": "t", "egress_source": "t",
+}  # fmt: skip
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["files_read", "bytes_by_destination", "reasons", "score", "id", "pid"]),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+            lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+            max_leaves=6,
+        ),
+        max_size=3,
+    )
+)
+def test_detection_records_from_state_never_raise_anything_but_value_error(
+    changes: dict[str, Any],
+) -> None:
+    with contextlib.suppress(ValueError):
+        Detection.from_json({**_VALID, **changes})

@@ -23,16 +23,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from chain_peers import SENDER, Sink
 from readegress.kernel.fanotify import DEFAULT_PERM_BUDGET
+from scenarios import Watch
 
 CURL = shutil.which("curl")
 FILE_SIZE = 4096
@@ -43,71 +43,6 @@ QUIET_WAIT = 2.5
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="fanotify and sock_diag need root")
 
 Detection = dict[str, Any]
-
-
-class Watch:
-    """``readegress watch`` as a subprocess; detections collected as they are printed."""
-
-    def __init__(self, sensitive: str) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "readegress", "watch", "--json",
-                "--egress-class", "loopback", "--sensitive", sensitive,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )  # fmt: skip
-        self.detections: list[tuple[float, Detection]] = []
-        self.stderr: list[str] = []
-        self.armed = threading.Event()
-        self._lock = threading.Lock()
-        threading.Thread(target=self._read_out, daemon=True).start()
-        threading.Thread(target=self._read_err, daemon=True).start()
-        if not self.armed.wait(ARMED_TIMEOUT):
-            self.stop()
-            raise AssertionError(f"watch never armed: {self.stderr}")
-
-    def _read_out(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._lock:
-                self.detections.append((time.time(), json.loads(line)))
-
-    def _read_err(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.stderr.append(line.rstrip("\n"))
-            if line.startswith("readegress: watching"):
-                self.armed.set()
-
-    def find(self, match: Callable[[Detection], bool]) -> list[tuple[float, Detection]]:
-        with self._lock:
-            return [(t, d) for t, d in self.detections if match(d)]
-
-    def wait_for(
-        self, match: Callable[[Detection], bool], timeout: float = DETECT_TIMEOUT
-    ) -> tuple[float, Detection]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got = self.find(match)
-            if got:
-                return got[0]
-            time.sleep(0.02)
-        raise AssertionError(
-            f"no detection matched in {timeout}s; got {[d for _, d in self.detections]};"
-            f" stderr {self.stderr}"
-        )
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(20)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +75,7 @@ def http() -> Iterator[Sink]:
 @pytest.fixture(scope="module")
 def watch(secret: str, sink: Sink, http: Sink) -> Iterator[Watch]:
     # The servers exist first: the watch's first poll knows their listeners.
-    w = Watch(secret)
+    w = Watch(["--egress-class", "loopback", "--sensitive", secret], ARMED_TIMEOUT)
     yield w
     rc = w.stop()
     assert rc == 0, w.stderr

@@ -10,7 +10,7 @@ Schemas (osquery 5.x, Linux, audit-based; values are strings unless
   ``--audit_fim_show_accesses=true``.
 - ``socket_events``: action, pid, path (the exe), fd, auid, family, protocol
   (always 0 on Linux), local/remote address and port, socket, time, uptime,
-  eid, success, status. No uid and no ppid. Only ``connect`` with status
+  eid, success, status. No uid and no ppid (and protocol 0 on Linux: unknown). Only ``connect`` with status
   ``succeeded`` or ``in_progress`` (non-blocking connects) is egress; failed
   connects, ``bind`` and inbound ``accept`` are not. AF_UNIX (family 1) is not
   network egress.
@@ -38,6 +38,7 @@ EGRESS_STATUSES = frozenset({"succeeded", "in_progress"})
 FORK_SYSCALLS = frozenset({"fork", "vfork", "clone", "clone3"})
 EXEC_SYSCALLS = frozenset({"execve", "execveat"})
 INET_FAMILIES = frozenset({2, 10})
+IP_PROTOCOLS = {6: "tcp", 17: "udp"}
 
 
 def recognise(row: Mapping[str, Any]) -> Optional[str]:
@@ -121,7 +122,10 @@ def event_from_row(
             return None
         pid, t = _pid_time(row)
         proc = Proc(pid=pid, executable=_str(row.get("path")), auid=_int(row.get("auid")))
-        return Egress(host, t, proc, address, port, source, protocol="")
+        # osquery on Linux logs protocol 0 (unknown): "" then, so the core treats it
+        # as possibly raw TCP; a real IP protocol number is kept.
+        protocol = IP_PROTOCOLS.get(_int(row.get("protocol")) or 0, "")
+        return Egress(host, t, proc, address, port, source, protocol=protocol)
     if table == PROCESS_EVENTS:
         syscall = _str(row.get("syscall")) or "execve"
         pid, t = _pid_time(row)
