@@ -173,9 +173,6 @@ class Scenario:
     scope: Optional[str] = None  # expected scope (native); attacks only
     osquery_scope: Optional[str] = None  # expected scope in osquery rows, if different
     native_only: str = ""  # why osquery rows cannot show this chain at all
-    #: Why the native sources may miss this chain (a known gap): the live test then
-    #: only checks that whatever is reported has the right scope and evidence.
-    native_gap: str = ""
     background: bool = False  # runs while the others run (a long delay)
     #: Native: every member lives long enough for its pipe inodes to be read
     #: (two members; a middle one may exit first), so pipe_shared is expected.
@@ -305,8 +302,6 @@ SCENARIOS: tuple[Scenario, ...] = (
         .exec("child", "/usr/bin/cat", "cat {key}", parent="bash")
         .read("child", "{key}", parent="bash"),
         scope="process",
-        native_gap="the socket opens before the read and cat writes and exits within about a"
-        " millisecond: no hot tick sees it held, its close is unattributed (host scope)",
     ),
     Scenario(
         "dev_tcp_held", A, "sleep | bash -c 'cat key - > /dev/tcp/...': the connection stays open",

@@ -282,3 +282,37 @@ def test_fake_unreadable_fd_dirs_are_counted_not_guessed(
     m = SocketInodeMap(str(fake.root))
     m.refresh({1000, 2000})
     assert m.unreadable == 0 and m.owners_of(1000)
+
+
+def test_std_fds_reads_pipe_and_socket_inodes_of_fd_0_and_1() -> None:
+    import socket as socketlib
+    import subprocess
+
+    from readegress.kernel.procfs import read_start_ticks, socket_cookies, std_fds, std_pipes
+
+    p = subprocess.Popen(["sleep", "30"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert p.stdin is not None and p.stdout is not None
+        ticks = read_start_ticks(p.pid)
+        f = std_fds(p.pid, ticks)
+        assert (f.stdin_pipe, f.stdout_pipe) == (
+            os.fstat(p.stdin.fileno()).st_ino,
+            os.fstat(p.stdout.fileno()).st_ino,
+        )
+        assert f.sockets == () and std_pipes(p.pid, ticks) == (f.stdin_pipe, f.stdout_pipe)
+        assert std_fds(p.pid, (ticks or 0) + 1) == std_fds(-1, None)  # another process: nothing
+    finally:
+        p.kill()
+        p.wait()
+    a, b = socketlib.socketpair()
+    with a, b:
+        q = subprocess.Popen(["sleep", "30"], stdout=a.fileno())
+        try:
+            f = std_fds(q.pid, read_start_ticks(q.pid))
+            assert f.sockets == ((1, os.fstat(a.fileno()).st_ino),)
+            if os.geteuid() == 0:  # pidfd_getfd of another process needs privilege
+                cookie = a.getsockopt(socketlib.SOL_SOCKET, 57, 8)
+                assert socket_cookies(q.pid, f.sockets) == (int.from_bytes(cookie, "little"),)
+        finally:
+            q.kill()
+            q.wait()

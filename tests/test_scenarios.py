@@ -92,14 +92,16 @@ def test_native(native: NativeResult, area: tuple[Path, str, str], name: str) ->
     if not s.attack:
         assert dets == [], [(x["scope"], x["score"], x["reasons"]) for x in dets]
         return
-    if s.native_gap and not dets:
-        pytest.skip(f"known native gap, missed this run: {s.native_gap}")
     assert dets, f"{name} missed; stderr {native.stderr[-5:]}"
     best = max(dets, key=lambda x: x["score"])
     assert best["scope"] == s.scope, (best["scope"], best["score"], best["reasons"])
     assert best["path"] in (key, key2) and best["sensitive_class"] == KEY_CLASS
     assert best["score"] >= 50 and best["priority"] >= best["score"]
     assert best["files_read"][0]["path"] == best["path"]
+    if name == "dev_tcp":
+        # cat writes and exits within a millisecond: its socket's cookie, taken
+        # while fanotify held the open, attributes the close to the reader.
+        assert best["pid"] == best["reader_pid"], best
     if s.proven_pipe:
         assert "pipe_shared" in best["reasons"], best  # proven by the pipe inodes
     if name == "split_then_send":

