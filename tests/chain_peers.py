@@ -15,7 +15,11 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
+
+from readegress.detect.core import Detection
+from readegress.detect.events import Event
+from readegress.service.socket_facts import SocketFacts
 
 SENDER = r"""
 import json, os, socket, subprocess, sys, time
@@ -207,3 +211,38 @@ class UdpSink:
     def close(self) -> None:
         self._closed = True
         self.sock.close()
+
+
+class RecordedFeed:
+    """Recorded native events fed again through the service's NativeFeed protocol.
+
+    A detection whose ``bytes_of`` is not None is owned by this feed, and its
+    socket is final with that many bytes sent.
+    """
+
+    def __init__(self, events: list[Event], bytes_of: Callable[[Detection], Optional[int]]) -> None:
+        self.events = list(events)
+        self.bytes_of = bytes_of
+
+    def set_wake(self, wake: Callable[[], None]) -> None:
+        pass
+
+    def drain(self, now: Optional[float] = None, *, everything: bool = False) -> list[Event]:
+        out, self.events = self.events, []
+        return out
+
+    def next_due(self) -> Optional[float]:
+        return None
+
+    def owns(self, d: Detection) -> bool:
+        return self.bytes_of(d) is not None
+
+    def facts(self, d: Detection) -> Optional[tuple[SocketFacts, bool]]:
+        sent = self.bytes_of(d)
+        return None if sent is None else (SocketFacts(bytes_sent=sent, protocol="tcp"), True)
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        pass

@@ -17,18 +17,18 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import psutil
 import pytest
 
+from chain_peers import RecordedFeed
 from osquery_events import EventTables, write_config
 from readegress.detect.config import Config, load_config
-from readegress.detect.core import Correlator, Detection
+from readegress.detect.core import Correlator
 from readegress.detect.events import Egress, Event, Proc, SensitiveRead
 from readegress.osquery import ManagerClient
 from readegress.service.detection_service import DetectionService, FinalDetection
-from readegress.service.socket_facts import SocketFacts
 from readegress.sources.osquery_setup import (
     OsqueryFilePaths,
     catalogue_file_paths,
@@ -540,37 +540,6 @@ def test_state_saves_are_rate_limited_unless_a_detection_was_added(
     reloaded.stop()
 
 
-class _ChainFeed:
-    """A NativeFeed of fixed events and final per-cookie bytes (the split-and-send chain)."""
-
-    def __init__(self, events: list[Event], sent: dict[int, int]) -> None:
-        self.events = events
-        self.sent = sent
-
-    def set_wake(self, wake: Callable[[], None]) -> None:
-        pass
-
-    def drain(self, now: Optional[float] = None, *, everything: bool = False) -> list[Event]:
-        out, self.events = self.events, []
-        return out
-
-    def next_due(self) -> Optional[float]:
-        return None
-
-    def owns(self, d: Detection) -> bool:
-        return d.cookie in self.sent
-
-    def facts(self, d: Detection) -> Optional[tuple[SocketFacts, bool]]:
-        assert d.cookie is not None
-        return SocketFacts(bytes_sent=self.sent[d.cookie], protocol="tcp"), True
-
-    def stats(self) -> dict[str, Any]:
-        return {}
-
-    def close(self) -> None:
-        pass
-
-
 def test_bytes_of_a_chains_connections_add_up_split_and_send(tmp_path: Path) -> None:
     # split reads a 3000-byte key; three later siblings upload 1000 bytes each.
     cfg = config(tmp_path, settle=0)
@@ -582,7 +551,8 @@ def test_bytes_of_a_chains_connections_add_up_split_and_send(tmp_path: Path) -> 
         evs.append(Egress("h", t + 1 + i, sender, "8.8.8.8", 4444, "sock_diag", cookie=i + 1))
     finals: list[FinalDetection] = []
     svc = DetectionService(cfg, None, persist=False, host="h", on_final=finals.append)
-    svc.attach_native(_ChainFeed(evs, {1: 1000, 2: 1000, 3: 1000}))
+    sent = {1: 1000, 2: 1000, 3: 1000}
+    svc.attach_native(RecordedFeed(evs, lambda d: sent.get(d.cookie or 0)))
     svc.cycle()
     assert svc.counters["below_threshold"] == 2  # 1000 and 2000 bytes: fewer than the file
     (f,) = finals

@@ -34,19 +34,18 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import pytest
 
-from chain_peers import SENDER, Sink
+from chain_peers import SENDER, RecordedFeed, Sink
 from osquery_events import EventTables
 from readegress.detect.config import Config, load_config
-from readegress.detect.core import Detection, score
+from readegress.detect.core import score
 from readegress.detect.events import Egress, Event, Exec, Proc, SensitiveRead
 from readegress.osquery import ExtensionRuntime, ManagerClient
 from readegress.service import open_environment
 from readegress.service.detection_service import DetectionService, FinalDetection
-from readegress.service.socket_facts import SocketFacts
 from readegress.sources.native import NativeSources
 from readegress.tables.base import TableCalls, load_tables
 from readegress.testing import OsqueryCore
@@ -268,35 +267,6 @@ def test_native_and_osquery_sources_make_the_same_detections(core: OsqueryCore, 
     assert "exec_after_read" in native["exec"].detection.reasons
 
 
-class ReplayFeed:
-    """Recorded native events, fed again through the NativeFeed protocol."""
-
-    def __init__(self, events: list[Event]) -> None:
-        self.events = list(events)
-
-    def set_wake(self, wake: Any) -> None:
-        pass
-
-    def drain(self, now: Optional[float] = None, *, everything: bool = False) -> list[Event]:
-        out, self.events = self.events, []
-        return out
-
-    def next_due(self) -> Optional[float]:
-        return None
-
-    def owns(self, d: Detection) -> bool:
-        return d.egress_source == "sock_diag"
-
-    def facts(self, d: Detection) -> Optional[tuple[SocketFacts, bool]]:
-        return (SocketFacts(bytes_sent=4096, protocol="tcp"), True) if self.owns(d) else None
-
-    def stats(self) -> dict[str, Any]:
-        return {}
-
-    def close(self) -> None:
-        pass
-
-
 def test_both_sources_report_each_chain_once_preferring_the_native_one(
     core: OsqueryCore, area: Path
 ) -> None:
@@ -310,7 +280,9 @@ def test_both_sources_report_each_chain_once_preferring_the_native_one(
     svc = DetectionService(cfg, None, state_dir=str(area / "both"), persist=False)
     with ManagerClient(core.socket_path, timeout=10) as manager:
         svc.attach(manager, start=False)
-        svc.attach_native(ReplayFeed(events))
+        svc.attach_native(
+            RecordedFeed(events, lambda d: 4096 if d.egress_source == "sock_diag" else None)
+        )
         for _ in range(5):
             svc.cycle()
         time.sleep(0.4)  # past settle_seconds
