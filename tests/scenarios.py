@@ -337,7 +337,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         "udp", A, "reads the key and sends it in UDP datagrams",
-        (_py("--file {key} --udp 1 --hold 0.05"),),
+        (_py("--file {key} --udp 1 --hold 0.3"),),
         lambda r: r.sh("x").exec("py", PY, "python3 sender.py {port} --file {key} --udp 1")
         .read("py", "{key}").connect("py"),
         peer="udp", scope="process",

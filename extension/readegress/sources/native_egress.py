@@ -647,17 +647,29 @@ class NativeEgressSource:
         its descriptor: its socket's destroy notification is then attributed
         to the reader, as a connect stamped at the read (final counters: every
         byte the socket carried, an upper bound on those after the read). A
-        socket a poll already tracks is left to the polls.
+        socket that closed before this read event arrived (the dispatcher
+        lags under load) and was reported with no owner is attributed now; one
+        a poll saw with its owner is left to the polls.
         """
         p = read.proc
+        out: list[Egress] = []
         with self._lock:
             for cookie in read.std_socket_cookies:
-                if cookie in self._socks or cookie in self._pending_owners:
+                s = self._socks.get(cookie)
+                if s is not None:
+                    if s.closed and s.owner is None and not s.inbound:
+                        s.owner = p
+                        self._retain(s, self.clock())
+                        self.stats_.std_sockets += 1
+                        out.append(self._egress(s, p, read.time, "connect", None))
+                    continue
+                if cookie in self._pending_owners:
                     continue
                 self._pending_owners[cookie] = (p, read.time, (p.pid, p.start or 0, -1))
                 self.stats_.std_sockets += 1
             while len(self._pending_owners) > MAX_PENDING_OWNERS:
                 self._pending_owners.popitem(last=False)
+        self._emit(out)
 
     def stats(self) -> NativeEgressStats:
         with self._lock:
