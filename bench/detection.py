@@ -86,6 +86,8 @@ def native_mode(area: Path, key: str, key2: str) -> Optional[list[tuple[Any, boo
     sc = _suite()
     print("\nnative (live, readegress watch):", flush=True)
     res = sc.run_native(area, key, key2)
+    for line in res.stderr[-1:]:
+        print(f"  {line}")
     out = []
     for s in sc.SCENARIOS:
         dets = res.detections.get(s.name, [])
