@@ -223,11 +223,13 @@ def test_read_alone_connect_alone_and_other_files_stay_quiet(
 
 def test_sub_50ms_attribution_rate(watch: Watch, sink: Sink, area: Path, secret: str) -> None:
     """20 readers that connect, send and close within 50 ms: how many are attributed."""
-    tries, hits, latencies = 20, 0, []
-    for _ in range(tries):
+    tries, hits, latencies = 0, 0, []
+    for _ in range(20):
         out, _ = run(f"{py(area)} {sink.port} --file {secret}")
         rep = sender_report(out)
-        assert rep["conn_s"] < 0.05
+        if rep["conn_s"] >= 0.05:
+            continue  # a loaded machine stretched this one: not a sub-50 ms sample
+        tries += 1
         try:
             t, _d = watch.wait_for(lambda d, pid=rep["pid"]: d["pid"] == pid, timeout=3.0)
         except AssertionError:
@@ -239,6 +241,8 @@ def test_sub_50ms_attribution_rate(watch: Watch, sink: Sink, area: Path, secret:
         f"attributed {hits}/{tries} connections lasting <50 ms (server answers in 20 ms);"
         f" close -> printed median {latencies[len(latencies) // 2] if latencies else 0:.3f}s"
     )
+    if tries < 10:
+        pytest.skip(f"only {tries} of 20 connections lasted under 50 ms on this loaded machine")
     assert hits >= tries - 2
 
 

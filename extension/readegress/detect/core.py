@@ -126,21 +126,8 @@ NON_LINEAGE_PARENTS = frozenset({0, 1, 2})
 #: forks and execs every member of `tar | openssl | curl` within milliseconds;
 #: osquery's times are whole seconds, so 1 s is the finest it can tell.
 EXEC_PIPELINE_SECONDS = 1.0
-#: Kept for callers of the former rule (children started within 5 s).
-PIPELINE_SECONDS = 5.0
 #: /proc reports start times in USER_HZ ticks, 100 on every Linux ABI.
 USER_HZ = 100
-
-
-def same_pipeline(
-    a_start: Optional[int], a_born: Optional[float], b_start: Optional[int], b_born: Optional[float]
-) -> bool:
-    """Did two children of one parent start together (start ticks, else fork-event times)?"""
-    if a_start is not None and b_start is not None:
-        return abs(a_start - b_start) <= PIPELINE_SECONDS * USER_HZ
-    if a_born is not None and b_born is not None:
-        return abs(a_born - b_born) <= PIPELINE_SECONDS
-    return False
 
 
 def basename(path: str) -> str:
