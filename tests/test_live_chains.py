@@ -168,8 +168,11 @@ def test_shell_redirect_then_exec_keeps_the_chain(
 def test_connection_under_50ms_is_attributed_with_its_final_bytes(
     watch: Watch, sink: Sink, area: Path, secret: str
 ) -> None:
-    out, _ = run(f"{py(area)} {sink.port} --file {secret}")
-    rep = sender_report(out)
+    for _ in range(5):  # a loaded machine may stretch one past 50 ms: run it again
+        out, _ = run(f"{py(area)} {sink.port} --file {secret}")
+        rep = sender_report(out)
+        if rep["conn_s"] < 0.05:
+            break
     assert rep["conn_s"] < 0.05, rep
     t, d = watch.wait_for(lambda d: d["pid"] == rep["pid"])
     assert d["scope"] == "process" and d["egress_kind"] == "connect"
