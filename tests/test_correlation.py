@@ -787,3 +787,12 @@ def test_detection_records_from_state_never_raise_anything_but_value_error(
 ) -> None:
     with contextlib.suppress(ValueError):
         Detection.from_json({**_VALID, **changes})
+
+
+def test_socket_rows_keep_a_real_ip_protocol_and_zero_is_unknown() -> None:
+    def protocol(value: str) -> str:
+        e = event_from_row(SOCKET_EVENTS, {**SOCK, "time": "101", "protocol": value}, "h1")
+        assert isinstance(e, Egress)
+        return e.protocol
+
+    assert (protocol("0"), protocol("6"), protocol("17"), protocol("")) == ("", "tcp", "udp", "")
