@@ -177,8 +177,9 @@ def test_connection_under_50ms_is_attributed_with_its_final_bytes(
     t, d = watch.wait_for(lambda d: d["pid"] == rep["pid"])
     assert d["scope"] == "process" and d["egress_kind"] == "connect"
     assert d["bytes_sent"] >= rep["sent"]  # from the destroy notification's final counters
-    # No opener of the catalogue file waits longer than the permission budget.
-    assert rep["open_s"] < DEFAULT_PERM_BUDGET, rep
+    # No opener of the catalogue file waits much past the permission budget (the
+    # watchdog answers then; a loaded machine may schedule the answer a little late).
+    assert rep["open_s"] < DEFAULT_PERM_BUDGET + 0.05, rep
     print(f"egress close -> detection printed: {t - rep['closed']:.3f}s")
 
 

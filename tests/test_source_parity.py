@@ -43,6 +43,7 @@ from osquery_events import EventTables
 from readegress.detect.config import Config, load_config
 from readegress.detect.core import score
 from readegress.detect.events import Egress, Event, Exec, Proc, SensitiveRead
+from readegress.kernel.procfs import boot_time
 from readegress.osquery import ExtensionRuntime, ManagerClient
 from readegress.service import open_environment
 from readegress.service.detection_service import DetectionService, FinalDetection
@@ -163,10 +164,20 @@ def osquery_rows(events: list[Event], ev: EventTables, scenario_pids: set[int]) 
             procs[p.pid] = p
     # The scenario processes' creation (osquery's process_events fork rows: pid is
     # the child, parent the caller), so the core learns lineage as audit shows it.
+    # A fork row is stamped when the process started (its start ticks), as audit
+    # would: not when the native source first reported it, which a loaded
+    # machine can delay past the second that tells a pipeline from a script.
+    btime = boot_time()
+
+    def forked(pid: int) -> int:
+        start = procs[pid].start
+        return int(btime + start / 100) if start is not None else int(first[pid])
+
     for pid in sorted(scenario_pids & set(procs), key=lambda q: first[q]):
         p = procs[pid]
         if p.ppid is not None:
-            ev.process(int(first[pid]), pid, p.executable, parent=p.ppid, syscall="fork")
+            ev.process(forked(pid), pid, p.executable, parent=p.ppid, syscall="fork")
+    image = {pid: p.executable for pid, p in procs.items()}
     for e in events:
         t = int(e.time)
         p = e.proc
@@ -174,8 +185,11 @@ def osquery_rows(events: list[Event], ev: EventTables, scenario_pids: set[int]) 
             ev.read(t, p.pid, e.path, exe=p.executable, ppid=p.ppid or 0, uid=p.uid or 0,
                     auid=p.auid if p.auid is not None else "4294967295")  # fmt: skip
         elif isinstance(e, Exec):
+            if image.get(p.pid) == p.executable:
+                continue  # a first observation, not an exec: the fork row stands for it
             ev.process(t, p.pid, p.executable, parent=p.ppid or 0, syscall="execve",
                        cmdline=p.cmdline or "", uid=p.uid or 0)  # fmt: skip
+            image[p.pid] = p.executable
         elif isinstance(e, Egress) and e.kind == "connect":
             family = 10 if ":" in e.remote_address else 2
             auid = p.auid if p.auid is not None else "4294967295"
