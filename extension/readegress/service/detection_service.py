@@ -650,8 +650,14 @@ class DetectionService:
         Split-and-send (many small uploads of one file) adds up here: each
         connection settles with its own bytes, and the chain's total is what
         ``bytes_ge_file_size`` compares with the file's size. Only known bytes
-        count; a chain whose every connection has unknown bytes has none.
+        count; a chain whose every connection has unknown bytes has none. A chain
+        is the read's process, pipeline, lineage and session: an unrelated
+        process of the same user or host joined to the read (user/host scope)
+        neither adds its bytes to it nor gets its bytes.
         """
+        here = f"{normalize_address(d.remote_address)}:{d.remote_port}"
+        if d.scope in ("user", "host"):
+            return (None, None) if bytes_sent is None else (bytes_sent, [(here, bytes_sent)])
         key = (d.host, d.reader_pid, d.path, round(d.read_time, 3))
         cutoff = now - self.config.window_seconds - self.config.settle_seconds
         if len(self._chains) > 4 * self.max_pending:
@@ -661,7 +667,7 @@ class DetectionService:
             entry = self._chains[key] = (d.egress_time, {})
         per = entry[1]
         if bytes_sent is not None:
-            per[d.id] = (f"{normalize_address(d.remote_address)}:{d.remote_port}", bytes_sent)
+            per[d.id] = (here, bytes_sent)
             self._chains[key] = (max(entry[0], d.egress_time), per)
         if not per:
             return None, None
