@@ -148,7 +148,12 @@ def native_run(
             and f.detection.reader_pid in readers
             and f.detection.scope in ("process", "pipeline")
         ]
-        assert mine, (name, pid, [f.detection for f in finals])
+        assert mine, (
+            name,
+            pid,
+            readers,
+            [(f.detection.pid, f.detection.reader_pid, f.detection.scope) for f in finals],
+        )
         by_name[name] = mine[0]
     return by_name, rec.events, pids
 
