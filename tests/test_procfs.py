@@ -288,7 +288,7 @@ def test_std_fds_reads_pipe_and_socket_inodes_of_fd_0_and_1() -> None:
     import socket as socketlib
     import subprocess
 
-    from readegress.kernel.procfs import read_start_ticks, socket_cookies, std_fds, std_pipes
+    from readegress.kernel.procfs import read_start_ticks, std_fds, std_pipes, std_socket_state
 
     p = subprocess.Popen(["sleep", "30"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
@@ -304,15 +304,19 @@ def test_std_fds_reads_pipe_and_socket_inodes_of_fd_0_and_1() -> None:
     finally:
         p.kill()
         p.wait()
-    a, b = socketlib.socketpair()
-    with a, b:
+    # A TCP socket on stdout (cat key > /dev/tcp/...): its cookie and bytes so far.
+    srv = socketlib.create_server(("127.0.0.1", 0))
+    a = socketlib.create_connection(srv.getsockname())
+    peer, _ = srv.accept()
+    with srv, a, peer:
+        a.sendall(b"x" * 1234)
         q = subprocess.Popen(["sleep", "30"], stdout=a.fileno())
         try:
             f = std_fds(q.pid, read_start_ticks(q.pid))
             assert f.sockets == ((1, os.fstat(a.fileno()).st_ino),)
             if os.geteuid() == 0:  # pidfd_getfd of another process needs privilege
-                cookie = a.getsockopt(socketlib.SOL_SOCKET, 57, 8)
-                assert socket_cookies(q.pid, f.sockets) == (int.from_bytes(cookie, "little"),)
+                cookie = int.from_bytes(a.getsockopt(socketlib.SOL_SOCKET, 57, 8), "little")
+                assert std_socket_state(q.pid, f.sockets) == ((cookie, 1234),)
         finally:
             q.kill()
             q.wait()

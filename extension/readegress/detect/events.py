@@ -48,9 +48,10 @@ class SensitiveRead:
     path: str
     source: str
     size: Optional[int] = None  # file size in bytes where the source knows it
-    #: Cookies of sockets on the reader's fd 0/1 at the read (native: the opener
-    #: held by fanotify), e.g. ``cat key > /dev/tcp/host/port``.
-    std_socket_cookies: tuple[int, ...] = ()
+    #: (socket cookie, bytes sent so far) of sockets on the reader's fd 0/1 at the
+    #: read (native: read while fanotify held the opener), e.g. ``cat key >
+    #: /dev/tcp/host/port``; the bytes are None where the socket keeps no counters.
+    std_sockets: tuple[tuple[int, Optional[int]], ...] = ()
 
 
 @dataclass(frozen=True)

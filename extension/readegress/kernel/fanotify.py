@@ -80,7 +80,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Optional
 
-from readegress.kernel.procfs import PROC_ROOT, ProcFs, socket_cookies, std_fds
+from readegress.kernel.procfs import PROC_ROOT, ProcFs, std_fds, std_socket_state
 
 log = logging.getLogger("readegress.kernel.fanotify")
 
@@ -297,7 +297,8 @@ class Opener:
     sid: Optional[int] = None
     stdin_pipe: Optional[int] = None  # pipe inode on fd 0 (procfs.std_fds)
     stdout_pipe: Optional[int] = None  # pipe inode on fd 1
-    socket_cookies: tuple[int, ...] = ()  # sockets on fd 0/1 (cat key > /dev/tcp/...)
+    #: (cookie, bytes sent) of sockets on fd 0/1 (cat key > /dev/tcp/...), read while held
+    std_sockets: tuple[tuple[int, Optional[int]], ...] = ()
 
     @property
     def identified(self) -> bool:
@@ -355,7 +356,7 @@ def read_opener(
     # While the opener is held or just opened: a pipeline's reader (cat, tar)
     # may exit a millisecond later. Checked by process_info's tick check below.
     std = std_fds(pid, None, procfs.root)
-    cookies = socket_cookies(pid, std.sockets) if std.sockets else ()
+    sockets = std_socket_state(pid, std.sockets) if std.sockets else ()
     if time.monotonic() > deadline:
         return Opener(pid, start_ticks=ticks)
     info = procfs.process_info(ident)
@@ -375,7 +376,7 @@ def read_opener(
         sid=sid,
         stdin_pipe=std.stdin_pipe,
         stdout_pipe=std.stdout_pipe,
-        socket_cookies=cookies,
+        std_sockets=sockets,
     )
 
 

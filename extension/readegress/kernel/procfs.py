@@ -32,6 +32,7 @@ from collections.abc import Set as AbstractSet
 from typing import NamedTuple, Optional
 
 from readegress.kernel.records import ProcessIdentity, ProcessInfo
+from readegress.kernel.sockdiag import read_tcp_info
 
 PROC_ROOT = "/proc"
 PF_KTHREAD = 0x00200000
@@ -635,18 +636,20 @@ def std_pipes(
     return f.stdin_pipe, f.stdout_pipe
 
 
-def socket_cookies(
+def std_socket_state(
     pid: int, sockets: Iterable[tuple[int, int]], getfd: Optional[PidfdGetfd] = None
-) -> tuple[int, ...]:
-    """SO_COOKIE of sockets ``(fd, inode)`` of a live ``pid`` (held by fanotify, say).
+) -> tuple[tuple[int, Optional[int]], ...]:
+    """(SO_COOKIE, bytes sent so far) of sockets ``(fd, inode)`` of a live ``pid``.
 
+    Meant for an opener fanotify holds: its socket's byte count then is exactly
+    what was sent before the read (``None`` for a socket without TCP counters).
     The descriptor is duplicated with pidfd_getfd (root), checked to be the
     same inode, queried and closed; nothing about the socket changes (the
     owner is waiting, so the duplicate is never its last reference). Any
-    failure yields fewer cookies, never an exception.
+    failure yields fewer entries, never an exception.
     """
     getfd = getfd or _GETFD
-    out: list[int] = []
+    out: list[tuple[int, Optional[int]]] = []
     if not getfd.works:
         return ()
     try:
@@ -661,12 +664,17 @@ def socket_cookies(
                 continue
             try:
                 # socket(fileno=) would make the shared description non-blocking
-                # under a default timeout: then the cookie is not read at all.
+                # under a default timeout: then nothing is read at all.
                 if os.fstat(dup).st_ino != inode or socket.getdefaulttimeout() is not None:
                     continue
                 s = socket.socket(fileno=dup)
                 try:
-                    out.append(_U64.unpack(s.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8))[0])
+                    cookie = _U64.unpack(s.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8))[0]
+                    sent: Optional[int] = None
+                    if s.proto == socket.IPPROTO_TCP:
+                        raw = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+                        sent = read_tcp_info(raw, 0, len(raw))[0]
+                    out.append((cookie, sent))
                 finally:
                     s.detach()  # the descriptor is closed below, once
             except OSError:

@@ -634,7 +634,7 @@ class NativeEgressSource:
 
     def note_read(self, read: SensitiveRead) -> None:
         """A sensitive read happened: take baselines and watch its lineage (cheap to call)."""
-        if read.std_socket_cookies:
+        if read.std_sockets:
             self._note_std_sockets(read)
         self._inbox.append(read)
         self._wake.set()
@@ -648,20 +648,32 @@ class NativeEgressSource:
         to the reader, as a connect stamped at the read (final counters: every
         byte the socket carried, an upper bound on those after the read). A
         socket that closed before this read event arrived (the dispatcher
-        lags under load) and was reported with no owner is attributed now; one
-        a poll saw with its owner is left to the polls.
+        lags under load) and was reported with no owner is attributed now. One
+        a poll already saw (connected before the read) gets a watch whose
+        baseline is exact: its byte count at the read, taken with the cookie.
         """
         p = read.proc
         out: list[Egress] = []
+        now = self.clock()
         with self._lock:
-            for cookie in read.std_socket_cookies:
+            for cookie, sent in read.std_sockets:
                 s = self._socks.get(cookie)
                 if s is not None:
                     if s.closed and s.owner is None and not s.inbound:
                         s.owner = p
-                        self._retain(s, self.clock())
+                        self._retain(s, now)
                         self.stats_.std_sockets += 1
                         out.append(self._egress(s, p, read.time, "connect", None))
+                    elif sent is not None and not any(w.read_time == read.time for w in s.watches):
+                        s.watches.append(
+                            _Watch(
+                                read.time, sent, True, p, read.time + self._config.window_seconds
+                            )
+                        )
+                        self._watch_count += 1
+                        self.stats_.std_sockets += 1
+                        self.stats_.baselines_exact += 1
+                        out.extend(self._check_watches(s, now))
                     continue
                 if cookie in self._pending_owners:
                     continue

@@ -625,7 +625,7 @@ class NativeReadSource:
             path=path,
             source=SOURCE,
             size=ev.size,
-            std_socket_cookies=o.socket_cookies,
+            std_sockets=o.std_sockets,
         )
         s.reads_emitted += 1
         try:
