@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import replace
 from typing import Any, Optional
 
 import pytest
@@ -796,3 +797,22 @@ def test_socket_rows_keep_a_real_ip_protocol_and_zero_is_unknown() -> None:
         return e.protocol
 
     assert (protocol("0"), protocol("6"), protocol("17"), protocol("")) == ("", "tcp", "udp", "")
+
+
+def test_a_native_read_with_its_identity_cut_short_is_no_osquery_pipeline() -> None:
+    # Under load fanotify may answer before the reader's ticks are read; the same
+    # process's egress gives them later: it is native, not an osquery row. Its
+    # cousin (child of a sibling shell seen only without ticks) is no pipeline.
+    partial = Proc(pid=31, ppid=30, executable="/usr/bin/dash", uid=0)
+    shell = Proc(pid=32, ppid=30, executable="/usr/bin/dash", uid=0)
+    sender = Proc(pid=33, ppid=32, executable="/usr/bin/curl", start=1010, uid=0)
+    dets, _ = run(
+        [
+            Exec("h1", 100, partial, "procfs"),
+            SensitiveRead("h1", 100, partial, "/etc/shadow", "fanotify"),
+            Egress("h1", 100.2, replace(partial, start=1000), "8.8.8.8", 4444, "sock_diag"),
+            Exec("h1", 100.3, shell, "procfs"),
+            Egress("h1", 100.5, sender, "8.8.8.8", 4445, "sock_diag"),
+        ]
+    )
+    assert [(d.pid, d.scope) for d in dets] == [(31, "process"), (33, "user")]

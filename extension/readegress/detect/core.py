@@ -745,9 +745,12 @@ class Correlator:
                 # another job of the same runner: session needs the parent).
                 sibling_of = m
             # osquery rows: no descriptors and no start ticks; exec'd together.
+            # (A native read whose identity was cut short also lacks ticks at the
+            # read; its process is native when any event gave it ticks.)
             m_exec = _exec_time(m)
             if (
                 r.start is None
+                and (rp is None or rp.start is None)
                 and m.start is None
                 and r_exec is not None
                 and m_exec is not None
