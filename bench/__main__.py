@@ -24,6 +24,12 @@ def _flood(argv: Sequence[str]) -> int:
     return flood.main(argv)
 
 
+def _detection(argv: Sequence[str]) -> int:
+    from bench import detection
+
+    return detection.main(argv)
+
+
 def _replay(argv: Sequence[str]) -> int:
     from bench import replay
 
@@ -49,6 +55,7 @@ SUBCOMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
         _flood,
         "correlation core under a flood of catalogue reads: detection kept, peak RSS",
     ),
+    "detection": (_detection, "precision and recall of the labelled scenario suite per mode"),
     "replay": (_replay, "readegress replay of a results log vs DuckDB and jq, memory per read"),
     "ext-codec": (
         _ext_codec,

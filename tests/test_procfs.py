@@ -365,3 +365,41 @@ def test_opener_release_is_called_once_even_when_the_process_is_gone(
     calls: list[int] = []
     o = read_opener(ProcFs(str(fake_proc.root)), 999, release=lambda: calls.append(1))
     assert calls == [1] and o.start_ticks is None
+
+
+def test_std_fds_reads_pipe_and_socket_inodes_of_fd_0_and_1() -> None:
+    import socket as socketlib
+    import subprocess
+
+    from readegress.kernel.procfs import read_start_ticks, std_fds, std_pipes, std_socket_state
+
+    p = subprocess.Popen(["sleep", "30"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert p.stdin is not None and p.stdout is not None
+        ticks = read_start_ticks(p.pid)
+        f = std_fds(p.pid, ticks)
+        assert (f.stdin_pipe, f.stdout_pipe) == (
+            os.fstat(p.stdin.fileno()).st_ino,
+            os.fstat(p.stdout.fileno()).st_ino,
+        )
+        assert f.sockets == () and std_pipes(p.pid, ticks) == (f.stdin_pipe, f.stdout_pipe)
+        assert std_fds(p.pid, (ticks or 0) + 1) == std_fds(-1, None)  # another process: nothing
+    finally:
+        p.kill()
+        p.wait()
+    # A TCP socket on stdout (cat key > /dev/tcp/...): its cookie and bytes so far.
+    srv = socketlib.create_server(("127.0.0.1", 0))
+    a = socketlib.create_connection(srv.getsockname())
+    peer, _ = srv.accept()
+    with srv, a, peer:
+        a.sendall(b"x" * 1234)
+        q = subprocess.Popen(["sleep", "30"], stdout=a.fileno())
+        try:
+            f = std_fds(q.pid, read_start_ticks(q.pid))
+            assert f.sockets == ((1, os.fstat(a.fileno()).st_ino),)
+            if os.geteuid() == 0:  # pidfd_getfd of another process needs privilege
+                cookie = int.from_bytes(a.getsockopt(socketlib.SOL_SOCKET, 57, 8), "little")
+                assert std_socket_state(q.pid, f.sockets) == ((cookie, 1234),)
+        finally:
+            q.kill()
+            q.wait()

@@ -244,7 +244,7 @@ def test_cli_missing_file_is_an_error(
 def test_cli_threshold_from_config(
     tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes], config: Config
 ) -> None:
-    text = Path(config.path).read_text().replace("threshold = 50", "threshold = 105")
+    text = Path(config.path).read_text().replace("threshold = 50", "threshold = 106")
     cfg = tmp_path / "strict.toml"
     cfg.write_text(text)
     assert cli.main(["replay", "--config", str(cfg), str(LOGS / "events.log")]) == 0

@@ -22,12 +22,13 @@ from typing import Callable, Optional
 import psutil
 import pytest
 
+from chain_peers import RecordedFeed
 from osquery_events import EventTables, write_config
 from readegress.detect.config import Config, load_config
 from readegress.detect.core import Correlator
-from readegress.detect.events import Event
+from readegress.detect.events import Egress, Event, Proc, SensitiveRead
 from readegress.osquery import ManagerClient
-from readegress.service.detection_service import DetectionService
+from readegress.service.detection_service import DetectionService, FinalDetection
 from readegress.sources.osquery_setup import (
     OsqueryFilePaths,
     catalogue_file_paths,
@@ -537,3 +538,46 @@ def test_state_saves_are_rate_limited_unless_a_detection_was_added(
     reloaded = service(cfg, state, manager, clock=lambda: now[0])
     assert reloaded.status().tables["process_events"].rows == 4
     reloaded.stop()
+
+
+def test_bytes_of_a_chains_connections_add_up_split_and_send(tmp_path: Path) -> None:
+    # split reads a 3000-byte key; three later siblings upload 1000 bytes each.
+    cfg = config(tmp_path, settle=0)
+    reader = Proc(pid=10, ppid=9, executable="/usr/bin/split", start=1000, uid=0)
+    t = time.time() - 5  # the service keeps a chain's bytes for window + settle after it
+    evs: list[Event] = [SensitiveRead("h", t, reader, "/etc/shadow", "fanotify", size=3000)]
+    for i in range(3):
+        sender = Proc(pid=11 + i, ppid=9, executable="/usr/bin/curl", start=1500 + i, uid=0)
+        evs.append(Egress("h", t + 1 + i, sender, "8.8.8.8", 4444, "sock_diag", cookie=i + 1))
+    finals: list[FinalDetection] = []
+    svc = DetectionService(cfg, None, persist=False, host="h", on_final=finals.append)
+    sent = {1: 1000, 2: 1000, 3: 1000}
+    svc.attach_native(RecordedFeed(evs, lambda d: sent.get(d.cookie or 0)))
+    svc.cycle()
+    assert svc.counters["below_threshold"] == 2  # 1000 and 2000 bytes: fewer than the file
+    (f,) = finals
+    d = f.detection
+    assert (d.pid, d.scope, d.bytes_sent, d.chain_bytes_sent) == (13, "session", 1000, 3000)
+    assert "bytes_ge_file_size" in d.reasons and d.bytes_by_destination == (("8.8.8.8:4444", 3000),)
+    assert d.priority == round(d.score * 1.5)
+
+
+def test_an_unrelated_process_neither_adds_to_nor_takes_a_chains_bytes(tmp_path: Path) -> None:
+    # A key read, a sibling's small upload (session), and another user's process
+    # moving 10 MB at the same time (host scope): the chain is only the sibling's.
+    cfg = config(tmp_path, settle=0)
+    t = time.time() - 5
+    reader = Proc(pid=10, ppid=9, executable="/usr/bin/split", start=1000, uid=0)
+    sibling = Proc(pid=11, ppid=9, executable="/usr/bin/curl", start=1500, uid=0)
+    other = Proc(pid=50, ppid=40, executable="/usr/bin/rsync", start=1600, uid=7)
+    evs: list[Event] = [
+        SensitiveRead("h", t, reader, "/etc/shadow", "fanotify", size=3000),
+        Egress("h", t + 1, other, "8.8.4.4", 873, "sock_diag", cookie=2),
+        Egress("h", t + 2, sibling, "8.8.8.8", 4444, "sock_diag", cookie=1),
+    ]
+    finals: list[FinalDetection] = []
+    svc = DetectionService(cfg, None, persist=False, host="h", on_final=finals.append)
+    sent = {1: 1000, 2: 10_000_000}
+    svc.attach_native(RecordedFeed(evs, lambda d: sent.get(d.cookie or 0)))
+    svc.cycle()
+    assert finals == [] and svc.counters["below_threshold"] == 2

@@ -3,7 +3,8 @@
 One live run of the native sources (in this process: fanotify + sock_diag,
 root) records every event it feeds the correlation core while three real
 chains run against a loopback sink: a reader that sends (process scope),
-``cat | sender`` (lineage), and ``sh -c 'exec sender < FILE'`` (process scope
+``cat | sender`` (pipeline: native proves the pipe, osquery infers it from
+members started together), and ``sh -c 'exec sender < FILE'`` (process scope
 through an exec). From those recorded facts, rows are built in osquery's exact
 event-table schemas (``osquery_events.py``): reads as ``process_file_events``,
 egress as ``socket_events`` connects, image changes as ``process_events``
@@ -14,7 +15,8 @@ Same pid, path, remote address/port and scope on both sides. What may differ,
 and is asserted exactly: only the native side knows the file's size and the
 socket's final byte count (fanotify's event fd, the destroy notification), so
 its reasons add ``bytes_ge_file_size`` and its score adds that reason's points
-times the scope factor; it also has ``bytes_sent`` and the sender's start time,
+times the scope factor; only the native side reads pipe inodes, so its
+pipeline adds ``pipe_shared``; it also has ``bytes_sent`` and the sender's start time,
 where the osquery side (whose processes are gone when it settles) has none.
 
 Then both sources feed one service: each chain is reported once, by the native
@@ -32,19 +34,19 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import pytest
 
-from chain_peers import SENDER, Sink
+from chain_peers import SENDER, RecordedFeed, Sink
 from osquery_events import EventTables
 from readegress.detect.config import Config, load_config
-from readegress.detect.core import REASON_POINTS, SCOPE_FACTOR, Detection
+from readegress.detect.core import score
 from readegress.detect.events import Egress, Event, Exec, Proc, SensitiveRead
+from readegress.kernel.procfs import boot_time
 from readegress.osquery import ExtensionRuntime, ManagerClient
 from readegress.service import open_environment
 from readegress.service.detection_service import DetectionService, FinalDetection
-from readegress.service.socket_facts import SocketFacts
 from readegress.sources.native import NativeSources
 from readegress.tables.base import TableCalls, load_tables
 from readegress.testing import OsqueryCore
@@ -101,7 +103,7 @@ def run_chains(area: Path, secret: str, port: int) -> dict[str, int]:
     py = f"{sys.executable} {area / 'sender.py'} {port}"
     scripts = {
         "process": f"{py} --file {secret} --hold 0.02",
-        "lineage": f"cat {secret} | {py} --stdin 1 --hold 0.02",
+        "pipeline": f"cat {secret} | {py} --stdin 1 --hold 0.02",
         "exec": f"exec {py} --stdin 1 --hold 0.02 < {secret}",
     }
     pids = {}
@@ -144,9 +146,14 @@ def native_run(
             for f in finals
             if f.detection.pid == pid
             and f.detection.reader_pid in readers
-            and f.detection.scope in ("process", "lineage")
+            and f.detection.scope in ("process", "pipeline")
         ]
-        assert mine, (name, pid, [f.detection for f in finals])
+        assert mine, (
+            name,
+            pid,
+            readers,
+            [(f.detection.pid, f.detection.reader_pid, f.detection.scope) for f in finals],
+        )
         by_name[name] = mine[0]
     return by_name, rec.events, pids
 
@@ -162,10 +169,20 @@ def osquery_rows(events: list[Event], ev: EventTables, scenario_pids: set[int]) 
             procs[p.pid] = p
     # The scenario processes' creation (osquery's process_events fork rows: pid is
     # the child, parent the caller), so the core learns lineage as audit shows it.
+    # A fork row is stamped when the process started (its start ticks), as audit
+    # would: not when the native source first reported it, which a loaded
+    # machine can delay past the second that tells a pipeline from a script.
+    btime = boot_time()
+
+    def forked(pid: int) -> int:
+        start = procs[pid].start
+        return int(btime + start / 100) if start is not None else int(first[pid])
+
     for pid in sorted(scenario_pids & set(procs), key=lambda q: first[q]):
         p = procs[pid]
         if p.ppid is not None:
-            ev.process(int(first[pid]), pid, p.executable, parent=p.ppid, syscall="fork")
+            ev.process(forked(pid), pid, p.executable, parent=p.ppid, syscall="fork")
+    image = {pid: p.executable for pid, p in procs.items()}
     for e in events:
         t = int(e.time)
         p = e.proc
@@ -173,8 +190,11 @@ def osquery_rows(events: list[Event], ev: EventTables, scenario_pids: set[int]) 
             ev.read(t, p.pid, e.path, exe=p.executable, ppid=p.ppid or 0, uid=p.uid or 0,
                     auid=p.auid if p.auid is not None else "4294967295")  # fmt: skip
         elif isinstance(e, Exec):
+            if image.get(p.pid) == p.executable:
+                continue  # a first observation, not an exec: the fork row stands for it
             ev.process(t, p.pid, p.executable, parent=p.ppid or 0, syscall="execve",
                        cmdline=p.cmdline or "", uid=p.uid or 0)  # fmt: skip
+            image[p.pid] = p.executable
         elif isinstance(e, Egress) and e.kind == "connect":
             family = 10 if ":" in e.remote_address else 2
             auid = p.auid if p.auid is not None else "4294967295"
@@ -249,48 +269,21 @@ def test_native_and_osquery_sources_make_the_same_detections(core: OsqueryCore, 
         assert o["source"] == "osquery" and n.read_source == "fanotify"
         # What differs, and why: the file size and final byte count are native-only.
         o_reasons = set(o["reasons"].split(","))
-        assert set(n.reasons) - o_reasons == {"bytes_ge_file_size"}, (name, n.reasons, o_reasons)
+        native_only = {"bytes_ge_file_size"} | ({"pipe_shared"} if n.scope == "pipeline" else set())
+        assert set(n.reasons) - o_reasons == native_only, (name, n.reasons, o_reasons)
         assert o_reasons <= set(n.reasons)
-        extra = REASON_POINTS["bytes_ge_file_size"]
-        w, f = n.class_weight, SCOPE_FACTOR[n.scope]
-        pts = sum(REASON_POINTS[r] for r in o_reasons)
-        assert (int(o["score"]), n.score) == (round((w + pts) * f), round((w + pts + extra) * f))
+        w = n.class_weight
+        assert (int(o["score"]), n.score) == (
+            score(w, n.scope, o_reasons),
+            score(w, n.scope, [*o_reasons, *native_only]),
+        )
         assert o["bytes_sent"] == "" and n.bytes_sent is not None and n.bytes_sent >= 4096
         assert o["start_time"] == "" and native[name].start_time is not None
         assert n.file_size == 4096
     assert native["process"].detection.scope == "process"
-    assert native["lineage"].detection.scope == "lineage"
+    assert native["pipeline"].detection.scope == "pipeline"
     assert native["exec"].detection.scope == "process"
     assert "exec_after_read" in native["exec"].detection.reasons
-
-
-class ReplayFeed:
-    """Recorded native events, fed again through the NativeFeed protocol."""
-
-    def __init__(self, events: list[Event]) -> None:
-        self.events = list(events)
-
-    def set_wake(self, wake: Any) -> None:
-        pass
-
-    def drain(self, now: Optional[float] = None, *, everything: bool = False) -> list[Event]:
-        out, self.events = self.events, []
-        return out
-
-    def next_due(self) -> Optional[float]:
-        return None
-
-    def owns(self, d: Detection) -> bool:
-        return d.egress_source == "sock_diag"
-
-    def facts(self, d: Detection) -> Optional[tuple[SocketFacts, bool]]:
-        return (SocketFacts(bytes_sent=4096, protocol="tcp"), True) if self.owns(d) else None
-
-    def stats(self) -> dict[str, Any]:
-        return {}
-
-    def close(self) -> None:
-        pass
 
 
 def test_both_sources_report_each_chain_once_preferring_the_native_one(
@@ -306,7 +299,9 @@ def test_both_sources_report_each_chain_once_preferring_the_native_one(
     svc = DetectionService(cfg, None, state_dir=str(area / "both"), persist=False)
     with ManagerClient(core.socket_path, timeout=10) as manager:
         svc.attach(manager, start=False)
-        svc.attach_native(ReplayFeed(events))
+        svc.attach_native(
+            RecordedFeed(events, lambda d: 4096 if d.egress_source == "sock_diag" else None)
+        )
         for _ in range(5):
             svc.cycle()
         time.sleep(0.4)  # past settle_seconds

@@ -102,7 +102,7 @@ def detection_text(final: Any) -> str:
     exe = d.executable or "?"
     reader = "" if d.reader_pid == d.pid else f" (read by pid {d.reader_pid})"
     return (
-        f"{when} score {d.score} {d.scope}: pid {d.pid} {exe} read {d.path}"
+        f"{when} priority {d.priority} score {d.score} {d.scope}: pid {d.pid} {exe} read {d.path}"
         f" [{d.sensitive_class}]{reader} then {d.egress_kind} to"
         f" {d.remote_address}:{d.remote_port} ({d.remote_class}) {d.delay:.3f}s later,"
         f" {sent} bytes sent; {', '.join(d.reasons)}"

@@ -16,66 +16,117 @@ pid 1) all mean "another process": reads of the old one never chain to the
 new one. An exec keeps the generation (same process, new image, inherited
 descriptors) and the images are all recorded.
 
-Scopes, strongest first: ``process`` (the reader sends), ``lineage`` (parent,
-child, ancestor, sibling of one pipeline, same process group or session),
-``user`` (same login uid, else same uid), ``host``.
+Scopes, from the evidence that joins reader and sender, strongest first
+(:data:`SCOPES`; the README's "Scopes" table is the user-facing copy):
+
+- ``process``: the reader sends (an exec keeps the process).
+- ``pipeline``: a pipe joins them. Native sources prove it: the reader's
+  stdout pipe reaches the stdin pipe of the sender or of one of its
+  ancestors, directly or through other members (``tar | openssl | curl``);
+  reason ``pipe_shared``. osquery rows carry no descriptors and, by default,
+  no fork rows, so there the reader is a sibling of the sender (or of one of
+  its ancestors) exec'd within :data:`EXEC_PIPELINE_SECONDS` of it.
+- ``lineage``: the reader is an ancestor or a descendant of the sender.
+- ``session``: same parent, process group or session, without a pipe between
+  them: the steps of one script run one after the other.
+- ``user``: same login uid, else same uid. ``host``: anything else.
+
+Score = round((class weight + reason points) x scope factor): the weaker the
+scope, the more other evidence (bytes, encoder, destination) a detection
+needs to reach the threshold. See :data:`REASON_POINTS` and the README's
+arithmetic per scope.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import math
+import shlex
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator, Reversible
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Optional
+from collections.abc import Iterable, Iterator, Mapping, Reversible
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from typing import Any, NamedTuple, Optional
 
 from readegress.detect.catalogue import SensitiveClass
-from readegress.detect.config import Config
+from readegress.detect.config import ApprovedJob, Config
 from readegress.detect.events import AUID_UNSET, Egress, Event, Exec, ProcessStart, SensitiveRead
+from readegress.detect.priority import priority
 from readegress.net.classify import classify
 
-SCOPES = ("process", "lineage", "user", "host")
-SCOPE_FACTOR = {"process": 1.0, "lineage": 0.8, "user": 0.4, "host": 0.2}
+SCOPES = ("process", "pipeline", "lineage", "session", "user", "host")
+#: Scope factors in percent (integer arithmetic: no float rounding at the threshold).
+SCOPE_PERCENT = {
+    "process": 100,
+    "pipeline": 44,
+    "lineage": 50,
+    "session": 42,
+    "user": 30,
+    "host": 15,
+}
+SCOPE_FACTOR = {k: v / 100 for k, v in SCOPE_PERCENT.items()}
 
-#: Programs whose presence in a chain suggests packing or encoding the data.
+#: Programs that pack or encode data (compressors and archivers pack).
 ENCODERS = frozenset(
     {
         "tar", "gzip", "pigz", "bzip2", "xz", "zstd", "lz4", "zip", "7z", "7za", "rar",
-        "openssl", "gpg", "gpg2", "age", "base64", "base32", "basenc", "xxd", "od",
-        "hexdump", "uuencode", "split",
+        "base64", "base32", "basenc", "xxd", "od", "hexdump", "uuencode", "split",
     }
 )  # fmt: skip
-COMMON_PORTS = frozenset({80, 443})
+#: Of those, the ones whose output is smaller than their input (for bytes_ge_file_size).
+COMPRESSORS = frozenset(
+    {"tar", "gzip", "pigz", "bzip2", "xz", "zstd", "lz4", "zip", "7z", "7za", "rar"}
+)
+#: Programs that encrypt; some only with an option (see :func:`is_encryptor`).
+ENCRYPTORS = frozenset({"age", "ccrypt", "mcrypt", "gpg", "gpg2", "openssl", "zip", "7z", "7za"})
+#: Programs whose job is to copy a file's content somewhere (stdout, another file).
+COPIERS = frozenset(
+    {"cat", "tac", "dd", "head", "tail", "tee", "pv", "cp", "install", "rsync", "sed", "awk",
+     "gawk", "mawk", "cut"}
+)  # fmt: skip
+#: Ports of encrypted sessions (TLS services, SSH).
+ENCRYPTED_PORTS = frozenset({22, 443, 465, 563, 636, 853, 989, 990, 992, 993, 995, 2222, 8443})
+#: Ports of common application protocols: anything else over TCP is "raw TCP to an uncommon port".
+COMMON_PORTS = frozenset(
+    {20, 21, 22, 25, 53, 80, 110, 123, 143, 389, 443, 465, 587, 636, 853, 993, 995, 2222,
+     3128, 8080, 8443}
+)  # fmt: skip
 
 # Points each reason adds to a detection's score. The score is
 #   round((class weight + reason points) * scope factor)
 # so the scope scales all evidence: weak reasons (quick, uncommon port, new
 # destination) cannot lift a pair of unrelated processes (host scope) over the
-# threshold, while bulk bytes can still make a same-user chain alert.
+# threshold, while bytes and encoders can lift a script's steps (session).
 REASON_POINTS = {
     "quick_egress": 10,  # egress within 10 s of the read
-    "uncommon_port": 10,  # not 80/443
+    "uncommon_port": 10,  # raw TCP (or unknown protocol) to a port not in COMMON_PORTS
+    "encrypted_port": 5,  # a TLS or SSH port (ENCRYPTED_PORTS): the payload is not inspectable
     "first_seen_destination": 10,  # address not contacted from this host before (in memory)
-    "encoder_in_lineage": 15,  # tar/gzip/openssl/base64/xxd/... in the chain
+    "encoder_in_chain": 15,  # tar/gzip/base64/xxd/split/... in the chain
+    "encryptor_in_chain": 20,  # openssl enc, gpg, age, zip -e, 7z -p, ... in the chain
+    "reader_copies_file": 20,  # pipeline/lineage reader is cat/cp/dd/tee/...: it moves content
+    "pipe_shared": 25,  # native: a pipe carries the reader's stdout to the sender
     "multiple_sensitive_files": 10,  # two or more alerting files read in the chain
     "exec_after_read": 0,  # the reader exec'd the sender (bash < key; exec nc)
     "transfer_on_existing_socket": 5,  # bytes moved on a socket older than the read
     "bulk_transfer": 15,  # >= 1 MiB sent after the read
-    "bytes_ge_file_size": 15,  # at least as many bytes sent as the file holds
+    "bytes_ge_file_size": 25,  # the chain sent at least the file's size (a quarter if compressed)
+    "few_bytes_sent": -40,  # known bytes below that, and the sender is not the reader
     "long_lived_socket": 10,  # socket age >= 10 min
     "keepalive": 5,  # keepalive armed: a session meant to last
     "mass_sensitive_reads": 15,  # the reader read >= MASS_READ_FILES alerting files in the window
 }
 BULK_BYTES = 1 << 20
+#: With a compressor in the chain, this fraction of the file's size counts as all of it.
+COMPRESSED_FRACTION = 0.25
 LONG_LIVED_SECONDS = 600
 MAX_LINEAGE_DEPTH = 6
 #: Parents whose children are unrelated to each other (init, kthreadd).
 NON_LINEAGE_PARENTS = frozenset({0, 1, 2})
-#: Siblings are one pipeline only when they started this close together:
-#: `tar | openssl | curl` forks its members within milliseconds, while the
-#: children of a long-lived parent (cron, an sshd listener, a CI runner, a
-#: login shell) started minutes apart are unrelated jobs.
-PIPELINE_SECONDS = 5.0
+#: osquery rows: siblings exec'd this close together are one pipeline. A shell
+#: forks and execs every member of `tar | openssl | curl` within milliseconds;
+#: osquery's times are whole seconds, so 1 s is the finest it can tell.
+EXEC_PIPELINE_SECONDS = 1.0
 #: /proc reports start times in USER_HZ ticks, 100 on every Linux ABI.
 USER_HZ = 100
 #: Distinct files one process keeps in the window. A process reading more (a
@@ -88,15 +139,53 @@ MAX_READS_PER_PROCESS = 64
 MASS_READ_FILES = 25
 
 
-def same_pipeline(
-    a_start: Optional[int], a_born: Optional[float], b_start: Optional[int], b_born: Optional[float]
-) -> bool:
-    """Did two children of one parent start together (start ticks, else fork-event times)?"""
-    if a_start is not None and b_start is not None:
-        return abs(a_start - b_start) <= PIPELINE_SECONDS * USER_HZ
-    if a_born is not None and b_born is not None:
-        return abs(a_born - b_born) <= PIPELINE_SECONDS
-    return False
+def basename(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+def is_encryptor(image: str, cmdline: Optional[str]) -> bool:
+    """Whether a chain member encrypts: by its image and, where it decides, its options.
+
+    ``openssl`` encrypts with ``enc``/``smime``/``cms`` or a cipher subcommand
+    (``aes-256-cbc``); ``zip`` with ``-e``/``-P``/``--encrypt``; ``7z`` with
+    ``-p``; ``gpg`` with ``-c``/``-e``/``--symmetric``/``--encrypt``; ``age``,
+    ``ccrypt`` and ``mcrypt`` always. An unknown command line counts for gpg
+    and openssl (their usual pipeline use is encryption).
+    """
+    name = basename(image)
+    if name not in ENCRYPTORS:
+        return False
+    if name in ("age", "ccrypt", "mcrypt"):
+        return True
+    if cmdline is None:
+        return name in ("gpg", "gpg2", "openssl")
+    try:
+        args = shlex.split(cmdline)[1:]
+    except ValueError:
+        args = cmdline.split()[1:]
+    if name == "openssl":
+        sub = args[0] if args else ""
+        return sub in ("enc", "smime", "cms") or sub.startswith(("aes", "des", "chacha", "camel"))
+    if name in ("gpg", "gpg2"):
+        return any(
+            a in ("--symmetric", "--encrypt")
+            or (a.startswith("-") and not a.startswith("--") and ("c" in a or "e" in a))
+            for a in args
+        )
+    if name == "zip":
+        return any(a in ("-e", "--encrypt") or a.startswith("-P") for a in args)
+    return any(a.startswith("-p") for a in args)  # 7z / 7za
+
+
+class FileRead(NamedTuple):
+    """A catalogue file the chain read in the window (triage evidence)."""
+
+    path: str
+    sensitive_class: str
+    size: Optional[int]
+    reader_pid: int
+    scope: str  # how the reader is related to the sender
+    read_time: float
 
 
 @dataclass(frozen=True)
@@ -133,6 +222,21 @@ class Detection:
     cookie: Optional[int] = None
     socket_age: Optional[int] = None
     keepalive: Optional[bool] = None
+    #: score x host criticality x data classification weight (readegress.detect.priority).
+    priority: int = 0
+    #: Bytes of every connection of this chain (same read) in the window, this one
+    #: included, where known (the service adds them up as they settle).
+    chain_bytes_sent: Optional[int] = None
+    #: Triage evidence: every catalogue file the chain read in the window.
+    files_read: tuple[FileRead, ...] = ()
+    #: Triage evidence: (destination "address:port", bytes) of the chain, where known.
+    bytes_by_destination: tuple[tuple[str, int], ...] = ()
+    #: Whether this host contacted the address before (within the core's memory).
+    destination_seen_before: Optional[bool] = None
+    #: The [[approved]] entry that nearly matched and why it did not ("" if none came close).
+    near_approval: str = ""
+    #: True when the chain had a compressor (bytes_ge_file_size then needs a quarter of the size).
+    compressed: bool = False
 
     @property
     def delay(self) -> float:
@@ -143,8 +247,47 @@ class Detection:
         d["executables"] = list(self.executables)
         d["reasons"] = list(self.reasons)
         d["other_paths"] = list(self.other_paths)
+        d["files_read"] = [r._asdict() for r in self.files_read]
+        d["bytes_by_destination"] = dict(self.bytes_by_destination)
         d["delay"] = round(self.delay, 3)
         return d
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Detection:
+        """The inverse of :meth:`to_json` (``delay`` ignored); ``ValueError`` when malformed."""
+        kw = {f: data[f] for f in _DETECTION_FIELDS if f in data}
+        missing = [f for f in _REQUIRED_FIELDS if f not in kw]
+        if missing:
+            raise ValueError(f"detection lacks {missing}")
+        for k in ("executables", "reasons", "other_paths"):
+            if not isinstance(kw[k], list) or not all(isinstance(x, str) for x in kw[k]):
+                raise ValueError(f"detection {k} is not a list of strings")
+            kw[k] = tuple(kw[k])
+        if not isinstance(kw["id"], str) or not isinstance(kw["score"], int):
+            raise ValueError("detection id/score malformed")
+        try:
+            kw["files_read"] = tuple(FileRead(**r) for r in kw.get("files_read", ()))
+            kw["bytes_by_destination"] = tuple(
+                (str(k), int(v)) for k, v in dict(kw.get("bytes_by_destination", {})).items()
+            )
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"detection triage evidence malformed: {e}") from None
+        return cls(**kw)
+
+
+_DETECTION_FIELDS = tuple(Detection.__dataclass_fields__)
+_REQUIRED_FIELDS = tuple(
+    f
+    for f, spec in Detection.__dataclass_fields__.items()
+    if spec.default is MISSING and spec.default_factory is MISSING
+)
+
+
+def bytes_needed(file_size: Optional[int], compressed: bool) -> Optional[int]:
+    """Bytes a chain must send to have sent the file (a quarter when it was compressed)."""
+    if file_size is None or file_size <= 0:
+        return None
+    return math.ceil(file_size * COMPRESSED_FRACTION) if compressed else file_size
 
 
 def enrich(
@@ -153,36 +296,111 @@ def enrich(
     bytes_sent: Optional[int],
     socket_age: Optional[int] = None,
     keepalive: Optional[bool] = None,
+    chain_bytes_sent: Optional[int] = None,
+    bytes_by_destination: Optional[Iterable[tuple[str, int]]] = None,
+    config: Optional[Config] = None,
 ) -> Detection:
-    """Add live socket facts (read by the caller, after the settle delay) and rescore."""
-    reasons = list(d.reasons)
+    """Add live socket facts (read by the caller, after the settle delay) and rescore.
+
+    ``chain_bytes_sent`` is what every connection of the chain sent in the
+    window (split-and-send: many small uploads add up). Unknown bytes are never
+    estimated: with neither, no bytes reason changes (a closed socket's totals
+    are not a bound: a socket no poll saw is missing from them). ``config``
+    recomputes the priority (else it keeps its ratio to the score).
+    """
+    reasons = [r for r in d.reasons if r not in ("bytes_ge_file_size", "few_bytes_sent")]
 
     def add(r: str) -> None:
         if r not in reasons:
             reasons.append(r)
 
-    if bytes_sent is not None:
-        if bytes_sent >= BULK_BYTES:
-            add("bulk_transfer")
-        if d.file_size is not None and d.file_size > 0 and bytes_sent >= d.file_size:
+    sent = bytes_sent if bytes_sent is not None else d.bytes_sent
+    chain = chain_bytes_sent if chain_bytes_sent is not None else d.chain_bytes_sent
+    known = [x for x in (sent, chain) if x is not None]
+    total = max(known) if known else None
+    need = bytes_needed(d.file_size, d.compressed)
+    if sent is not None and sent >= BULK_BYTES:
+        add("bulk_transfer")
+    if total is not None and need is not None:
+        if total >= need:
             add("bytes_ge_file_size")
+        elif d.scope != "process":
+            add("few_bytes_sent")
     if socket_age is not None and socket_age >= LONG_LIVED_SECONDS:
         add("long_lived_socket")
     if keepalive:
         add("keepalive")
+    new_score = score(d.class_weight, d.scope, reasons)
+    if config is not None:
+        prio = priority(config, new_score, d.host, d.sensitive_class)
+    else:
+        prio = round(new_score * d.priority / d.score) if d.score > 0 else d.priority
     return replace(
         d,
-        bytes_sent=bytes_sent if bytes_sent is not None else d.bytes_sent,
+        bytes_sent=sent,
+        chain_bytes_sent=chain,
+        bytes_by_destination=tuple(bytes_by_destination)
+        if bytes_by_destination is not None
+        else d.bytes_by_destination,
         socket_age=socket_age if socket_age is not None else d.socket_age,
         keepalive=keepalive if keepalive is not None else d.keepalive,
         reasons=tuple(reasons),
-        score=score(d.class_weight, d.scope, reasons),
+        score=new_score,
+        priority=prio,
     )
 
 
 def score(class_weight: int, scope: str, reasons: Iterable[str]) -> int:
-    """A detection's score: evidence points, scaled by how related reader and sender are."""
-    return round((class_weight + sum(REASON_POINTS[r] for r in reasons)) * SCOPE_FACTOR[scope])
+    """A detection's score: evidence points, scaled by how related reader and sender are.
+
+    ``(class weight + reason points) * scope factor``, rounded half up, never below 0.
+    """
+    total = class_weight + sum(REASON_POINTS[r] for r in reasons)
+    return max(0, (total * SCOPE_PERCENT[scope] + 50) // 100)
+
+
+def near_approval(
+    approved: Iterable[ApprovedJob],
+    reader: str,
+    sender: str,
+    cls: str,
+    address: str,
+    port: int,
+    now: float,
+) -> str:
+    """The approved entry that came closest to covering a chain, and what it lacked.
+
+    Closest: the most of (class, reader image, sender image, destination,
+    port, not expired) matched, at least two. ``""`` when none came close.
+    """
+    best: Optional[tuple[int, ApprovedJob, list[str]]] = None
+    for a in approved:
+        why: list[str] = []
+        if a.sensitive_class != cls:
+            why.append(f"class {cls} is not {a.sensitive_class}")
+        for role, exe in (("reader", reader), ("sender", sender)):
+            loose = replace(a, sensitive_class=cls, destination=None, port=None, expires=None)
+            if not loose.matches((exe,), cls, address, port, now):
+                why.append(f"{role} {exe or '?'} does not match {a.executable}")
+        if a.destination is not None and not replace(
+            a, executable="*", sensitive_class=cls, port=None, expires=None
+        ).matches((sender or "x",), cls, address, port, now):
+            why.append(f"destination {address} is not in {a.destination}")
+        if a.port is not None and a.port != port:
+            why.append(f"port {port} is not {a.port}")
+        if a.expires is not None and now >= a.expires:
+            why.append("the approval expired")
+        matched = 6 - len(why)
+        if not why or matched < 4:
+            continue
+        if best is None or matched > best[0]:
+            best = (matched, a, why)
+    if best is None:
+        return ""
+    _, a, why = best
+    return json.dumps(
+        {"executable": a.executable, "class": a.sensitive_class, "owner": a.owner, "why_not": why}
+    )
 
 
 @dataclass
@@ -199,6 +417,9 @@ class _Proc:
     cmdline: Optional[str]
     last: float
     born: Optional[float] = None  # time of the fork event that created it, when seen
+    exec_time: Optional[float] = None  # time of its latest exec event (osquery rows)
+    stdin_pipe: Optional[int] = None  # pipe inode on fd 0 (native sources)
+    stdout_pipe: Optional[int] = None  # pipe inode on fd 1
 
 
 @dataclass
@@ -354,6 +575,29 @@ class _Host:
     children: dict[int, set[int]] = field(default_factory=dict)
     destinations: OrderedDict[str, None] = field(default_factory=OrderedDict)
     newest: float = 0.0
+    #: stdin pipe inode -> pids whose fd 0 is that pipe (checked against the
+    #: process view when used; bounded like the process view).
+    pipe_readers: OrderedDict[int, list[int]] = field(default_factory=OrderedDict)
+
+
+@dataclass
+class _SenderSide:
+    pid: int
+    st: _Proc
+    ancestors: list[tuple[int, _Proc]] = field(default_factory=list)  # nearest first
+    ancestor_keys: set[tuple[int, int]] = field(default_factory=set)
+    unknown_ancestor: Optional[int] = None
+    descendants: dict[tuple[int, int], _Proc] = field(default_factory=dict)
+    stdin_pipes: set[int] = field(default_factory=set)  # of the sender and its ancestors
+    uid: Optional[int] = None
+    auid: Optional[int] = None
+
+
+@dataclass
+class _Relation:
+    scope: str
+    proven: bool = False  # pipeline scope proven by pipe inodes
+    members: list[_Proc] = field(default_factory=list)  # pipeline members between them
 
 
 STAT_NAMES = (
@@ -437,6 +681,24 @@ class Correlator:
         return st
 
     def _observe(self, h: _Host, e: Event) -> _Proc:
+        st = self._observe_proc(h, e)
+        p = e.proc
+        if isinstance(e, Exec):
+            st.exec_time = e.time
+        if p.stdout_pipe is not None:
+            st.stdout_pipe = p.stdout_pipe
+        if p.stdin_pipe is not None and st.stdin_pipe != p.stdin_pipe:
+            st.stdin_pipe = p.stdin_pipe
+            pids = h.pipe_readers.setdefault(p.stdin_pipe, [])
+            if p.pid not in pids:
+                pids.append(p.pid)
+                del pids[:-16]
+            h.pipe_readers.move_to_end(p.stdin_pipe)
+            while len(h.pipe_readers) > self.max_processes:
+                h.pipe_readers.popitem(last=False)
+        return st
+
+    def _observe_proc(self, h: _Host, e: Event) -> _Proc:
         p = e.proc
         st = h.procs.get(p.pid)
         if isinstance(e, ProcessStart):
@@ -663,7 +925,13 @@ class Correlator:
                     b.mass = True
                     self.stats["mass_read_processes"] += 1
                 reasons = (*d.reasons, "mass_sensitive_reads")
-                d = replace(d, reasons=reasons, score=score(d.class_weight, d.scope, reasons))
+                new = score(d.class_weight, d.scope, reasons)
+                d = replace(
+                    d,
+                    reasons=reasons,
+                    score=new,
+                    priority=priority(self.config, new, d.host, d.sensitive_class),
+                )
             out.append(d)
         return out
 
@@ -676,22 +944,23 @@ class Correlator:
             if b.summarised
         ]
 
-    def _lineage(self, h: _Host, pid: int, st: _Proc) -> tuple[set[tuple[int, int]], set[int]]:
-        """(pid, gen) pairs related to the process, and ancestors known only by pid."""
-        related: set[tuple[int, int]] = set()
-        ancestors: set[int] = set()
+    def _sender_side(self, h: _Host, pid: int, st: _Proc) -> _SenderSide:
+        """The sender's ancestors, descendants and stdin pipes (computed once per egress)."""
+        side = _SenderSide(pid, st)
+        side.stdin_pipes = {st.stdin_pipe} if st.stdin_pipe is not None else set()
         cur: Optional[int] = st.ppid
         depth = 0
         while cur is not None and cur not in NON_LINEAGE_PARENTS and depth < MAX_LINEAGE_DEPTH:
             a = h.procs.get(cur)
             if a is None:
-                # An ancestor the core never saw: known by its pid only.
-                ancestors.add(cur)
+                side.unknown_ancestor = cur  # an ancestor the core never saw: its pid only
                 break
-            related.add((cur, a.gen))
+            side.ancestors.append((cur, a))
+            side.ancestor_keys.add((cur, a.gen))
+            if a.stdin_pipe is not None:
+                side.stdin_pipes.add(a.stdin_pipe)
             cur = a.ppid
             depth += 1
-        # Descendants (breadth-first, bounded) and siblings of the process.
         frontier = [pid]
         seen = {pid}
         for _ in range(MAX_LINEAGE_DEPTH):
@@ -702,54 +971,111 @@ class Correlator:
                         seen.add(c)
                         cs = h.procs.get(c)
                         if cs is not None and cs.ppid == q:
-                            related.add((c, cs.gen))
+                            side.descendants[(c, cs.gen)] = cs
                             nxt.append(c)
             frontier = nxt
-        if st.ppid is not None and st.ppid not in NON_LINEAGE_PARENTS:
-            for s in h.children.get(st.ppid, ()):
-                ss = h.procs.get(s)
-                if (
-                    s != pid
-                    and ss is not None
-                    and ss.ppid == st.ppid
-                    and same_pipeline(ss.start, ss.born, st.start, st.born)
-                ):
-                    related.add((s, ss.gen))
-        return related, ancestors
+        return side
 
-    def _scope(
-        self,
-        r: _Read,
-        pid: int,
-        st: _Proc,
-        related: set[tuple[int, int]],
-        ancestors: set[int],
-        uid: Optional[int],
-        auid: Optional[int],
-    ) -> str:
-        if r.pid == pid and r.gen == st.gen:
-            return "process"
-        if (r.pid, r.gen) in related or r.pid in ancestors:
-            return "lineage"
-        # Reader's parent is the sender, or they share a parent (one pipeline).
-        if r.ppid is not None and (
-            r.ppid == pid
-            or (
-                r.ppid == st.ppid
-                and r.ppid not in NON_LINEAGE_PARENTS
-                and same_pipeline(r.start, r.born, st.start, st.born)
-            )
+    def _pipe_path(self, h: _Host, out_pipe: int, targets: set[int]) -> Optional[list[_Proc]]:
+        """The members between a reader's stdout pipe and the sender side's stdin pipes.
+
+        ``None`` when no chain of pipes joins them (bounded to MAX_LINEAGE_DEPTH hops).
+        """
+        frontier: dict[int, list[_Proc]] = {out_pipe: []}  # pipe -> members passed to reach it
+        seen: set[int] = set()
+        for _ in range(MAX_LINEAGE_DEPTH):
+            for pipe, path in frontier.items():
+                if pipe in targets:
+                    return path
+            nxt: dict[int, list[_Proc]] = {}
+            for pipe, path in frontier.items():
+                seen.add(pipe)
+                for q in h.pipe_readers.get(pipe, ()):
+                    qs = h.procs.get(q)
+                    if (
+                        qs is not None
+                        and qs.stdin_pipe == pipe
+                        and qs.stdout_pipe is not None
+                        and qs.stdout_pipe not in seen
+                    ):
+                        nxt.setdefault(qs.stdout_pipe, [*path, qs])
+            if not nxt:
+                return None
+            frontier = nxt
+        return None
+
+    def _relate(self, h: _Host, r: _Read, side: _SenderSide) -> _Relation:
+        """How a read's process is related to the sender: the scope and the evidence."""
+        st = side.st
+        if r.pid == side.pid and r.gen == st.gen:
+            return _Relation("process")
+        rp = h.procs.get(r.pid)
+        if rp is not None and rp.gen != r.gen:
+            rp = None
+        if rp is not None and rp.stdout_pipe is not None and side.stdin_pipes:
+            path = self._pipe_path(h, rp.stdout_pipe, side.stdin_pipes)
+            if path is not None:
+                return _Relation("pipeline", proven=True, members=path)
+        if (
+            (r.pid, r.gen) in side.ancestor_keys
+            or r.pid == side.unknown_ancestor
+            or (r.pid, r.gen) in side.descendants
+            or r.ppid == side.pid
         ):
-            return "lineage"
+            return _Relation("lineage")
+        if r.ppid is None or r.ppid in NON_LINEAGE_PARENTS:
+            members: list[tuple[int, _Proc]] = []
+        else:
+            members = [(side.pid, st), *side.ancestors]
+        r_exec = _exec_time(rp) if rp is not None else r.born
+        sibling_of: Optional[_Proc] = None
+        for mpid, m in members:
+            if m.ppid != r.ppid or mpid == r.pid:
+                continue
+            if mpid == side.pid:
+                # A sibling of the sender itself (a sibling of an ancestor is
+                # another job of the same runner: session needs the parent).
+                sibling_of = m
+            # osquery rows: no descriptors and no start ticks; exec'd together.
+            # (A native read whose identity was cut short also lacks ticks at the
+            # read; its process is native when any event gave it ticks.)
+            m_exec = _exec_time(m)
+            if (
+                r.start is None
+                and (rp is None or rp.start is None)
+                and m.start is None
+                and r_exec is not None
+                and m_exec is not None
+                and abs(r_exec - m_exec) <= EXEC_PIPELINE_SECONDS
+            ):
+                together = _exec_together(h, m.ppid, r_exec)
+                return _Relation("pipeline", members=together)
+            # Native, when a member between them exited before anyone saw its
+            # descriptors (cat | base64 | curl: cat and base64 end within a
+            # millisecond): started together, the reader writing into a pipe
+            # and the sender's side reading from one. Not proven: no pipe_shared.
+            if (
+                r.start is not None
+                and m.start is not None
+                and abs(r.start - m.start) <= EXEC_PIPELINE_SECONDS * USER_HZ
+                and rp is not None
+                and rp.stdout_pipe is not None
+                and m.stdin_pipe is not None
+                and m.stdin_pipe != rp.stdin_pipe
+            ):
+                return _Relation("pipeline")
+            break
+        if sibling_of is not None:
+            return _Relation("session")
         if (st.pgid is not None and r.pgid == st.pgid and st.pgid > 1) or (
             st.sid is not None and r.sid == st.sid and st.sid > 1
         ):
-            return "lineage"
-        if auid is not None and auid != AUID_UNSET and r.auid == auid:
-            return "user"
-        if uid is not None and r.uid == uid:
-            return "user"
-        return "host"
+            return _Relation("session")
+        if side.auid is not None and side.auid != AUID_UNSET and r.auid == side.auid:
+            return _Relation("user")
+        if side.uid is not None and r.uid == side.uid:
+            return _Relation("user")
+        return _Relation("host")
 
     def _egress(self, h: _Host, e: Egress) -> list[Detection]:
         self.stats["egress"] += 1
@@ -772,23 +1098,29 @@ class Correlator:
             if _in_window(h.reads, lo, e.time, first_only=True):
                 self.stats["low_only"] += 1
             return []
-        related, ancestors = self._lineage(h, p.pid, st)
+        side = self._sender_side(h, p.pid, st)
+        side.uid, side.auid = uid, auid
+        relations: dict[int, _Relation] = {}
 
-        def scope_of(r: _Read) -> str:
-            return self._scope(r, p.pid, st, related, ancestors, uid, auid)
+        def relate(r: _Read) -> _Relation:
+            rel = relations.get(id(r))
+            if rel is None:
+                rel = relations[id(r)] = self._relate(h, r, side)
+            return rel
 
-        scored: list[tuple[float, int, _Read, str]] = []
-        for r in alerting:
-            scope = scope_of(r)
-            scored.append((r.weight * SCOPE_FACTOR[scope], -SCOPES.index(scope), r, scope))
+        # Attribution: the strongest evidence first (the sender's own read beats
+        # a sibling's, whatever their classes), then the heavier class, then the newest.
+        scored = sorted(
+            alerting,
+            key=lambda r: (-SCOPES.index(relate(r).scope), r.weight, r.time),
+            reverse=True,
+        )
         self.stats["candidates"] += 1
-        scored.sort(key=lambda x: (x[0], x[1], x[2].time), reverse=True)
         images = tuple(dict.fromkeys(st.images + ([p.executable] if p.executable else [])))
-        best: Optional[tuple[float, int, _Read, str]] = None
-        approved_any = False
         sender = p.executable or (images[-1] if images else "")
-        for cand in scored:
-            r = cand[2]
+        best: Optional[_Read] = None
+        approved_any = False
+        for r in scored:
             # An approval covers the reader's image at the read AND the sender's
             # at the egress: a process whose history merely includes an approved
             # image (sshd → bash → exec curl) is not approved.
@@ -799,12 +1131,14 @@ class Correlator:
             ):
                 approved_any = True
                 continue
-            best = cand
+            best = r
             break
         if best is None:
             self.stats["approved" if approved_any else "low_only"] += 1
             return []
-        _, _, r, scope = best
+        r = best
+        rel = relate(r)
+        scope = rel.scope
         det_id = _detection_id(e.host, r, p.pid, st.marker, e.remote_address, e.remote_port)
         if det_id in self._ids:
             self.stats["duplicates"] += 1
@@ -817,33 +1151,52 @@ class Correlator:
         delay = e.time - r.time
         if delay <= 10:
             reasons.append("quick_egress")
-        if e.remote_port not in COMMON_PORTS:
+        if e.remote_port in ENCRYPTED_PORTS:
+            reasons.append("encrypted_port")
+        elif e.remote_port not in COMMON_PORTS and e.protocol in ("tcp", ""):
             reasons.append("uncommon_port")
         if first_seen:
             reasons.append("first_seen_destination")
-        lineage_images = set(images) | {r.executable}
-        for key in related:
-            rs = h.procs.get(key[0])
-            if rs is not None and rs.gen == key[1]:
-                lineage_images.update(rs.images)
-        if any(img.rsplit("/", 1)[-1] in ENCODERS for img in lineage_images if img):
-            reasons.append("encoder_in_lineage")
-        strong = SCOPES.index(scope)
-        # Context: every other catalogue read (low classes included) in a scope
-        # at least as strong as the detection's.
-        others = tuple(
-            dict.fromkeys(
-                o.path
-                for o in _in_window(h.reads, lo, e.time)
-                if o.path != r.path and SCOPES.index(scope_of(o)) <= strong
-            )
-        )
-        if any(c[2].path != r.path and c[3] == scope for c in scored):
+        # The chain's members: sender (and its ancestors and descendants in
+        # lineage scope), the reader, and the pipeline members between them.
+        chain: list[tuple[list[str], Optional[str]]] = [(list(images), st.cmdline)]
+        rp = h.procs.get(r.pid)
+        chain.append(([r.executable], rp.cmdline if rp is not None and rp.gen == r.gen else None))
+        chain.extend((m.images, m.cmdline) for m in rel.members)
+        if scope == "lineage":
+            chain.extend((a.images, a.cmdline) for _, a in side.ancestors)
+            chain.extend((c.images, c.cmdline) for c in side.descendants.values())
+        chain_images = {basename(i) for imgs, _ in chain for i in imgs if i}
+        if chain_images & (ENCODERS - {"zip", "7z", "7za"}) or any(
+            basename(i) in ("zip", "7z", "7za") and not is_encryptor(i, c)
+            for imgs, c in chain
+            for i in imgs
+        ):
+            reasons.append("encoder_in_chain")
+        if any(is_encryptor(i, c) for imgs, c in chain for i in imgs if i):
+            reasons.append("encryptor_in_chain")
+        if scope in ("pipeline", "lineage") and basename(r.executable) in COPIERS:
+            reasons.append("reader_copies_file")
+        if rel.proven:
+            reasons.append("pipe_shared")
+        # Context: every other catalogue read (low classes included) of the
+        # chain: in a scope at least as strong as the detection's, or session.
+        strong = max(SCOPES.index(scope), SCOPES.index("session"))
+        files: dict[str, FileRead] = {r.path: FileRead(r.path, r.cls, r.size, r.pid, scope, r.time)}
+        for o in _in_window(h.reads, lo, e.time):
+            if o.path in files:
+                continue
+            o_scope = relate(o).scope
+            if SCOPES.index(o_scope) <= strong:
+                files[o.path] = FileRead(o.path, o.cls, o.size, o.pid, o_scope, o.time)
+        others = tuple(p_ for p_ in files if p_ != r.path)
+        if any(c.path != r.path and SCOPES.index(relate(c).scope) <= strong for c in scored):
             reasons.append("multiple_sensitive_files")
         if scope == "process" and r.executable and images and images[-1] != r.executable:
             reasons.append("exec_after_read")
         if e.kind == "transfer":
             reasons.append("transfer_on_existing_socket")
+        det_score = score(r.weight, scope, reasons)
         d = Detection(
             id=det_id,
             host=e.host,
@@ -851,7 +1204,7 @@ class Correlator:
             egress_time=e.time,
             pid=p.pid,
             start=st.start,
-            executable=p.executable or (images[-1] if images else ""),
+            executable=sender,
             executables=tuple(dict.fromkeys((*images, r.executable))),
             cmdline=st.cmdline,
             uid=uid,
@@ -866,7 +1219,7 @@ class Correlator:
             remote_class=rclass.value,
             protocol=e.protocol,
             scope=scope,
-            score=score(r.weight, scope, reasons),
+            score=det_score,
             reasons=tuple(reasons),
             other_paths=others,
             egress_kind=e.kind,
@@ -875,9 +1228,27 @@ class Correlator:
             read_source=r.source,
             egress_source=e.source,
             cookie=e.cookie,
+            priority=priority(self.config, det_score, e.host, r.cls),
+            files_read=tuple(files.values()),
+            destination_seen_before=not first_seen,
+            near_approval=near_approval(
+                self.config.approved,
+                r.executable,
+                sender,
+                r.cls,
+                e.remote_address,
+                e.remote_port,
+                e.time,
+            ),
+            compressed=bool(chain_images & COMPRESSORS),
         )
         if e.bytes_sent is not None:
-            d = enrich(d, bytes_sent=e.bytes_sent)
+            d = enrich(
+                d,
+                bytes_sent=e.bytes_sent,
+                bytes_by_destination=[(f"{e.remote_address}:{e.remote_port}", e.bytes_sent)],
+                config=self.config,
+            )
         self.stats["detections_emitted"] += 1
         return [d]
 
@@ -965,6 +1336,23 @@ class Correlator:
             h.destinations = OrderedDict((d, None) for d in hs["destinations"])
             h.newest = float(hs.get("newest", 0.0))
             self.hosts[str(name)] = h
+
+
+def _exec_time(p: _Proc) -> Optional[float]:
+    return p.exec_time if p.exec_time is not None else p.born
+
+
+def _exec_together(h: _Host, parent: Optional[int], t: float) -> list[_Proc]:
+    """Children of ``parent`` exec'd (or forked) within EXEC_PIPELINE_SECONDS of ``t``."""
+    out: list[_Proc] = []
+    for c in h.children.get(parent, ()) if parent is not None else ():
+        cs = h.procs.get(c)
+        if cs is None or cs.ppid != parent:
+            continue
+        ct = _exec_time(cs)
+        if ct is not None and abs(ct - t) <= EXEC_PIPELINE_SECONDS:
+            out.append(cs)
+    return out
 
 
 def _in_window(

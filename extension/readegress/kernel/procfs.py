@@ -22,13 +22,17 @@ constructor argument only so tests can point at fake content.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
-from collections.abc import Collection, Iterable, Mapping
+import socket
+import struct
+from collections.abc import Callable, Collection, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from typing import NamedTuple, Optional
 
 from readegress.kernel.records import ProcessIdentity, ProcessInfo
+from readegress.kernel.sockdiag import read_tcp_info
 
 PROC_ROOT = "/proc"
 PF_KTHREAD = 0x00200000
@@ -590,3 +594,142 @@ def socket_inodes_of(pid: int, proc_root: str = PROC_ROOT) -> dict[int, int]:
         if ino:
             out[int(n)] = ino
     return out
+
+
+_PIPE_PREFIX = "pipe:["
+_SYS_PIDFD_GETFD = 438  # the same number on every architecture (asm-generic table)
+SO_COOKIE = 57
+_U64 = struct.Struct("=Q")
+
+
+class PidfdGetfd:
+    """``pidfd_getfd(2)`` through libc's ``syscall`` (Python has no wrapper)."""
+
+    def __init__(self) -> None:
+        self._syscall: Optional[Callable[..., int]] = None
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = libc.syscall
+            fn.restype = ctypes.c_long
+            self._syscall = fn
+        except (OSError, AttributeError):
+            self._syscall = None
+        self.works = self._syscall is not None and hasattr(os, "pidfd_open")
+
+    def __call__(self, pidfd: int, fd: int) -> int:
+        if self._syscall is None:
+            raise OSError(errno.ENOSYS, "pidfd_getfd unavailable")
+        r = self._syscall(
+            ctypes.c_long(_SYS_PIDFD_GETFD), ctypes.c_int(pidfd), ctypes.c_int(fd), ctypes.c_uint(0)
+        )
+        if r < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"pidfd_getfd: {os.strerror(e)}")
+        return int(r)
+
+
+class StdFds(NamedTuple):
+    """What a process has on fd 0 and 1: pipe inodes, and socket inodes."""
+
+    stdin_pipe: Optional[int] = None
+    stdout_pipe: Optional[int] = None
+    #: (fd, socket inode) of fd 0/1 when a socket (``cat key > /dev/tcp/host/port``)
+    sockets: tuple[tuple[int, int], ...] = ()
+
+
+def std_fds(pid: int, start_ticks: Optional[int], proc_root: str = PROC_ROOT) -> StdFds:
+    """Pipe and socket inodes on fd 0 and fd 1 of ``pid`` (see :func:`std_pipes`)."""
+    pipes: list[Optional[int]] = []
+    sockets: list[tuple[int, int]] = []
+    for fd in (0, 1):
+        try:
+            link = os.readlink(f"{proc_root}/{pid}/fd/{fd}")
+        except OSError:
+            pipes.append(None)
+            continue
+        ino: Optional[int] = None
+        if link.startswith(_PIPE_PREFIX):
+            try:
+                ino = int(link[6:-1])
+            except ValueError:
+                ino = None
+        elif link.startswith(_SOCKET_PREFIX):
+            sock = _socket_inode(link)
+            if sock:
+                sockets.append((fd, sock))
+        pipes.append(ino)
+    if pipes == [None, None] and not sockets:
+        return StdFds()
+    if start_ticks is not None and read_start_ticks(pid, proc_root) != start_ticks:
+        return StdFds()
+    return StdFds(pipes[0], pipes[1], tuple(sockets))
+
+
+def std_pipes(
+    pid: int, start_ticks: Optional[int], proc_root: str = PROC_ROOT
+) -> tuple[Optional[int], Optional[int]]:
+    """(stdin pipe inode, stdout pipe inode) of ``pid``; ``None`` where fd 0/1 is no pipe.
+
+    ``/proc/<pid>/fd/0`` and ``/1`` read as ``pipe:[<inode>]`` for a shell
+    pipeline's members: ``tar c key | openssl enc | curl -T -`` gives tar's
+    fd 1 and openssl's fd 0 one inode, and openssl's fd 1 and curl's fd 0
+    another. Two readlinks, then the start ticks are read again: a pid reused
+    during the reads (``start_ticks`` differs) yields ``(None, None)``, never
+    another process's pipes. Other descriptors are not read (a pipeline's data
+    travels on 0 and 1; reading every fd of a process costs one readlink each).
+    """
+    f = std_fds(pid, start_ticks, proc_root)
+    return f.stdin_pipe, f.stdout_pipe
+
+
+def std_socket_state(
+    pid: int, sockets: Iterable[tuple[int, int]], getfd: Optional[PidfdGetfd] = None
+) -> tuple[tuple[int, Optional[int]], ...]:
+    """(SO_COOKIE, bytes sent so far) of sockets ``(fd, inode)`` of a live ``pid``.
+
+    Meant for an opener fanotify holds: its socket's byte count then is exactly
+    what was sent before the read (``None`` for a socket without TCP counters).
+    The descriptor is duplicated with pidfd_getfd (root), checked to be the
+    same inode, queried and closed; nothing about the socket changes (the
+    owner is waiting, so the duplicate is never its last reference). Any
+    failure yields fewer entries, never an exception.
+    """
+    getfd = getfd or _GETFD
+    out: list[tuple[int, Optional[int]]] = []
+    if not getfd.works:
+        return ()
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return ()
+    try:
+        for fd, inode in sockets:
+            try:
+                dup = getfd(pidfd, fd)
+            except OSError:
+                continue
+            try:
+                # socket(fileno=) would make the shared description non-blocking
+                # under a default timeout: then nothing is read at all.
+                if os.fstat(dup).st_ino != inode or socket.getdefaulttimeout() is not None:
+                    continue
+                s = socket.socket(fileno=dup)
+                try:
+                    cookie = _U64.unpack(s.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8))[0]
+                    sent: Optional[int] = None
+                    if s.proto == socket.IPPROTO_TCP:
+                        raw = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+                        sent = read_tcp_info(raw, 0, len(raw))[0]
+                    out.append((cookie, sent))
+                finally:
+                    s.detach()  # the descriptor is closed below, once
+            except OSError:
+                continue
+            finally:
+                os.close(dup)
+    finally:
+        os.close(pidfd)
+    return tuple(out)
+
+
+_GETFD = PidfdGetfd()

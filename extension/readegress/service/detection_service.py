@@ -52,7 +52,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Protocol
 
 import readegress
@@ -151,27 +151,15 @@ def detection_to_json(d: Detection) -> dict[str, Any]:
     return out
 
 
-_DETECTION_FIELDS = tuple(f.name for f in fields(Detection))
-_TUPLE_FIELDS = ("executables", "reasons", "other_paths")
-# Fields with defaults: a record written before they existed still loads.
-_OPTIONAL_FIELDS = frozenset({"cookie", "socket_age", "keepalive"})
-
-
 def detection_from_json(data: Mapping[str, Any]) -> Detection:
-    """Inverse of :func:`detection_to_json`; raises ``ValueError`` on a malformed record."""
+    """Inverse of :func:`detection_to_json`; raises ``ValueError`` on a malformed record.
+
+    Fields added after a record was written (priority, triage evidence) take
+    their defaults, so older state still loads.
+    """
     if not isinstance(data, Mapping):
         raise ValueError("detection is not an object")
-    missing = [f for f in _DETECTION_FIELDS if f not in data and f not in _OPTIONAL_FIELDS]
-    if missing:
-        raise ValueError(f"detection lacks {missing}")
-    kw = {k: data[k] for k in _DETECTION_FIELDS if k in data}
-    for k in _TUPLE_FIELDS:
-        if not isinstance(kw[k], list) or not all(isinstance(x, str) for x in kw[k]):
-            raise ValueError(f"detection {k} is not a list of strings")
-        kw[k] = tuple(kw[k])
-    if not isinstance(kw["id"], str) or not isinstance(kw["score"], int):
-        raise ValueError("detection id/score malformed")
-    return Detection(**kw)
+    return Detection.from_json(data)
 
 
 @dataclass(frozen=True)
@@ -315,6 +303,11 @@ class DetectionService:
         self.native: Optional[NativeFeed] = None
         # (host, pid, path, remote, port) -> (egress time, id, native?) of recent candidates
         self._recent: dict[tuple[str, int, str, str, int], tuple[float, str, bool]] = {}
+        # (host, reader pid, path, read time) -> (newest egress time, {detection id:
+        # (destination, bytes)}): the bytes of each chain's settled connections.
+        self._chains: dict[
+            tuple[str, int, str, float], tuple[float, dict[str, tuple[str, int]]]
+        ] = {}
 
     # ----- state ---------------------------------------------------------
     def open(self) -> None:
@@ -649,12 +642,50 @@ class DetectionService:
             self._pending_ids -= done
             self._dirty = True
 
+    def _chain_bytes(
+        self, d: Detection, bytes_sent: Optional[int], now: float
+    ) -> tuple[Optional[int], Optional[list[tuple[str, int]]]]:
+        """Bytes of every settled connection of ``d``'s chain (same read), ``d`` included.
+
+        Split-and-send (many small uploads of one file) adds up here: each
+        connection settles with its own bytes, and the chain's total is what
+        ``bytes_ge_file_size`` compares with the file's size. Only known bytes
+        count; a chain whose every connection has unknown bytes has none. A chain
+        is the read's process, pipeline, lineage and session: an unrelated
+        process of the same user or host joined to the read (user/host scope)
+        neither adds its bytes to it nor gets its bytes.
+        """
+        here = f"{normalize_address(d.remote_address)}:{d.remote_port}"
+        if d.scope in ("user", "host"):
+            return (None, None) if bytes_sent is None else (bytes_sent, [(here, bytes_sent)])
+        key = (d.host, d.reader_pid, d.path, round(d.read_time, 3))
+        cutoff = now - self.config.window_seconds - self.config.settle_seconds
+        if len(self._chains) > 4 * self.max_pending:
+            self._chains = {k: v for k, v in self._chains.items() if v[0] >= cutoff}
+        entry = self._chains.get(key)
+        if entry is None or entry[0] < cutoff:
+            entry = self._chains[key] = (d.egress_time, {})
+        per = entry[1]
+        if bytes_sent is not None:
+            per[d.id] = (here, bytes_sent)
+            self._chains[key] = (max(entry[0], d.egress_time), per)
+        if not per:
+            return None, None
+        by_dest: dict[str, int] = {}
+        for dest, n in per.values():
+            by_dest[dest] = by_dest.get(dest, 0) + n
+        return sum(by_dest.values()), sorted(by_dest.items())
+
     def _finalize(self, d: Detection, facts: SocketFacts, now: float) -> None:
+        chain_bytes, by_dest = self._chain_bytes(d, facts.bytes_sent, now)
         settled = enrich(
             d,
             bytes_sent=facts.bytes_sent,
             socket_age=facts.socket_age,
             keepalive=facts.keepalive,
+            chain_bytes_sent=chain_bytes,
+            bytes_by_destination=by_dest,
+            config=self.config,
         )
         start_time: Optional[int] = None
         owner = facts.owner

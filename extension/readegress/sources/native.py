@@ -28,7 +28,7 @@ process's command line is fed just before it, so the core records the image
 change (``exec_after_read``) and the sender's command line. Processes that never
 read nor send but sit in a hot lineage (``base64`` in ``cat key | base64 |
 curl``) are fed once each as an ``Exec`` too, their first observation: the core
-then knows their parent and image (``encoder_in_lineage``), as osquery's
+then knows their parent, image and pipes (``encoder_in_chain``, ``pipe_shared``), as osquery's
 process_events would tell it.
 
 The service asks :meth:`NativeSources.facts` for the socket facts of a native

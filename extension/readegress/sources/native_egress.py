@@ -89,7 +89,6 @@ of a socket that was reported arrive, so a consumer can settle early.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import logging
 import os
@@ -105,7 +104,7 @@ from typing import Optional
 from readegress.detect.config import Config
 from readegress.detect.events import Egress, Proc, SensitiveRead
 from readegress.kernel.fanotify import Opener, read_opener
-from readegress.kernel.procfs import PROC_ROOT, ProcFs, SocketInodeMap, read_stat
+from readegress.kernel.procfs import PROC_ROOT, PidfdGetfd, ProcFs, SocketInodeMap, read_stat
 from readegress.kernel.records import ProcessIdentity, ProcessInfo, SocketInfo
 from readegress.kernel.sockdiag import (
     DestroyListener,
@@ -170,7 +169,6 @@ _PROTOCOL_NAMES = {_TCP: "tcp", _UDP: "udp"}
 SO_COOKIE = 57
 SO_ACCEPTCONN = getattr(socket, "SO_ACCEPTCONN", 30)
 _TCP_INFO = getattr(socket, "TCP_INFO", 11)
-_SYS_PIDFD_GETFD = 438  # the same number on every architecture (asm-generic table)
 _U64 = struct.Struct("=Q")
 _WILDCARDS = frozenset({"0.0.0.0", "::"})
 
@@ -207,6 +205,7 @@ class NativeEgressStats:
     transfers: int = 0  # Egress(kind=transfer) emitted
     unattributed: int = 0  # closed sockets no poll attributed: pid 0, host scope
     unattributed_fed: int = 0  # ... of which in an egress class and fed
+    std_sockets: int = 0  # sockets on a reader's fd 0/1 at the read, noted by cookie
     destroy_events: int = 0
     destroy_overruns: int = 0  # receive-buffer overruns: notifications lost
     destroy_error: str = ""
@@ -346,30 +345,8 @@ class _Hot:
 # ------------------------------------------------------- descriptor access
 
 
-class _PidfdGetfd:
-    """``pidfd_getfd(2)`` through libc's ``syscall`` (Python has no wrapper)."""
-
-    def __init__(self) -> None:
-        self._syscall: Optional[Callable[..., int]] = None
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fn = libc.syscall
-            fn.restype = ctypes.c_long
-            self._syscall = fn
-        except (OSError, AttributeError):
-            self._syscall = None
-        self.works = self._syscall is not None and hasattr(os, "pidfd_open")
-
-    def __call__(self, pidfd: int, fd: int) -> int:
-        if self._syscall is None:
-            raise OSError(errno.ENOSYS, "pidfd_getfd unavailable")
-        r = self._syscall(
-            ctypes.c_long(_SYS_PIDFD_GETFD), ctypes.c_int(pidfd), ctypes.c_int(fd), ctypes.c_uint(0)
-        )
-        if r < 0:
-            e = ctypes.get_errno()
-            raise OSError(e, f"pidfd_getfd: {os.strerror(e)}")
-        return int(r)
+#: The pidfd_getfd wrapper lives in kernel.procfs (the read source uses it too).
+_PidfdGetfd = PidfdGetfd
 
 
 @dataclass(frozen=True)
@@ -519,6 +496,8 @@ def proc_of(o: Opener, start: Optional[int] = None) -> Proc:
         cmdline=o.cmdline,
         pgid=o.pgid,
         sid=o.sid,
+        stdin_pipe=o.stdin_pipe,
+        stdout_pipe=o.stdout_pipe,
     )
 
 
@@ -568,7 +547,7 @@ class NativeEgressSource:
         self.max_lineage = max_lineage
         self.proc_root = proc_root
         self.clock = clock
-        self._getfd = _PidfdGetfd() if use_getfd else None
+        self._getfd = PidfdGetfd() if use_getfd else None
         self._procfs: Optional[ProcFs] = None
         self._pid = os.getpid()
         self._pgid = os.getpgid(0)
@@ -655,8 +634,54 @@ class NativeEgressSource:
 
     def note_read(self, read: SensitiveRead) -> None:
         """A sensitive read happened: take baselines and watch its lineage (cheap to call)."""
+        if read.std_sockets:
+            self._note_std_sockets(read)
         self._inbox.append(read)
         self._wake.set()
+
+    def _note_std_sockets(self, read: SensitiveRead) -> None:
+        """Sockets the reader held on fd 0/1 at the read (``cat key > /dev/tcp/h/p``).
+
+        The read source took their cookies while the opener was held. Such a
+        reader may write and exit within a millisecond, before any tick sees
+        its descriptor: its socket's destroy notification is then attributed
+        to the reader, as a connect stamped at the read (final counters: every
+        byte the socket carried, an upper bound on those after the read). A
+        socket that closed before this read event arrived (the dispatcher
+        lags under load) and was reported with no owner is attributed now. One
+        a poll already saw (connected before the read) gets a watch whose
+        baseline is exact: its byte count at the read, taken with the cookie.
+        """
+        p = read.proc
+        out: list[Egress] = []
+        now = self.clock()
+        with self._lock:
+            for cookie, sent in read.std_sockets:
+                s = self._socks.get(cookie)
+                if s is not None:
+                    if s.closed and s.owner is None and not s.inbound:
+                        s.owner = p
+                        self._retain(s, now)
+                        self.stats_.std_sockets += 1
+                        out.append(self._egress(s, p, read.time, "connect", None))
+                    elif sent is not None and not any(w.read_time == read.time for w in s.watches):
+                        s.watches.append(
+                            _Watch(
+                                read.time, sent, True, p, read.time + self._config.window_seconds
+                            )
+                        )
+                        self._watch_count += 1
+                        self.stats_.std_sockets += 1
+                        self.stats_.baselines_exact += 1
+                        out.extend(self._check_watches(s, now))
+                    continue
+                if cookie in self._pending_owners:
+                    continue
+                self._pending_owners[cookie] = (p, read.time, (p.pid, p.start or 0, -1))
+                self.stats_.std_sockets += 1
+            while len(self._pending_owners) > MAX_PENDING_OWNERS:
+                self._pending_owners.popitem(last=False)
+        self._emit(out)
 
     def stats(self) -> NativeEgressStats:
         with self._lock:

@@ -722,10 +722,13 @@ class NativeReadSource:
                 cmdline=o.cmdline,
                 pgid=o.pgid,
                 sid=o.sid,
+                stdin_pipe=o.stdin_pipe,
+                stdout_pipe=o.stdout_pipe,
             ),
             path=path,
             source=SOURCE,
             size=ev.size,
+            std_sockets=o.std_sockets,
         )
         s.reads_emitted += 1
         try:

@@ -38,6 +38,7 @@ EGRESS_STATUSES = frozenset({"succeeded", "in_progress"})
 FORK_SYSCALLS = frozenset({"fork", "vfork", "clone", "clone3"})
 EXEC_SYSCALLS = frozenset({"execve", "execveat"})
 INET_FAMILIES = frozenset({2, 10})
+IP_PROTOCOLS = {6: "tcp", 17: "udp"}
 
 
 def recognise(row: Mapping[str, Any]) -> Optional[str]:
@@ -121,7 +122,10 @@ def event_from_row(
             return None
         pid, t = _pid_time(row)
         proc = Proc(pid=pid, executable=_str(row.get("path")), auid=_int(row.get("auid")))
-        return Egress(host, t, proc, address, port, source, protocol="")
+        # osquery on Linux logs protocol 0 (unknown): "" then, so the core treats it
+        # as possibly raw TCP; a real IP protocol number is kept.
+        protocol = IP_PROTOCOLS.get(_int(row.get("protocol")) or 0, "")
+        return Egress(host, t, proc, address, port, source, protocol=protocol)
     if table == PROCESS_EVENTS:
         syscall = _str(row.get("syscall")) or "execve"
         pid, t = _pid_time(row)

@@ -8,7 +8,9 @@ once stored, so osquery's differential results log reports each one once.
 Without a service (``readegress query`` without a usable config) the table
 is empty; ``readegress query`` shows what the extension saved in its state.
 
-``executables`` and ``other_paths`` are JSON lists (paths may contain commas);
+``executables``, ``other_paths`` and ``files_read`` are JSON lists (paths may
+contain commas), ``bytes_by_destination`` a JSON object, ``near_approval`` a
+JSON object or empty;
 ``reasons`` is comma-separated (codes never do). Pushed down: ``id =``,
 ``pid =`` and ``egress_time >``/``>=`` (SQLite re-checks every constraint).
 """
@@ -47,8 +49,14 @@ class ReadThenEgressRow(NamedTuple):
     protocol: Optional[str]
     scope: str
     score: int
+    priority: int
     reasons: str
     bytes_sent: Optional[int]
+    chain_bytes_sent: Optional[int]
+    bytes_by_destination: str
+    files_read: str
+    destination_seen_before: Optional[bool]
+    near_approval: Optional[str]
     closed_bytes_sent: Optional[int]
     socket_age_seconds: Optional[int]
     keepalive: Optional[bool]
@@ -85,8 +93,14 @@ def row_of(f: FinalDetection) -> ReadThenEgressRow:
         protocol=d.protocol or None,
         scope=d.scope,
         score=d.score,
+        priority=d.priority,
         reasons=",".join(d.reasons),
         bytes_sent=d.bytes_sent,
+        chain_bytes_sent=d.chain_bytes_sent,
+        bytes_by_destination=json.dumps(dict(d.bytes_by_destination)),
+        files_read=json.dumps([r._asdict() for r in d.files_read]),
+        destination_seen_before=d.destination_seen_before,
+        near_approval=d.near_approval or None,
         closed_bytes_sent=f.closed_bytes_sent,
         socket_age_seconds=d.socket_age,
         keepalive=d.keepalive,
