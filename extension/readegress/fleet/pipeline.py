@@ -94,8 +94,23 @@ def classify_paths(engine: Engine, config: Config) -> None:
     engine.register("cat", [("path", "VARCHAR"), ("cls", "VARCHAR"), ("alone", "BOOLEAN")], rows)
 
 
+def classify_destinations(engine: Engine, config: Config) -> None:
+    """``dest(addr, egress)``: is each distinct connect address of an egress class?"""
+    from readegress.net.classify import classify
+
+    rows = [
+        (addr, classify(addr) in config.egress_classes)
+        for (addr,) in engine.fetch(
+            "SELECT DISTINCT c_remote_address FROM ev WHERE kind = 'conn'"
+        )
+        if addr is not None
+    ]
+    engine.register("dest", [("addr", "VARCHAR"), ("egress", "BOOLEAN")], rows)
+
+
 def narrow(engine: Engine, config: Config) -> None:
     classify_paths(engine, config)
+    classify_destinations(engine, config)
     for name, select in (
         narrowing_statements(config.window_seconds) + closure_statements() + final_statements()
     ):

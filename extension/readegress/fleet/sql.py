@@ -138,18 +138,19 @@ def narrowing_statements(window: float) -> list[tuple[str, str]]:
     - other hosts (``W`` the window; ``A`` their alerting reads):
       1. catalogue reads within ``W`` of some ``A`` (the alerting reads
          themselves and every read that can be context of a detection);
-      2. connects (that may be egress) at ``[a, a + W]`` of some ``A`` read ``a``
-         (the only egress that can alert: the core looks back ``W`` for an
-         alerting read);
-      3. per (host, remote address), the first sure egress event in feed
-         order, and every connect that may or may not be egress (so whether
-         an address was contacted before, ``first_seen_destination``, is the
-         same as with every row);
+      2. connects (that may be egress) to an address of an egress class (``dest``,
+         classified by the one classifier) at ``[a, a + W]`` of some ``A`` read
+         ``a`` (the only egress that can alert: the core looks back ``W`` for an
+         alerting read, and ignores other classes);
+      3. per (host, egress-class address), the first sure egress event in feed
+         order, and every connect to it that may or may not be egress (so
+         whether an address was contacted before, ``first_seen_destination``,
+         is the same as with every row);
       4. every row of the processes that matter: the pids of 1-2 (readers,
-         senders), their ancestors and descendants to the core's lineage depth
-         (6) and the siblings of senders (other children of their parent),
-         following every (pid, parent) pair the rows name, whatever the time
-         (a superset of what the core's lineage can reach) -- except a read or
+         senders); the senders' ancestors and descendants to the core's lineage
+         depth (6), following every (pid, parent) pair the rows name, whatever
+         the time, and their siblings (other children of their parent forked
+         within 6 s of them): a superset of what the core's lineage can reach -- except a read or
          sure egress that 1-3 do not need and whose process observation (parent,
          executable, uid, auid) equals that of the previous event of its pid in
          feed order: the core's view of the process is then unchanged by it.
@@ -190,6 +191,7 @@ def narrowing_statements(window: float) -> list[tuple[str, str]]:
         (
             "need_win",
             f"""SELECT {key}, host, epid FROM ev_n e
+                JOIN dest d ON d.addr = e.c_remote_address AND d.egress
                 WHERE e.kind = 'conn' AND EXISTS (
                   SELECT 1 FROM alert3 a WHERE a.host = e.host AND a.b = e.b
                     AND e.t BETWEEN a.t - 1.0 AND a.t + {w + 1.0})""",
@@ -200,7 +202,8 @@ def narrowing_statements(window: float) -> list[tuple[str, str]]:
                   SELECT {key}, sure, ROW_NUMBER() OVER (
                     PARTITION BY host, c_remote_address, sure
                     ORDER BY t, ord, file, line, idx) AS n
-                  FROM ev_n WHERE kind = 'conn') d
+                  FROM ev_n e JOIN dest d ON d.addr = e.c_remote_address AND d.egress
+                  WHERE kind = 'conn') d
                 WHERE NOT sure OR n = 1""",
         ),
         (
@@ -226,10 +229,14 @@ NON_LINEAGE = "(0, 1, 2)"
 
 
 def closure_statements() -> list[tuple[str, str]]:
-    """``matter(host, pid)``: seeds, their lineage to depth 6, senders' siblings."""
+    """``matter(host, pid)``: readers and senders; senders' lineage to depth 6 and siblings."""
     out: list[tuple[str, str]] = [
-        ("anc0", "SELECT host, pid FROM seeds"),
-        ("desc0", "SELECT host, pid FROM seeds"),
+        ("anc0", "SELECT host, pid FROM senders"),
+        ("desc0", "SELECT host, pid FROM senders"),
+        (
+            "forks",
+            "SELECT DISTINCT host, epid AS pid, eppid AS ppid, t FROM ev_n WHERE kind = 'fork'",
+        ),
     ]
     for k in range(1, LINEAGE_DEPTH + 1):
         out.append(
@@ -247,13 +254,16 @@ def closure_statements() -> list[tuple[str, str]]:
                     JOIN edges e ON e.host = d.host AND e.ppid = d.pid""",
             )
         )
-    parts = [f"SELECT host, pid FROM anc{k}" for k in range(LINEAGE_DEPTH + 1)]
+    parts = ["SELECT host, pid FROM seeds"]
+    parts += [f"SELECT host, pid FROM anc{k}" for k in range(1, LINEAGE_DEPTH + 1)]
     parts += [f"SELECT host, pid FROM desc{k}" for k in range(1, LINEAGE_DEPTH + 1)]
     parts.append(
-        f"""SELECT e2.host, e2.pid FROM senders s
-            JOIN edges e1 ON e1.host = s.host AND e1.pid = s.pid
-            JOIN edges e2 ON e2.host = e1.host AND e2.ppid = e1.ppid
-            WHERE e1.ppid NOT IN {NON_LINEAGE}"""
+        # Siblings are one pipeline only when both forks were seen within
+        # PIPELINE_SECONDS (5 s; osquery rows carry no start time).
+        f"""SELECT f2.host, f2.pid FROM senders s
+            JOIN forks f1 ON f1.host = s.host AND f1.pid = s.pid
+            JOIN forks f2 ON f2.host = f1.host AND f2.ppid = f1.ppid
+            WHERE f1.ppid NOT IN {NON_LINEAGE} AND f2.t BETWEEN f1.t - 6 AND f1.t + 6"""
     )
     out.append(("matter", "SELECT DISTINCT host, pid FROM (" + " UNION ALL ".join(parts) + ") m"))
     return out
@@ -285,7 +295,8 @@ def final_statements() -> list[tuple[str, str]]:
                 ) c
                 -- a maybe-egress is never dropped (it is needed) and never stands as the
                 -- previous event (Python may make no event of it)
-                WHERE need OR kind IN ('exec', 'fork') OR NOT COALESCE(p_sure, FALSE)
+                WHERE need OR kind IN ('exec', 'fork') OR (kind = 'conn' AND NOT sure)
+                   OR NOT COALESCE(p_sure, FALSE)
                    OR NOT (eppid IS NOT DISTINCT FROM p_ppid AND o_exe = p_exe
                            AND o_uid IS NOT DISTINCT FROM p_uid
                            AND o_auid IS NOT DISTINCT FROM p_auid)
