@@ -160,7 +160,7 @@ class DuckDBEngine:
                 WHEN ty[2] IS NULL AND ty[3] IS NULL AND ty[4] IS NULL
                   THEN 'no rows (no columns, diffResults or snapshot)'
               END AS bad
-            FROM lines_x WHERE NOT (ty IS NULL AND raw = 'blank')"""
+            FROM lines_x WHERE NOT (ty IS NULL AND COALESCE(raw = 'blank', FALSE))"""
         )
         self.con.execute("DROP TABLE lines_x")
         # Rows in arrays (batch and snapshot formats), one row each, numbered in the line.
