@@ -24,6 +24,12 @@ def _replay(argv: Sequence[str]) -> int:
     return replay.main(argv)
 
 
+def _fleet(argv: Sequence[str]) -> int:
+    from bench import fleet_bench
+
+    return fleet_bench.main(argv)
+
+
 SUBCOMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "foundation": (
         _foundation,
@@ -34,6 +40,7 @@ SUBCOMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
         "fanotify read source overhead on open/read/close vs no monitoring and Linux audit",
     ),
     "replay": (_replay, "readegress replay of a results log vs DuckDB and jq, memory per read"),
+    "fleet": (_fleet, "replay and fleet report (DuckDB engine) vs DuckDB's range join and jq"),
 }
 
 

@@ -188,7 +188,8 @@ def generate(
     approx_lines = max(100, target_bytes // approx_line_bytes)
     steps = max(1, approx_lines // (len(active) * 9))
     rare_at = {
-        host: rng.randrange(steps // 4, max(steps // 4 + 1, (3 * steps) // 4)) for host in rare_hosts
+        host: rng.randrange(steps // 4, max(steps // 4 + 1, (3 * steps) // 4))
+        for host in rare_hosts
     }
     backup_every = max(50, steps // 6)
     while info.bytes < target_bytes:

@@ -18,11 +18,10 @@ from hypothesis import strategies as st
 pytest.importorskip("duckdb")
 pytest.importorskip("pyarrow")
 
-from fleet_logs import results_logs  # noqa: E402
-
-from readegress.detect.config import load_config  # noqa: E402
-from readegress.fleet.pipeline import correlate_events, reference_events  # noqa: E402
-from readegress.fleet.run import run  # noqa: E402
+from fleet_logs import results_logs
+from readegress.detect.config import load_config
+from readegress.fleet.pipeline import correlate_events, reference_events
+from readegress.fleet.run import run
 
 FIXTURE = Path(__file__).parent / "fixtures" / "logs" / "events.log"
 CONFIG = load_config()
@@ -101,14 +100,35 @@ def _field_values(draw: st.DrawFn) -> object:
 @given(
     log=results_logs(),
     noise=st.lists(st.binary(max_size=40), max_size=5),
-    keys=st.lists(st.sampled_from(["pid", "time", "ppid", "parent", "remote_port", "path",
-                                   "operation", "action", "status", "hostIdentifier",
-                                   "columns", "snapshot", "diffResults", "unixTime"]),
-                  max_size=4),  # fmt: skip
+    keys=st.lists(
+        st.sampled_from(
+            [
+                "pid",
+                "time",
+                "ppid",
+                "parent",
+                "remote_port",
+                "path",
+                "operation",
+                "action",
+                "status",
+                "hostIdentifier",
+                "columns",
+                "snapshot",
+                "diffResults",
+                "unixTime",
+            ]
+        ),
+        max_size=4,
+    ),
     value=_field_values(),
 )
 def test_random_damage_never_crashes(
-    log: str, noise: list[bytes], keys: list[str], value: object, tmp_path_factory: pytest.TempPathFactory
+    log: str,
+    noise: list[bytes],
+    keys: list[str],
+    value: object,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     lines = log.encode().splitlines()
     damaged = []

@@ -20,10 +20,9 @@ from readegress.net.classify import DestinationClass
 pytest.importorskip("duckdb")
 pytest.importorskip("pyarrow")
 
-from fleet_logs import results_logs  # noqa: E402
-
-from readegress.fleet.pipeline import correlate_events, reference_events  # noqa: E402
-from readegress.fleet.run import run  # noqa: E402
+from fleet_logs import results_logs
+from readegress.fleet.pipeline import correlate_events, reference_events
+from readegress.fleet.run import run
 
 FIXTURES = Path(__file__).parent / "fixtures" / "logs"
 
@@ -68,7 +67,9 @@ def test_fixtures_narrowed_equals_full(config: Config) -> None:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(log=results_logs())
-def test_random_logs_narrowed_equals_full(log: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_random_logs_narrowed_equals_full(
+    log: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     path = tmp_path_factory.mktemp("log") / "r.log"
     path.write_text(log)
     for config in CONFIGS:
@@ -102,8 +103,9 @@ def _log(tmp_path: Path, rows: list[dict[str, object]]) -> str:
 
     path = tmp_path / "hand.log"
     lines = [
-        json.dumps({"name": "q", "hostIdentifier": "h1", "unixTime": T, "columns": r,
-                    "action": "added"})  # fmt: skip
+        json.dumps(
+            {"name": "q", "hostIdentifier": "h1", "unixTime": T, "columns": r, "action": "added"}
+        )
         for r in rows
     ]
     path.write_text("\n".join(lines) + "\n")

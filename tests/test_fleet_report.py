@@ -16,9 +16,9 @@ import pytest
 pytest.importorskip("duckdb")
 pytest.importorskip("pyarrow")
 
-from bench.fleet_log import LogInfo, write  # noqa: E402
+from bench.fleet_log import LogInfo, write
 
-from readegress import cli  # noqa: E402
+from readegress import cli
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,9 @@ def _report(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
     return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
 
 
-def test_report(fleet_log: tuple[str, LogInfo], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_report(
+    fleet_log: tuple[str, LogInfo], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     path, info = fleet_log
     rep = _report(capsys, path, "--out", str(tmp_path / "out"))
     dets = rep["detections"]
@@ -111,7 +113,9 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is not installed (.ci/run installs it)")
+@pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason="Debian chromium is not installed (.ci/run installs it)"
+)
 def test_report_renders_in_headless_chromium(
     fleet_log: tuple[str, LogInfo], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -328,7 +328,9 @@ def cmd_fleet_baseline(args: argparse.Namespace) -> int:
     if config is None:
         return int(report)
     known = config.catalogue.by_name
-    text = baseline_toml(report["prevalence"], args.min_hosts, sources=fr.files, known_classes=known)
+    text = baseline_toml(
+        report["prevalence"], args.min_hosts, sources=fr.files, known_classes=known
+    )
     if args.out == "-":
         sys.stdout.write(text)
     else:
@@ -343,7 +345,7 @@ def add_log_parsers(sub: Any) -> None:
     """``replay``, ``fleet report`` and ``fleet baseline``."""
     r = sub.add_parser(
         "replay",
-        help="correlate osquery results logs (any format, .gz, dirs, - for stdin); JSON per detection",
+        help="correlate osquery results logs (any format, .gz, dirs, - for stdin): JSON lines",
     )
     r.add_argument("logs", nargs="+", metavar="LOG", help="results log(s) or dirs, oldest first")
     _log_flags(r)
@@ -366,7 +368,9 @@ def add_log_parsers(sub: Any) -> None:
 
     f = sub.add_parser("fleet", help="fleet-wide report and baseline from results logs")
     fsub = f.add_subparsers(dest="fleet_command", required=True)
-    rep = fsub.add_parser("report", help="detections, prevalence, coverage; --json and/or --out DIR")
+    rep = fsub.add_parser(
+        "report", help="detections, prevalence, coverage; --json and/or --out DIR"
+    )
     rep.add_argument("logs", nargs="+", metavar="LOG_OR_DIR")
     _log_flags(rep, engines=("duckdb", "spark"))
     rep.add_argument("--out", metavar="DIR", help="write report.html and report.json here")
@@ -377,12 +381,16 @@ def add_log_parsers(sub: Any) -> None:
     base.add_argument("logs", nargs="+", metavar="LOG_OR_DIR")
     _log_flags(base, engines=("duckdb", "spark"))
     base.add_argument("--min-hosts", type=_positive_int, required=True, metavar="N")
-    base.add_argument("--out", required=True, metavar="FILE", help="the config to write (- : stdout)")
+    base.add_argument(
+        "--out", required=True, metavar="FILE", help="the config to write (- : stdout)"
+    )
     _period_flags(base)
     base.set_defaults(func=cmd_fleet_baseline)
 
 
-def _log_flags(p: argparse.ArgumentParser, engines: tuple[str, ...] = ("duckdb", "spark", "python")) -> None:
+def _log_flags(
+    p: argparse.ArgumentParser, engines: tuple[str, ...] = ("duckdb", "spark", "python")
+) -> None:
     p.add_argument(
         "--config",
         action="append",

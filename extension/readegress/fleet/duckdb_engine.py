@@ -68,15 +68,15 @@ class DuckDBEngine:
     def fetch(self, select: str) -> list[tuple[Any, ...]]:
         return self.con.execute(select).fetchall()
 
-    def register(self, name: str, columns: Sequence[tuple[str, str]], rows: list[tuple[Any, ...]]) -> None:
+    def register(
+        self, name: str, columns: Sequence[tuple[str, str]], rows: list[tuple[Any, ...]]
+    ) -> None:
         cols = ", ".join(f"{c} {t}" for c, t in columns)
         self.con.execute(f"CREATE OR REPLACE TABLE {name} ({cols})")
         if rows:
             import pyarrow as pa
 
-            table = pa.table(
-                {c: [r[i] for r in rows] for i, (c, _) in enumerate(columns)}
-            )
+            table = pa.table({c: [r[i] for r in rows] for i, (c, _) in enumerate(columns)})
             self.con.register("_reg", table)
             self.con.execute(f"INSERT INTO {name} SELECT * FROM _reg")
             self.con.unregister("_reg")
@@ -105,11 +105,16 @@ class DuckDBEngine:
         deco = [k for k in decoration_keys]
         top = list(TOP_KEYS) + [f"decorations.{k}" for k in deco] + deco
         col_paths = _path_list("$.columns", COLUMN_KEYS)
-        top_paths = "[" + ", ".join(
-            _lit(_json_path(k)) if not k.startswith("decorations.") else
-            _lit("$.decorations" + _json_path(k[len("decorations."):])[1:])
-            for k in top
-        ) + "]"
+        top_paths = (
+            "["
+            + ", ".join(
+                _lit(_json_path(k))
+                if not k.startswith("decorations.")
+                else _lit("$.decorations" + _json_path(k[len("decorations.") :])[1:])
+                for k in top
+            )
+            + "]"
+        )
         n_top = len(top)
         type_paths = "[" + ", ".join(_lit(p) for p in TYPE_PATHS) + "]"
         # One table a line: its top fields, the event-format columns, or the raw
@@ -145,7 +150,8 @@ class DuckDBEngine:
                 WHEN ty IS NULL THEN 'not JSON'
                 WHEN ty[1] <> 'OBJECT' THEN 'not a JSON object but ' || lower(ty[1])
                 WHEN {host} IS NULL THEN 'no host (hostIdentifier or hostname)'
-                WHEN ty[2] IS NOT NULL AND COALESCE(top[5], '') NOT IN ('added', 'removed', 'snapshot')
+                WHEN ty[2] IS NOT NULL
+                  AND COALESCE(top[5], '') NOT IN ('added', 'removed', 'snapshot')
                   THEN 'action ' || COALESCE('''' || top[5] || '''', 'None')
                     || ' is not added, removed or snapshot'
                 WHEN ty[2] IS NOT NULL AND ty[2] <> 'OBJECT' THEN 'columns not an object'
@@ -165,7 +171,7 @@ class DuckDBEngine:
         self.con.execute("DROP TABLE lines_x")
         # Rows in arrays (batch and snapshot formats), one row each, numbered in the line.
         self.con.execute(
-            f"""CREATE OR REPLACE TABLE exploded AS
+            """CREATE OR REPLACE TABLE exploded AS
             SELECT file, line, idx, host, top, act, r,
               try(json_type(r)) AS rty
             FROM (
@@ -211,7 +217,7 @@ class DuckDBEngine:
         )
         self.con.execute(
             f"""CREATE OR REPLACE TABLE ev AS
-            SELECT * FROM ({derived_sql(DUCKDB, "SELECT * EXCLUDE (cols) FROM rows WHERE action IN ('added', 'snapshot') AND tbl IN ('file', 'socket', 'process')")}) d
+            SELECT * FROM ({derived_sql(DUCKDB, _EVENT_ROWS)}) d
             WHERE kind IS NOT NULL"""
         )
         self.con.execute(
@@ -249,6 +255,12 @@ class DuckDBEngine:
         self.con.execute("DROP TABLE lines_h")
         self.con.execute("DROP TABLE exploded")
         self.con.execute("DROP TABLE rows")
+
+
+_EVENT_ROWS = (
+    "SELECT * EXCLUDE (cols) FROM rows WHERE action IN ('added', 'snapshot')"
+    " AND tbl IN ('file', 'socket', 'process')"
+)
 
 
 def _project_test(cv: str) -> str:

@@ -70,7 +70,8 @@ def timeline_svg(detections: list[dict[str, Any]]) -> str:
             f'<circle class="mark" cx="{x:.1f}" cy="{y:.1f}" r="{r:.1f}" '
             f'fill="{_priority_colour(p, top)}"><title>{_e(d["host"])} {_e(d.get("executable"))}'
             f" read {_e(d.get('path'))} then sent to {_e(d.get('remote_address'))}:"
-            f"{_e(d.get('remote_port'))} at {_when(d['egress_time'])}, priority {p}</title></circle>"
+            f"{_e(d.get('remote_port'))} at {_when(d['egress_time'])}, priority {p}"
+            "</title></circle>"
         )
     parts.append(
         f'<text x="{left}" y="{height - 4}" class="lbl">{_when(t0)}</text>'
@@ -96,10 +97,12 @@ def bars_svg(name: str, label: str, items: list[tuple[str, float, str]], unit: s
         y = 5 + bar * i
         w = max(1.0, (width - left - 90) * value / top)
         parts.append(
-            f'<text x="{left - 8}" y="{y + 14}" text-anchor="end" class="lbl">{_e(text[:64])}</text>'
+            f'<text x="{left - 8}" y="{y + 14}" text-anchor="end" class="lbl">'
+            f"{_e(text[:64])}</text>"
             f'<rect class="mark" x="{left}" y="{y + 2}" width="{w:.1f}" height="{bar - 5}" '
             f'fill="#1565c0"><title>{_e(tip)}</title></rect>'
-            f'<text x="{left + w + 6:.1f}" y="{y + 14}" class="lbl">{_e(_num(value))}{_e(unit)}</text>'
+            f'<text x="{left + w + 6:.1f}" y="{y + 14}" class="lbl">'
+            f"{_e(_num(value))}{_e(unit)}</text>"
         )
     parts.append("</svg>")
     return "".join(parts)
@@ -230,11 +233,17 @@ def render(report: dict[str, Any], *, title: str = "readegress fleet report") ->
         "<h2>Hosts per pair (executable, class, destination network, port)</h2>",
         bars_svg("pairs", "Hosts per pair", pairs, " hosts"),
         _table(
-            [("hosts", "hosts"), ("executable", "executable"), ("sensitive_class", "class"),
-             ("destination", "destination"), ("port", "port"), ("first_seen", "first seen"),
-             ("last_seen", "last seen")],
+            [
+                ("hosts", "hosts"),
+                ("executable", "executable"),
+                ("sensitive_class", "class"),
+                ("destination", "destination"),
+                ("port", "port"),
+                ("first_seen", "first seen"),
+                ("last_seen", "last seen"),
+            ],
             prevalence[:200],
-        ),  # fmt: skip
+        ),
         "<h2>Destinations only one host contacted</h2>",
         _table(
             [("destination", "destination"), ("host", "host"), ("first_seen", "first seen")],
@@ -244,21 +253,32 @@ def render(report: dict[str, Any], *, title: str = "readegress fleet report") ->
         bars_svg("bytes", "Bytes sent by process", talkers, "B"),
         "<h2>Long-lived outbound sockets</h2>",
         _table(
-            [("host", "host"), ("pid", "pid"), ("remote_address", "destination"),
-             ("remote_port", "port"), ("age_seconds", "age (s)"), ("bytes_sent", "bytes sent")],
+            [
+                ("host", "host"),
+                ("pid", "pid"),
+                ("remote_address", "destination"),
+                ("remote_port", "port"),
+                ("age_seconds", "age (s)"),
+                ("bytes_sent", "bytes sent"),
+            ],
             report.get("long_lived_sockets", []),
-        ),  # fmt: skip
+        ),
         "<h2>Coverage</h2>",
         coverage_svg(report.get("coverage", [])),
         _table(
-            [("host", "host"), ("status", "status"), ("checks", "failing checks"),
-             ("last_seen", "last seen"), ("silent_seconds", "silent (s)"),
-             ("event_rows", "event rows")],
+            [
+                ("host", "host"),
+                ("status", "status"),
+                ("checks", "failing checks"),
+                ("last_seen", "last seen"),
+                ("silent_seconds", "silent (s)"),
+                ("event_rows", "event rows"),
+            ],
             report.get("coverage", []),
-        ),  # fmt: skip
+        ),
     ]
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
         + "\n".join(body)
         + f"<script>{_JS}</script></body></html>\n"

@@ -100,9 +100,7 @@ def classify_destinations(engine: Engine, config: Config) -> None:
 
     rows = [
         (addr, classify(addr) in config.egress_classes)
-        for (addr,) in engine.fetch(
-            "SELECT DISTINCT c_remote_address FROM ev WHERE kind = 'conn'"
-        )
+        for (addr,) in engine.fetch("SELECT DISTINCT c_remote_address FROM ev WHERE kind = 'conn'")
         if addr is not None
     ]
     engine.register("dest", [("addr", "VARCHAR"), ("egress", "BOOLEAN")], rows)

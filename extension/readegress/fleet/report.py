@@ -144,10 +144,17 @@ def build_report(
     """The report as one JSON-able document (``--json`` prints it, the HTML draws it)."""
     deco_cols = "".join(f", d_{i}" for i in range(len(decoration_keys)))
     hostinfo: dict[str, dict[str, Any]] = {}
-    for r in engine.fetch(f"SELECT host, row_count, event_rows, run_times{deco_cols} FROM hostinfo"):
+    for r in engine.fetch(
+        f"SELECT host, row_count, event_rows, run_times{deco_cols} FROM hostinfo"
+    ):
         runs = sorted(int(x) for x in (r[3] or []) if x is not None)
         decorations = {k: r[4 + i] for i, k in enumerate(decoration_keys) if r[4 + i] is not None}
-        hostinfo[r[0]] = {"rows": r[1], "event_rows": r[2], "runs": runs, "decorations": decorations}
+        hostinfo[r[0]] = {
+            "rows": r[1],
+            "event_rows": r[2],
+            "runs": runs,
+            "decorations": decorations,
+        }
 
     candidates = [d for d in correlated.candidates if _in_period(d.egress_time, since, until)]
     # Extension rows: read_then_egress as logged by the packs.
@@ -215,7 +222,9 @@ def build_report(
             row.get("reader_executable") == row.get("executable"),
         )
 
-    def rank(host: str, score: int, cls: str, exe: str, addr: str, port: int) -> tuple[int, int, int]:
+    def rank(
+        host: str, score: int, cls: str, exe: str, addr: str, port: int
+    ) -> tuple[int, int, int]:
         deco = hostinfo.get(host, {}).get("decorations") or None
         base = priority(config, score, host, cls, deco)
         p = pairs.get(pair_key(exe, cls, addr, port))
@@ -334,7 +343,7 @@ def _talkers(
             last[host] = max(last.get(host, t), t)
         return [(h, r) for h, t, r in rows if t == last[h]]
 
-    procs = []
+    procs: list[dict[str, Any]] = []
     for host, r in latest(snapshots.get("process_net_bytes", [])):
         sent = _int(r.get("total_bytes_sent"))
         if sent is None:
@@ -351,7 +360,7 @@ def _talkers(
             }
         )
     procs.sort(key=lambda p: (-p["total_bytes_sent"], p["host"], p["pid"] or 0))
-    socks = []
+    socks: list[dict[str, Any]] = []
     for host, r in latest(snapshots.get("socket_bytes", [])):
         age = _int(r.get("age_seconds"))
         if age is None or age < LONG_LIVED_SECONDS or r.get("direction") not in (None, "outbound"):

@@ -177,7 +177,7 @@ def narrowing_statements(window: float) -> list[tuple[str, str]]:
         ),
         (
             "alert3",
-            f"""SELECT host, t, b + k AS b FROM (
+            """SELECT host, t, b + k AS b FROM (
                   SELECT host, t, b FROM ev_n WHERE kind = 'read' AND alone
                 ) a CROSS JOIN (SELECT -1 AS k UNION ALL SELECT 0 UNION ALL SELECT 1) ks""",
         ),
@@ -291,7 +291,8 @@ def final_statements() -> list[tuple[str, str]]:
                   FROM ev_n e
                   JOIN matter m ON m.host = e.host AND m.pid = e.epid
                   LEFT JOIN needed n ON n.file = e.file AND n.line = e.line AND n.idx = e.idx
-                  WINDOW w AS (PARTITION BY e.host, e.epid ORDER BY e.t, e.ord, e.file, e.line, e.idx)
+                  WINDOW w AS (PARTITION BY e.host, e.epid
+                               ORDER BY e.t, e.ord, e.file, e.line, e.idx)
                 ) c
                 -- a maybe-egress is never dropped (it is needed) and never stands as the
                 -- previous event (Python may make no event of it)

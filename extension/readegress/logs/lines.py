@@ -23,6 +23,7 @@ Quirks:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -181,8 +182,6 @@ def total_size(paths: list[str]) -> int:
     for p in paths:
         if p == "-":
             continue
-        try:
+        with contextlib.suppress(OSError):
             size += os.path.getsize(p)
-        except OSError:
-            pass
     return size
