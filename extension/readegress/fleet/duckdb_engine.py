@@ -91,7 +91,13 @@ class DuckDBEngine:
         decoration_keys: Sequence[str] = (),
         progress: Optional[Progress] = None,
     ) -> None:
-        """Parse the logs into ``lines_x`` (one row a line), then ``rows``, ``ev``, ``proj``."""
+        """Parse the logs into ``ev`` (event rows), ``proj``, ``hostinfo`` and ``bad``.
+
+        One pass over the lines builds ``lines`` (one row a line: its fields,
+        event fields and ``kind``, no list columns); the rows of batch and
+        snapshot lines (kept raw) are exploded into ``arows`` after it. ``ev``
+        is a view over both.
+        """
         import pyarrow as pa
 
         schema = pa.schema([("file", pa.int32()), ("line", pa.int64()), ("raw", pa.string())])
@@ -100,134 +106,95 @@ class DuckDBEngine:
             for b in line_batches(paths, on_bad, stats, progress=progress):
                 yield _record_batch(pa, schema, b)
 
-        stream = pa.RecordBatchReader.from_batches(schema, batches())
-        self.con.register("stream", stream)
-        deco = [k for k in decoration_keys]
-        top = list(TOP_KEYS) + [f"decorations.{k}" for k in deco] + deco
-        col_paths = _path_list("$.columns", COLUMN_KEYS)
-        top_paths = (
-            "["
-            + ", ".join(
-                _lit(_json_path(k))
-                if not k.startswith("decorations.")
-                else _lit("$.decorations" + _json_path(k[len("decorations.") :])[1:])
-                for k in top
-            )
-            + "]"
-        )
-        n_top = len(top)
-        type_paths = "[" + ", ".join(_lit(p) for p in TYPE_PATHS) + "]"
-        # One table a line: its top fields, the event-format columns, or the raw
-        # line when its rows sit in arrays (batch/snapshot) or belong to one of
-        # the project's tables (whose every column the report reads).
-        self.con.execute(
-            f"""CREATE OR REPLACE TABLE lines_x AS
-            SELECT file, line, ty, top, cv,
-              CASE WHEN ty IS NULL AND trim(raw) = '' THEN 'blank'
-                   WHEN ty[1] = 'OBJECT' AND ty[2] IS NULL
-                        AND (ty[3] IS NOT NULL OR ty[4] IS NOT NULL) THEN raw
-                   WHEN ty[2] = 'OBJECT' AND ({_project_test("cv")}) THEN raw END AS raw
-            FROM (
-              SELECT file, line, raw, ty,
-                CASE WHEN ty[1] = 'OBJECT' THEN json_extract_string(raw, {top_paths}) END AS top,
-                CASE WHEN ty[2] = 'OBJECT' THEN json_extract_string(raw, {col_paths}) END AS cv
-              FROM (
-                SELECT file, line, raw, try(json_type(raw, {type_paths})) AS ty
-                FROM stream WHERE raw <> ''
-              ) a
-            ) b"""
-        )
-        self.con.unregister("stream")
+        self.con.register("stream", pa.RecordBatchReader.from_batches(schema, batches()))
+        deco = list(decoration_keys)
+        deco_names = "".join(f", d_{i}" for i in range(len(deco)))
+        nested = ["$.decorations" + _json_path(k)[1:] for k in deco]
+        top_level = [_json_path(k) for k in deco]
+        top_paths = [_json_path(k) for k in TOP_KEYS] + nested + top_level
+        all_paths = top_paths + ["$.columns" + _json_path(k)[1:] for k in COLUMN_KEYS]
+        n_top = len(top_paths)
+        paths_sql = "[" + ", ".join(_lit(x) for x in all_paths) + "]"
+        type_paths = "[" + ", ".join(_lit(x) for x in TYPE_PATHS) + "]"
+        cv = {k: f"v[{n_top + i + 1}]" for i, k in enumerate(COLUMN_KEYS)}
         host = (
-            "CASE WHEN ty[7] = 'VARCHAR' AND top[1] <> '' THEN top[1]"
-            " WHEN ty[8] = 'VARCHAR' AND top[2] <> '' THEN top[2] END"
+            "CASE WHEN ty[7] = 'VARCHAR' AND v[1] <> '' THEN v[1]"
+            " WHEN ty[8] = 'VARCHAR' AND v[2] <> '' THEN v[2] END"
         )
-        self.con.execute(
-            f"""CREATE OR REPLACE TABLE lines_h AS
-            SELECT file, line, ty, top, cv, raw, {host} AS host,
-              CASE
-                WHEN ty IS NULL AND raw = 'blank' THEN NULL
-                WHEN ty IS NULL THEN 'not JSON'
-                WHEN ty[1] <> 'OBJECT' THEN 'not a JSON object but ' || lower(ty[1])
-                WHEN {host} IS NULL THEN 'no host (hostIdentifier or hostname)'
-                WHEN ty[2] IS NOT NULL
-                  AND COALESCE(top[5], '') NOT IN ('added', 'removed', 'snapshot')
-                  THEN 'action ' || COALESCE('''' || top[5] || '''', 'None')
-                    || ' is not added, removed or snapshot'
-                WHEN ty[2] IS NOT NULL AND ty[2] <> 'OBJECT' THEN 'columns not an object'
-                WHEN ty[2] IS NULL AND ty[3] IS NOT NULL AND ty[3] <> 'OBJECT'
-                  THEN 'diffResults is not an object'
-                WHEN ty[2] IS NULL AND ty[3] IS NOT NULL AND ty[5] IS NOT NULL AND ty[5] <> 'ARRAY'
-                  THEN 'diffResults.added is not a list'
-                WHEN ty[2] IS NULL AND ty[3] IS NOT NULL AND ty[6] IS NOT NULL AND ty[6] <> 'ARRAY'
-                  THEN 'diffResults.removed is not a list'
-                WHEN ty[2] IS NULL AND ty[3] IS NULL AND ty[4] IS NOT NULL AND ty[4] <> 'ARRAY'
-                  THEN 'snapshot is not a list'
-                WHEN ty[2] IS NULL AND ty[3] IS NULL AND ty[4] IS NULL
-                  THEN 'no rows (no columns, diffResults or snapshot)'
-              END AS bad
-            FROM lines_x WHERE NOT (ty IS NULL AND COALESCE(raw = 'blank', FALSE))"""
+        decos = "".join(
+            f", COALESCE(v[{6 + i}], v[{6 + len(deco) + i}]) AS d_{i}" for i in range(len(deco))
         )
-        self.con.execute("DROP TABLE lines_x")
-        # Rows in arrays (batch and snapshot formats), one row each, numbered in the line.
-        self.con.execute(
-            """CREATE OR REPLACE TABLE exploded AS
-            SELECT file, line, idx, host, top, act, r,
-              try(json_type(r)) AS rty
+        fields = ", ".join(f"{cv[k]} AS c_{k}" for k in COLUMN_KEYS)
+        # One parse for the types (and validity: try() makes a bad line NULL, never
+        # an error), one for every field. The raw line is kept only when its rows
+        # sit in arrays (batch/snapshot) or belong to the project's tables.
+        per_line = f"""
+          SELECT file, line, 0 AS idx, {host} AS host, {_bad_sql(host)} AS bad,
+            v[3] AS qname, v[4] AS unix_time, v[5] AS action, {fields}{decos},
+            CASE WHEN ty[1] = 'OBJECT' AND ty[2] IS NULL
+                      AND (ty[3] IS NOT NULL OR ty[4] IS NOT NULL) THEN raw
+                 WHEN ty[2] = 'OBJECT' AND ({_project_test(cv)})
+                   THEN CAST(json_extract(raw, '$.columns') AS VARCHAR)
+            END AS keep
+          FROM (
+            SELECT file, line, raw, ty,
+              CASE WHEN ty[1] = 'OBJECT' THEN json_extract_string(raw, {paths_sql}) END AS v
             FROM (
-              SELECT file, line, host, top, act,
-                unnest(l) AS r, unnest(generate_series(1, len(l))) AS idx
+              SELECT file, line, raw, try(json_type(raw, {type_paths})) AS ty
+              FROM stream WHERE raw <> ''
+            ) a
+            WHERE NOT (ty IS NULL AND trim(raw) = '')
+          ) b"""
+        recognised = f"SELECT r.*, {recognise_sql()} AS tbl FROM ({per_line}) r"
+        self.con.execute(f"CREATE OR REPLACE TABLE lines AS {derived_sql(DUCKDB, recognised)}")
+        self.con.unregister("stream")
+        # Rows in arrays (batch and snapshot formats), one row each, numbered in the line.
+        arrays = "FROM lines WHERE bad IS NULL AND keep IS NOT NULL AND tbl IS NULL"
+        self.con.execute(
+            f"""CREATE OR REPLACE TABLE exploded AS
+            SELECT file, line, idx, host, qname, unix_time, act, r,
+              try(json_type(r)) AS rty{deco_names}
+            FROM (
+              SELECT *, unnest(l) AS r, unnest(generate_series(1, len(l))) AS idx
               FROM (
-                SELECT file, line, host, top, 'added' AS act,
-                  json_extract(raw, '$.diffResults.added[*]') AS l
-                FROM lines_h WHERE bad IS NULL AND ty[2] IS NULL AND ty[3] IS NOT NULL
+                SELECT *, 'added' AS act, json_extract(keep, '$.diffResults.added[*]') AS l
+                {arrays} AND json_type(keep, '$.diffResults') = 'OBJECT'
                 UNION ALL
-                SELECT file, line, host, top, 'removed' AS act,
-                  json_extract(raw, '$.diffResults.removed[*]') AS l
-                FROM lines_h WHERE bad IS NULL AND ty[2] IS NULL AND ty[3] IS NOT NULL
+                SELECT *, 'removed' AS act, json_extract(keep, '$.diffResults.removed[*]') AS l
+                {arrays} AND json_type(keep, '$.diffResults') = 'OBJECT'
                 UNION ALL
-                SELECT file, line, host, top, 'snapshot' AS act,
-                  json_extract(raw, '$.snapshot[*]') AS l
-                FROM lines_h WHERE bad IS NULL AND ty[2] IS NULL AND ty[3] IS NULL
+                SELECT *, 'snapshot' AS act, json_extract(keep, '$.snapshot[*]') AS l
+                {arrays} AND json_type(keep, '$.diffResults') IS NULL
               ) s WHERE len(l) > 0
             ) u"""
         )
-        fields = ", ".join(f"cv[{i + 1}] AS c_{k}" for i, k in enumerate(COLUMN_KEYS))
-        deco_cols = ", ".join(
-            f"COALESCE(top[{6 + i}], top[{6 + len(deco) + i}]) AS d_{i}" for i in range(len(deco))
-        )
-        deco_sel = (", " + deco_cols) if deco else ""
-        assert n_top == 5 + 2 * len(deco)
-        inner = f"""
-          SELECT file, line, idx, host, qname, unix_time, action, cols, {fields}{deco_sel}
-          FROM (
-            SELECT file, line, 0 AS idx, host, top[3] AS qname, top[4] AS unix_time,
-              top[5] AS action, cv, top,
-              CASE WHEN raw IS NOT NULL THEN json_extract(raw, '$.columns') END AS cols
-            FROM lines_h WHERE bad IS NULL AND ty[2] = 'OBJECT'
-            UNION ALL
-            SELECT file, line, idx, host, top[3], top[4], act,
-              json_extract_string(r, {_path_list("$", COLUMN_KEYS)}) AS cv, top,
-              CAST(r AS VARCHAR) AS cols
-            FROM exploded WHERE rty = 'OBJECT'
-          ) x"""
+        arow_fields = ", ".join(f"v[{i + 1}] AS c_{k}" for i, k in enumerate(COLUMN_KEYS))
+        arow_select = f"""SELECT r.*, {recognise_sql()} AS tbl FROM (
+            SELECT file, line, idx, host, CAST(NULL AS VARCHAR) AS bad, qname, unix_time,
+              act AS action, {arow_fields}{deco_names}, CAST(r AS VARCHAR) AS keep
+            FROM (SELECT *, json_extract_string(r, {_path_list("$", COLUMN_KEYS)}) AS v
+                  FROM exploded WHERE rty = 'OBJECT') x) r"""
+        self.con.execute(f"CREATE OR REPLACE TABLE arows AS {derived_sql(DUCKDB, arow_select)}")
+        keep_cols = ["file", "line", "idx", "host", "bad", "qname", "unix_time", "action"]
+        keep_cols += [f"c_{k}" for k in COLUMN_KEYS] + [f"d_{i}" for i in range(len(deco))]
+        cols = ", ".join([*keep_cols, "keep", "tbl", *_DERIVED])
+        # A batch/snapshot line is not a row itself: its rows are in arows.
         self.con.execute(
-            f"""CREATE OR REPLACE TABLE rows AS
-            SELECT y.*, {recognise_sql()} AS tbl FROM ({inner}) y"""
+            f"""CREATE OR REPLACE VIEW rows AS
+            SELECT {cols} FROM lines WHERE bad IS NULL AND NOT (keep IS NOT NULL AND tbl IS NULL)
+            UNION ALL SELECT {cols} FROM arows"""
         )
         self.con.execute(
-            f"""CREATE OR REPLACE TABLE ev AS
-            SELECT * FROM ({derived_sql(DUCKDB, _EVENT_ROWS)}) d
-            WHERE kind IS NOT NULL"""
+            """CREATE OR REPLACE VIEW ev AS
+            SELECT * FROM rows WHERE kind IS NOT NULL AND action IN ('added', 'snapshot')"""
         )
         self.con.execute(
             """CREATE OR REPLACE TABLE proj AS
-            SELECT file, line, idx, host, qname, unix_time, tbl, cols FROM rows
+            SELECT file, line, idx, host, qname, unix_time, tbl, keep AS cols FROM rows
             WHERE action IN ('added', 'snapshot')
               AND tbl IN ('read_then_egress', 'readegress_health', 'process_net_bytes',
                           'socket_bytes')"""
         )
-        # Per host: lines, event rows, query-run times, decoration values.
         deco_agg = "".join(f", max(d_{i}) AS d_{i}" for i in range(len(deco)))
         self.con.execute(
             f"""CREATE OR REPLACE TABLE hostinfo AS
@@ -238,37 +205,54 @@ class DuckDBEngine:
         )
         self.con.execute(
             """CREATE OR REPLACE TABLE bad AS
-            SELECT file, line, bad AS reason FROM lines_h WHERE bad IS NOT NULL
+            SELECT file, line, bad AS reason FROM lines WHERE bad IS NOT NULL
             UNION ALL
             SELECT file, line, string_agg(CASE WHEN act = 'snapshot' THEN 'snapshot'
-                ELSE 'diffResults.' || act END || '[' || CAST(idx - 1 AS VARCHAR) || ']', ', ')
-                || ' not an object'
+                ELSE 'diffResults.' || act END || '[' || CAST(idx - 1 AS VARCHAR) || ']', ', '
+                ORDER BY act, idx) || ' not an object'
             FROM exploded WHERE rty IS NULL OR rty <> 'OBJECT' GROUP BY file, line"""
         )
-        self.counts = self.con.execute(
-            """SELECT
-                (SELECT count(*) FROM lines_h),
-                (SELECT count(*) FROM rows),
-                (SELECT count(*) FROM rows WHERE action = 'removed'),
-                (SELECT count(*) FROM ev)"""
+        got = self.con.execute(
+            """SELECT (SELECT count(*) FROM lines), (SELECT count(*) FROM rows),
+                 (SELECT count(*) FROM rows WHERE action = 'removed'), (SELECT count(*) FROM ev)"""
         ).fetchone()
-        self.con.execute("DROP TABLE lines_h")
+        self.counts = tuple(got) if got is not None else (0, 0, 0, 0)
         self.con.execute("DROP TABLE exploded")
-        self.con.execute("DROP TABLE rows")
 
 
-_EVENT_ROWS = (
-    "SELECT * EXCLUDE (cols) FROM rows WHERE action IN ('added', 'snapshot')"
-    " AND tbl IN ('file', 'socket', 'process')"
-)
+_DERIVED = ("t", "epid", "eppid", "ord", "sure", "odd", "o_exe", "o_uid", "o_auid", "kind")
 
 
-def _project_test(cv: str) -> str:
-    """SQL: do the extracted columns ``cv`` name one of the project's tables?"""
-    i = {k: n + 1 for n, k in enumerate(COLUMN_KEYS)}
+def _bad_sql(host: str) -> str:
+    """Why a line (types ``ty``, fields ``v``) is bad, or NULL: the results reader's reasons."""
+    return f"""CASE
+        WHEN ty IS NULL THEN 'not JSON'
+        WHEN ty[1] <> 'OBJECT' THEN 'not a JSON object but ' || lower(ty[1])
+        WHEN {host} IS NULL THEN 'no host (hostIdentifier or hostname)'
+        WHEN ty[2] IS NOT NULL
+          AND COALESCE(v[5], '') NOT IN ('added', 'removed', 'snapshot')
+          THEN 'action ' || COALESCE('''' || v[5] || '''', 'None')
+            || ' is not added, removed or snapshot'
+        WHEN ty[2] IS NOT NULL AND ty[2] <> 'OBJECT' THEN 'columns not an object'
+        WHEN ty[2] IS NULL AND ty[3] IS NOT NULL AND ty[3] <> 'OBJECT'
+          THEN 'diffResults is not an object'
+        WHEN ty[2] IS NULL AND ty[3] IS NOT NULL AND ty[5] IS NOT NULL AND ty[5] <> 'ARRAY'
+          THEN 'diffResults.added is not a list'
+        WHEN ty[2] IS NULL AND ty[3] IS NOT NULL AND ty[6] IS NOT NULL AND ty[6] <> 'ARRAY'
+          THEN 'diffResults.removed is not a list'
+        WHEN ty[2] IS NULL AND ty[3] IS NULL AND ty[4] IS NOT NULL AND ty[4] <> 'ARRAY'
+          THEN 'snapshot is not a list'
+        WHEN ty[2] IS NULL AND ty[3] IS NULL AND ty[4] IS NULL
+          THEN 'no rows (no columns, diffResults or snapshot)'
+      END"""
+
+
+def _project_test(cv: dict[str, str]) -> str:
+    """SQL: do the extracted columns (``cv``: key -> expression) name a project table?"""
 
     def has(k: str) -> str:
-        return f"{cv}[{i[k]}] IS NOT NULL"
+        return f"{cv[k]} IS NOT NULL"
+
 
     return (
         f"({has('id')} AND {has('sensitive_class')} AND {has('reasons')})"
