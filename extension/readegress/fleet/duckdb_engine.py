@@ -16,6 +16,10 @@ numbers. Reading lines as text costs one pass of Python's ``bytes.split``.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Optional
 
@@ -49,10 +53,15 @@ class DuckDBEngine:
 
     name = "duckdb"
 
-    def __init__(self, *, threads: Optional[int] = None, memory_limit: str = "700MB") -> None:
+    def __init__(self, *, threads: Optional[int] = None, memory_limit: str = "600MB") -> None:
         import duckdb
 
-        self.con = duckdb.connect(":memory:")
+        # A database file in a private temp dir rather than :memory:: DuckDB
+        # compresses what it stores there and can evict it, so a 1 GB log does
+        # not have to fit in memory_limit. Removed on close.
+        self._dir = tempfile.mkdtemp(prefix="readegress-fleet-")
+        self.con = duckdb.connect(os.path.join(self._dir, "run.duckdb"))
+        self.con.execute(f"SET temp_directory = {_lit(os.path.join(self._dir, 'spill'))}")
         if threads:
             self.con.execute(f"SET threads = {int(threads)}")
         self.con.execute(f"SET memory_limit = {_lit(memory_limit)}")
@@ -60,6 +69,11 @@ class DuckDBEngine:
 
     def close(self) -> None:
         self.con.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
     # ----- the Engine interface used by readegress.fleet.pipeline --------
     def create(self, name: str, select: str) -> None:

@@ -169,7 +169,8 @@ def narrowing_statements(window: float) -> list[tuple[str, str]]:
         ),
         (
             "ev_n",
-            f"""SELECT e.*, c.cls, c.alone,
+            f"""SELECT e.file, e.line, e.idx, e.host, e.kind, e.t, e.epid, e.eppid, e.ord,
+                  e.sure, e.o_exe, e.o_uid, e.o_auid, e.c_remote_address, c.cls, c.alone,
                   CAST(FLOOR(e.t / {width}) AS BIGINT) AS b
                 FROM ev e
                 JOIN host_flags h ON e.host = h.host AND h.odd = 0 AND h.alerting = 1
