@@ -267,7 +267,6 @@ def _project_test(cv: dict[str, str]) -> str:
     def has(k: str) -> str:
         return f"{cv[k]} IS NOT NULL"
 
-
     return (
         f"({has('id')} AND {has('sensitive_class')} AND {has('reasons')})"
         f" OR ({has('name')} AND {has('detail')} AND {has('fix')})"

@@ -18,7 +18,7 @@ proven against.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
@@ -115,22 +115,18 @@ def narrow(engine: Engine, config: Config) -> None:
         engine.create(name, select)
 
 
-def correlate(
-    engine: Engine,
-    config: Config,
-    files: Sequence[str],
-    on_bad: Callable[[BadLine], None],
-    *,
-    narrowed: bool = True,
-) -> Correlated:
-    if narrowed:
-        narrow(engine, config)
-    cols = ["host", "file", "line", "tbl"] + [f"c_{k}" for k in COLUMN_KEYS]
-    index = {c: i for i, c in enumerate(cols)}
+#: The columns of ``ev`` the feed reads, in this order.
+FEED_COLUMNS = ["host", "file", "line", "tbl"] + [f"c_{k}" for k in COLUMN_KEYS]
+_INDEX = {c: i for i, c in enumerate(FEED_COLUMNS)}
+
+
+def events_of_rows(
+    rows: Iterable[Sequence[Any]], files: Sequence[str], on_bad: Callable[[BadLine], None]
+) -> tuple[dict[str, list[Event]], int]:
+    """Feed rows (``FEED_COLUMNS``, in log order) → each host's events, and row errors."""
     per_host: dict[str, list[Event]] = {}
-    out = Correlated(candidates=[])
-    rows = engine.fetch(feed_select(cols, narrowed))
-    out.fed_rows = len(rows)
+    errors = 0
+    index = _INDEX
     for r in rows:
         tbl = r[index["tbl"]]
         row = {}
@@ -144,24 +140,50 @@ def correlate(
         host = r[index["host"]]
         try:
             ev = event_from_row(_TABLE_NAMES[tbl], row, host, f"{SOURCE}:{file}:{line}")
-        except (RowError, OverflowError) as e:
-            out.row_errors += 1
+        except (RowError, OverflowError) as e:  # int(float("inf")) overflows
+            errors += 1
             on_bad(BadLine(file, line, f"{_TABLE_NAMES[tbl]} row: {e}"))
             continue
-        if ev is None:
-            continue
-        per_host.setdefault(host, []).append(ev)
-    core_stats: dict[str, int] = {}
+        if ev is not None:
+            per_host.setdefault(host, []).append(ev)
+    return per_host, errors
+
+
+def feed_host(config: Config, events: list[Event]) -> tuple[list[Detection], dict[str, int]]:
+    """One host's events, sorted stably by sort_key, through a Correlator of its own."""
+    events.sort(key=sort_key)
+    core = Correlator(config)
+    return core.feed_many(events), dict(core.stats)
+
+
+def correlate(
+    engine: Engine,
+    config: Config,
+    files: Sequence[str],
+    on_bad: Callable[[BadLine], None],
+    *,
+    narrowed: bool = True,
+) -> Correlated:
+    if narrowed:
+        narrow(engine, config)
+    distributed = getattr(engine, "correlate_rows", None)
+    if distributed is not None:
+        # The engine runs the per-host step where the rows are (Spark: one
+        # group per host), with the same two functions.
+        out: Correlated = distributed(narrowed, config, files, on_bad)
+        out.candidates.sort(key=report_order)
+        return out
+    out = Correlated(candidates=[])
+    rows = engine.fetch(feed_select(FEED_COLUMNS, narrowed))
+    out.fed_rows = len(rows)
+    per_host, out.row_errors = events_of_rows(rows, files, on_bad)
     for host in sorted(per_host):
-        events = per_host[host]
-        events.sort(key=sort_key)
-        core = Correlator(config)
-        out.candidates.extend(core.feed_many(events))
-        out.events += len(events)
-        for k, v in core.stats.items():
-            core_stats[k] = core_stats.get(k, 0) + v
+        found, stats = feed_host(config, per_host[host])
+        out.candidates.extend(found)
+        out.events += len(per_host[host])
+        for k, v in stats.items():
+            out.core[k] = out.core.get(k, 0) + v
     out.hosts = len(per_host)
-    out.core = core_stats
     out.candidates.sort(key=report_order)
     return out
 
@@ -194,7 +216,6 @@ def correlate_events(config: Config, per_host: dict[str, list[Event]]) -> list[D
     """Feed each host's events (sorted stably) to a Correlator of its own; report order."""
     out: list[Detection] = []
     for host in sorted(per_host):
-        events = sorted(per_host[host], key=sort_key)
-        out.extend(Correlator(config).feed_many(events))
+        out.extend(feed_host(config, list(per_host[host]))[0])
     out.sort(key=report_order)
     return out

@@ -70,9 +70,9 @@ def open_engine(name: str, *, master: Optional[str] = None) -> Engine:
             raise EngineUnavailable(
                 "the spark engine needs pyspark: pip install 'readegress[spark]'"
             ) from None
-        # The Spark engine (the same SQL over spark.read, applyInPandas per host)
-        # is not built yet: say so rather than run something else.
-        raise EngineUnavailable("the spark engine is not available in this version")
+        from readegress.fleet.spark_engine import SparkEngine
+
+        return SparkEngine(master=master)
     raise EngineUnavailable(f"unknown engine {name!r} (one of: {', '.join(ENGINES)})")
 
 

@@ -258,14 +258,18 @@ def closure_statements() -> list[tuple[str, str]]:
     parts = ["SELECT host, pid FROM seeds"]
     parts += [f"SELECT host, pid FROM anc{k}" for k in range(1, LINEAGE_DEPTH + 1)]
     parts += [f"SELECT host, pid FROM desc{k}" for k in range(1, LINEAGE_DEPTH + 1)]
-    parts.append(
-        # Siblings are one pipeline only when both forks were seen within
-        # PIPELINE_SECONDS (5 s; osquery rows carry no start time).
-        f"""SELECT f2.host, f2.pid FROM senders s
-            JOIN forks f1 ON f1.host = s.host AND f1.pid = s.pid
-            JOIN forks f2 ON f2.host = f1.host AND f2.ppid = f1.ppid
-            WHERE f1.ppid NOT IN {NON_LINEAGE} AND f2.t BETWEEN f1.t - 6 AND f1.t + 6"""
+    out.append(
+        (
+            # Siblings are one pipeline only when both forks were seen within
+            # PIPELINE_SECONDS (5 s; osquery rows carry no start time).
+            "siblings",
+            f"""SELECT f2.host, f2.pid FROM senders s
+                JOIN forks f1 ON f1.host = s.host AND f1.pid = s.pid
+                JOIN forks f2 ON f2.host = f1.host AND f2.ppid = f1.ppid
+                WHERE f1.ppid NOT IN {NON_LINEAGE} AND f2.t BETWEEN f1.t - 6 AND f1.t + 6""",
+        )
     )
+    parts.append("SELECT host, pid FROM siblings")
     out.append(("matter", "SELECT DISTINCT host, pid FROM (" + " UNION ALL ".join(parts) + ") m"))
     return out
 
