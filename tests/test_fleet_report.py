@@ -146,3 +146,24 @@ def test_report_renders_in_headless_chromium(
     )  # fmt: skip
     assert shot.exists() and shot.stat().st_size > 20_000
     print(f"screenshot: {shot}", file=sys.stderr)
+
+
+def test_progress_on_a_terminal_only(
+    fleet_log: tuple[str, LogInfo], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    from readegress.logs.lines import LineStats, Progress, line_batches
+
+    path, info = fleet_log
+    out = io.StringIO()
+    progress = Progress(info.bytes, out)
+    progress.shown = -1.0  # first update shows at once
+    n = sum(len(b.lines) for b in line_batches([path], print, LineStats(), batch_bytes=1 << 20,
+                                                progress=progress))  # fmt: skip
+    assert n == info.lines
+    text = out.getvalue()
+    assert "MB/s" in text and "lines" in text and text.endswith("\n")
+    # stderr is not a terminal under pytest: the CLI stays quiet.
+    assert cli.main(["replay", path]) == 0
+    assert "MB/s" not in capsys.readouterr().err
