@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from readegress.detect.config import Config
-from readegress.detect.core import Detection
+from readegress.detect.core import LONG_LIVED_SECONDS
 from readegress.detect.priority import priority
 from readegress.fleet.pipeline import Correlated, Engine
 from readegress.logs.replay import detection_record
@@ -52,7 +52,6 @@ from readegress.logs.replay import detection_record
 UNIQUE_DESTINATION_WEIGHT = 1.5
 STATUS_RANK = {"ok": 0, "warn": 1, "fail": 2}
 TOP_N = 20
-LONG_LIVED_SECONDS = 600
 
 
 def destination_network(address: str) -> str:
@@ -380,6 +379,3 @@ def _talkers(
     socks.sort(key=lambda s: (-s["age_seconds"], s["host"], s["pid"] or 0))
     return procs[:TOP_N], socks[:TOP_N]
 
-
-def candidates_of(correlated: Correlated, threshold: int) -> list[Detection]:
-    return [d for d in correlated.candidates if d.score >= threshold]
