@@ -6,8 +6,9 @@ Where the data comes from: any path Hadoop's file systems read (local files,
 ``hdfs://``, ``s3a://`` buckets). A local directory gives its files, in name
 order (:func:`readegress.logs.lines.expand_inputs`); a remote directory or glob
 is one input to Spark, its lines numbered across its files. Each input is read
-with ``spark.read.text`` and its lines numbered in file order (``monotonically_increasing_id`` keeps a partition's order and
-partitions follow the file). Lines are parsed once with ``try_parse_json``
+with ``spark.read.text`` and its lines numbered in file order
+(``monotonically_increasing_id`` keeps a partition's order and partitions
+follow the file). Lines are parsed once with ``try_parse_json``
 (Spark's VARIANT: a bad line is NULL, never an error, nesting bombs
 included) and fields taken with ``variant_get``; the rows are then the same
 relation as DuckDB's, and :mod:`readegress.fleet.sql` does the rest.
