@@ -378,4 +378,3 @@ def _talkers(
         )
     socks.sort(key=lambda s: (-s["age_seconds"], s["host"], s["pid"] or 0))
     return procs[:TOP_N], socks[:TOP_N]
-
