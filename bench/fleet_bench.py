@@ -31,15 +31,18 @@ from bench.fleet_log import write
 def _timed(argv: list[str], *, shell: bool = False) -> tuple[float, float]:
     """(wall seconds, peak RSS MB) of one command, output discarded."""
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        argv if not shell else ["/bin/sh", "-c", argv[0]],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    took = time.perf_counter() - started
-    if status != 0:
-        print(f"  warning: {argv[0][:60]} exited {status}", file=sys.stderr)
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            argv if not shell else ["/bin/sh", "-c", argv[0]],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        took = time.perf_counter() - started
+        if status != 0:
+            err.seek(0)
+            tail = err.read().decode(errors="replace").strip().splitlines()[-3:]
+            print(f"  warning: {' '.join(argv)[:120]} exited {status}: {tail}", file=sys.stderr)
     return took, usage.ru_maxrss / 1024
 
 

@@ -25,6 +25,7 @@ Quirks, where Spark differs from the embedded engine:
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 import shutil
@@ -86,6 +87,7 @@ class SparkEngine:
         # Intermediate tables: a local temp dir (local mode); on a cluster, set
         # READEGRESS_SPARK_WORK_DIR to a path every executor sees (hdfs://, s3a://).
         self._tmp = tempfile.mkdtemp(prefix="readegress-spark-")
+        atexit.register(shutil.rmtree, self._tmp, True)
         self.work_dir = os.environ.get("READEGRESS_SPARK_WORK_DIR") or self._tmp
         self.counts: tuple[int, int, int, int] = (0, 0, 0, 0)
 
