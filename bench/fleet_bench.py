@@ -68,7 +68,8 @@ def main(argv: Sequence[str]) -> int:
         db_script = os.path.join(tmp, "duckdb_join.py")
         with open(db_script, "w") as f:
             f.write(
-                "import sys, duckdb\nfrom bench.replay import duckdb_sql\n"
+                f"import sys\nsys.path.insert(0, {os.getcwd()!r})\n"
+                "import duckdb\nfrom bench.replay import duckdb_sql\n"
                 "from readegress.detect.config import load_config\n"
                 "con = duckdb.connect()\n"
                 "print(len(con.execute(duckdb_sql(sys.argv[1], load_config())).fetchall()))\n"

@@ -193,14 +193,21 @@ def render(report: dict[str, Any], *, title: str = "readegress fleet report") ->
     s = report.get("summary", {})
     dets = report.get("detections", [])
     prevalence = report.get("prevalence", [])
+    # Pairs that alerted (reader's image the sender's), most hosts first: the
+    # common jobs a baseline would approve, and the rare ones it keeps.
+    alerting = sorted(
+        (p for p in prevalence if p.get("approvable_hosts")),
+        key=lambda p: (-int(p["approvable_hosts"]), p["executable"], p["destination"]),
+    )
     pairs = [
         (
             f"{p['executable'].rsplit('/', 1)[-1]} {p['sensitive_class']} → "
             f"{p['destination']}:{p['port']}",
-            float(p["hosts"]),
-            f"{p['hosts']} hosts: {', '.join(p.get('host_names', [])[:10])}",
+            float(p["approvable_hosts"]),
+            f"alerted on {p['approvable_hosts']} hosts "
+            f"({p['hosts']} with any candidate): {', '.join(p.get('host_names', [])[:10])}",
         )
-        for p in prevalence[:15]
+        for p in alerting[:15]
     ]
     talkers = [
         (
@@ -223,59 +230,54 @@ def render(report: dict[str, Any], *, title: str = "readegress fleet report") ->
         ("egress_time", "egress time"), ("reasons", "reasons"), ("origin", "from"),
         ("id", "id"),
     ]  # fmt: skip
+    shown = dets[:100]
+    more = (
+        f"<p>{len(dets) - len(shown)} more detections in report.json.</p>"
+        if len(dets) > len(shown)
+        else ""
+    )
+    prevalence_cols = [
+        ("hosts", "hosts"), ("approvable_hosts", "alerting hosts"),
+        ("executable", "executable"), ("sensitive_class", "class"),
+        ("destination", "destination"), ("port", "port"), ("first_seen", "first seen"),
+        ("last_seen", "last seen"),
+    ]  # fmt: skip
+    coverage_cols = [
+        ("host", "host"), ("status", "status"), ("checks", "failing checks"),
+        ("last_seen", "last seen"), ("silent_seconds", "silent (s)"),
+        ("event_rows", "event rows"),
+    ]  # fmt: skip
+    socket_cols = [
+        ("host", "host"), ("pid", "pid"), ("remote_address", "destination"),
+        ("remote_port", "port"), ("age_seconds", "age (s)"), ("bytes_sent", "bytes sent"),
+    ]  # fmt: skip
     body = [
         f"<h1>{_e(title)}</h1>",
         f'<div class="summary">{summary}</div>',
-        "<h2>Detections over time</h2>",
+        # Charts first: what a person looks at before reading tables.
+        "<h2>Detections over time (one lane per host; size and colour: priority)</h2>",
         timeline_svg(dets),
-        '<input id="filter" placeholder="filter detections (host, path, address...)">',
-        _table(det_cols, dets[:500], "detections"),
-        "<h2>Hosts per pair (executable, class, destination network, port)</h2>",
+        "<h2>Hosts per alerting pair (executable, class, destination network, port)</h2>",
         bars_svg("pairs", "Hosts per pair", pairs, " hosts"),
-        _table(
-            [
-                ("hosts", "hosts"),
-                ("executable", "executable"),
-                ("sensitive_class", "class"),
-                ("destination", "destination"),
-                ("port", "port"),
-                ("first_seen", "first seen"),
-                ("last_seen", "last seen"),
-            ],
-            prevalence[:200],
-        ),
+        "<h2>Bytes sent by the top egress processes</h2>",
+        bars_svg("bytes", "Bytes sent by process", talkers, "B"),
+        "<h2>Coverage</h2>",
+        coverage_svg(report.get("coverage", [])),
+        "<h2>Detections, highest priority first</h2>",
+        '<input id="filter" placeholder="filter detections (host, path, address...)">',
+        _table(det_cols, shown, "detections"),
+        more,
+        "<h2>Pairs across hosts</h2>",
+        _table(prevalence_cols, prevalence[:200]),
         "<h2>Destinations only one host contacted</h2>",
         _table(
             [("destination", "destination"), ("host", "host"), ("first_seen", "first seen")],
             report.get("new_destinations", [])[:100],
         ),
-        "<h2>Bytes sent by the top egress processes</h2>",
-        bars_svg("bytes", "Bytes sent by process", talkers, "B"),
         "<h2>Long-lived outbound sockets</h2>",
-        _table(
-            [
-                ("host", "host"),
-                ("pid", "pid"),
-                ("remote_address", "destination"),
-                ("remote_port", "port"),
-                ("age_seconds", "age (s)"),
-                ("bytes_sent", "bytes sent"),
-            ],
-            report.get("long_lived_sockets", []),
-        ),
-        "<h2>Coverage</h2>",
-        coverage_svg(report.get("coverage", [])),
-        _table(
-            [
-                ("host", "host"),
-                ("status", "status"),
-                ("checks", "failing checks"),
-                ("last_seen", "last seen"),
-                ("silent_seconds", "silent (s)"),
-                ("event_rows", "event rows"),
-            ],
-            report.get("coverage", []),
-        ),
+        _table(socket_cols, report.get("long_lived_sockets", [])),
+        "<h2>Coverage per host</h2>",
+        _table(coverage_cols, report.get("coverage", [])),
     ]
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
