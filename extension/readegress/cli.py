@@ -184,6 +184,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     config = _load_log_config(args)
     if config is None:
         return EXIT_USAGE
+    if args.engine is None:
+        # The columnar engine when its extra is installed; the per-row reader otherwise
+        # (the extension's own install has no fleet extra).
+        import importlib.util
+
+        have = all(importlib.util.find_spec(m) for m in ("duckdb", "pyarrow"))
+        args.engine = "duckdb" if have else "python"
     if args.engine != "python":
         return _replay_engine(args, config)
     from readegress.detect.core import Detection
@@ -408,9 +415,13 @@ def _log_flags(
     p.add_argument(
         "--engine",
         choices=engines,
-        default="duckdb",
+        default=None if "python" in engines else "duckdb",
         help="duckdb (embedded, default), spark (distributed)"
-        + (", python (per-row reader, no extra needed)" if "python" in engines else ""),
+        + (
+            ", python (per-row reader; the default without the fleet extra)"
+            if "python" in engines
+            else ""
+        ),
     )
     p.add_argument("--master", help="spark engine: the master URL (default: local[*])")
     p.add_argument("--max-errors", type=int, default=1000, help="bad lines to print (default 1000)")
