@@ -167,3 +167,35 @@ def test_progress_on_a_terminal_only(
     # stderr is not a terminal under pytest: the CLI stays quiet.
     assert cli.main(["replay", path]) == 0
     assert "MB/s" not in capsys.readouterr().err
+
+
+def test_directories_gzip_stdin_and_period(
+    fleet_log: tuple[str, LogInfo],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gzip
+    import io
+
+    path, _ = fleet_log
+    whole = _report(capsys, path)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    data = Path(path).read_bytes()
+    cut = data.index(b"\n", len(data) // 2) + 1
+    (logs / "a.log").write_bytes(data[:cut])
+    (logs / "b.log.gz").write_bytes(gzip.compress(data[cut:]))  # gzip whatever the name
+    split = _report(capsys, str(logs))
+    assert split["summary"]["files"] == 2
+    assert [d["id"] for d in split["detections"]] == [d["id"] for d in whole["detections"]]
+    stdin = io.TextIOWrapper(io.BytesIO(data))
+    monkeypatch.setattr(sys, "stdin", stdin)
+    piped = _report(capsys, "-")
+    assert [d["id"] for d in piped["detections"]] == [d["id"] for d in whole["detections"]]
+    times = sorted(d["egress_time"] for d in whole["detections"])
+    lo, hi = times[len(times) // 4], times[3 * len(times) // 4]
+    part = _report(capsys, path, "--since", str(lo), "--until", str(hi))
+    got = [d["egress_time"] for d in part["detections"]]
+    assert got and all(lo <= t <= hi for t in got)
+    assert len(got) == sum(1 for t in times if lo <= t <= hi)
