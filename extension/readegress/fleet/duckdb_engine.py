@@ -114,7 +114,9 @@ class DuckDBEngine:
         """
         import pyarrow as pa
 
-        schema = pa.schema([("file", pa.int32()), ("line", pa.int64()), ("raw", pa.string())])
+        schema = pa.schema(
+            [("file", pa.int32()), ("first", pa.int64()), ("chunk", pa.large_string())]
+        )
 
         def batches() -> Iterator[pa.RecordBatch]:
             for b in line_batches(paths, on_bad, stats, progress=progress):
@@ -155,7 +157,13 @@ class DuckDBEngine:
               CASE WHEN ty[1] = 'OBJECT' THEN json_extract_string(raw, {paths_sql}) END AS v
             FROM (
               SELECT file, line, raw, try(json_type(raw, {type_paths})) AS ty
-              FROM stream WHERE raw <> ''
+              FROM (
+                -- Lines are cut here, in parallel, from each batch's text.
+                SELECT file, first + i - 1 AS line, raw FROM (
+                  SELECT file, first, unnest(l) AS raw, unnest(range(1, len(l) + 1)) AS i
+                  FROM (SELECT file, first, string_split(chunk, chr(10)) AS l FROM stream) c
+                ) d
+              ) e WHERE raw <> ''
             ) a
             WHERE NOT (ty IS NULL AND trim(raw) = '')
           ) b"""
@@ -276,12 +284,11 @@ def _project_test(cv: dict[str, str]) -> str:
 
 
 def _record_batch(pa: Any, schema: Any, b: LineBatch) -> Any:
-    n = len(b.lines)
     return pa.record_batch(
         [
-            pa.array([b.file_index] * n, pa.int32()),
-            pa.array(range(b.first_line, b.first_line + n), pa.int64()),
-            pa.array(b.lines, pa.string()),
+            pa.array([b.file_index], pa.int32()),
+            pa.array([b.first_line], pa.int64()),
+            pa.array([b.text], pa.large_string()),
         ],
         schema=schema,
     )

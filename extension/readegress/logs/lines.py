@@ -2,9 +2,10 @@
 
 Where the data comes from: the same inputs as :mod:`readegress.logs.results`
 (plain or gzip files, whatever their name, ``-`` for stdin), plus directories,
-walked recursively in name order. Lines are cut here, in C (``bytes.split``),
-a few MiB at a time, and numbered from 1 per file; the columnar engines
-(:mod:`readegress.fleet`) parse them, so Python never loops over lines.
+walked recursively in name order. A batch is a few MiB of whole lines as one
+text, with the number of its first line (lines are numbered from 1 per file);
+the engine cuts it into lines and parses them (:mod:`readegress.fleet`), so
+Python never loops over lines.
 
 Quirks:
 
@@ -52,11 +53,19 @@ def expand_inputs(inputs: Iterable[str]) -> list[str]:
 
 @dataclass
 class LineBatch:
-    """Lines ``first_line .. first_line + len(lines) - 1`` of file number ``file_index``."""
+    """Lines ``first_line ..`` of file number ``file_index``: ``text`` joined by newlines.
+
+    ``count`` lines; ``lines`` splits them (the engines split in C, on their side).
+    """
 
     file_index: int
     first_line: int
-    lines: list[str]
+    text: str
+    count: int
+
+    @property
+    def lines(self) -> list[str]:
+        return self.text.split("\n")
 
 
 @dataclass
@@ -133,23 +142,24 @@ def line_batches(
                     buf = carry + chunk if carry else chunk
                     cut = buf.rfind(b"\n") + 1
                     carry = buf[cut:]
-                    raw = buf[:cut].split(b"\n")
-                    raw.pop()
+                    body = buf[: cut - 1] if cut else b""
+                    n = body.count(b"\n") + 1 if cut else 0
                 elif carry:  # the last line, without its newline (or cut by a break)
-                    raw = [carry]
+                    body, n = carry, 1
                     carry = b""
                 else:
-                    raw = []
-                if raw:
-                    yield LineBatch(index, lineno + 1, _decode(raw, file, lineno, on_bad, stats))
-                    lineno += len(raw)
-                    stats.lines += len(raw)
+                    body, n = b"", 0
+                if n:
+                    text = _decode(body, file, lineno, on_bad, stats)
+                    yield LineBatch(index, lineno + 1, text, n)
+                    lineno += n
+                    stats.lines += n
                     if progress is not None:
                         progress.update(stats.bytes, stats.lines)
                 if broke is not None:
                     on_bad(BadLine(file, lineno + 1, broke))
                     break
-                if not chunk and not raw:
+                if not chunk and not n:
                     break
         finally:
             if stream is not sys.stdin.buffer:
@@ -159,22 +169,23 @@ def line_batches(
 
 
 def _decode(
-    raw: list[bytes], file: str, lineno: int, on_bad: Callable[[BadLine], None], stats: LineStats
-) -> list[str]:
+    body: bytes, file: str, lineno: int, on_bad: Callable[[BadLine], None], stats: LineStats
+) -> str:
+    """The batch as text; a line that is not UTF-8 is reported and becomes empty."""
     try:
         # One decode of the whole batch: the common case costs one pass in C.
-        return b"\n".join(raw).decode("utf-8").split("\n")
+        return body.decode("utf-8")
     except UnicodeDecodeError:
         pass
     out: list[str] = []
-    for i, line in enumerate(raw):
+    for i, line in enumerate(body.split(b"\n")):
         try:
             out.append(line.decode("utf-8"))
         except UnicodeDecodeError as e:
             stats.not_utf8 += 1
             on_bad(BadLine(file, lineno + 1 + i, f"not UTF-8 (byte {e.start})"))
             out.append("")
-    return out
+    return "\n".join(out)
 
 
 def total_size(paths: list[str]) -> int:
