@@ -79,6 +79,8 @@ class SparkEngine:
             builder.master(master)
             .appName("readegress-fleet")
             .config("spark.ui.enabled", "false")
+            # Stage progress bars would garble stderr (our own progress and bad lines).
+            .config("spark.ui.showConsoleProgress", "false")
             .config("spark.sql.shuffle.partitions", str(partitions))
             .config("spark.sql.session.timeZone", "UTC")
             .getOrCreate()
