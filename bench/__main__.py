@@ -42,6 +42,12 @@ def _ext_codec(argv: Sequence[str]) -> int:
     return ext_codec.main(argv)
 
 
+def _fleet(argv: Sequence[str]) -> int:
+    from bench import fleet_bench
+
+    return fleet_bench.main(argv)
+
+
 SUBCOMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "foundation": (
         _foundation,
@@ -61,6 +67,7 @@ SUBCOMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
         _ext_codec,
         "the single-file .ext's pure-Python Thrift encode vs the package's fastbinary",
     ),
+    "fleet": (_fleet, "replay and fleet report (DuckDB engine) vs DuckDB's range join and jq"),
 }
 
 

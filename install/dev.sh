@@ -35,12 +35,14 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
 fi
 
 stamp="$venv/.readegress-installed"
+# READEGRESS_EXTRAS=dev,spark adds pyspark (CI sets it; the Spark tests skip without it).
+extras="${READEGRESS_EXTRAS:-dev}"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[dev]"
-  touch "$stamp"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$(cat "$stamp")" != "$extras" ]; then
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]"
+  echo "$extras" > "$stamp"
 fi
 
 cmd="${1:-test}"

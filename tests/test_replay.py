@@ -215,7 +215,7 @@ def test_cli_replay(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
         assert d["read_location"].startswith(path + ":")
     text = err.decode()
     assert f"{path}:4: not JSON" in text and f"{path}:14: process_file_events row" in text
-    assert text.rstrip().splitlines()[-1].startswith("readegress replay: 140 lines")
+    assert text.rstrip().splitlines()[-1].startswith("readegress replay (duckdb): 140 lines")
     assert "4 bad lines, 1 unusable rows; 2 detections" in text
 
 

@@ -177,38 +177,77 @@ def cmd_file_paths(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_replay(args: argparse.Namespace) -> int:
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
+def _load_log_config(args: argparse.Namespace) -> Any:
+    """The layered ``--config`` files plus ``--egress-class``; None after reporting a problem."""
     import dataclasses
 
-    from readegress.detect.config import ConfigError, load_config
-    from readegress.detect.core import Detection
-    from readegress.logs.replay import detection_json_line, replay
-    from readegress.logs.results import BadLine
+    from readegress.detect.config import ConfigError, load_configs
     from readegress.net.classify import parse_classes
 
     try:
         # The owner check applies when running as root: a config others can
         # edit could approve their own exfiltration out of the report.
-        config = load_config(args.config, check_owner=True)
+        config = load_configs(args.config or None, check_owner=True)
     except ConfigError as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)
-        return EXIT_USAGE
-    if args.egress_class:
+        return None
+    if getattr(args, "egress_class", None):
         try:
             extra = parse_classes(args.egress_class)
         except ValueError as e:
             _err(f"error: {e}")
-            return EXIT_USAGE
+            return None
         config = dataclasses.replace(config, egress_classes=config.egress_classes | extra)
-    shown = 0
+    return config
 
-    def on_bad(bad: BadLine) -> None:
-        nonlocal shown
-        if shown < args.max_errors:
-            shown += 1
+
+class _BadLinePrinter:
+    """Prints the first ``limit`` bad lines (``FILE:LINE: reason``), counts them all."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.shown = 0
+        self.count = 0
+
+    def __call__(self, bad: Any) -> None:
+        self.count += 1
+        if self.shown < self.limit:
+            self.shown += 1
             print(bad, file=sys.stderr)
 
+    def tail(self, prog: str) -> None:
+        if self.count > self.shown:
+            print(f"readegress {prog}: {self.count - self.shown} more not shown", file=sys.stderr)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    config = _load_log_config(args)
+    if config is None:
+        return EXIT_USAGE
+    if args.engine is None:
+        # The columnar engine when its extra is installed; the per-row reader otherwise
+        # (the extension's own install has no fleet extra).
+        import importlib.util
+
+        have = all(importlib.util.find_spec(m) for m in ("duckdb", "pyarrow"))
+        args.engine = "duckdb" if have else "python"
+    if args.engine != "python":
+        return _replay_engine(args, config)
+    from readegress.detect.core import Detection
+    from readegress.logs.replay import detection_json_line, replay
+
+    on_bad = _BadLinePrinter(args.max_errors)
     out = sys.stdout.buffer
 
     def emit(detection: Detection) -> None:
@@ -225,17 +264,229 @@ def cmd_replay(args: argparse.Namespace) -> int:
     )
     out.flush()
     r, s = result.read, result.stats
-    problems = r.bad_lines + s.row_errors
-    if problems > shown:
-        print(f"readegress replay: {problems - shown} more not shown", file=sys.stderr)
+    on_bad.tail("replay")
     print(
         f"readegress replay: {r.lines} lines, {r.rows} rows ({r.removed} removed, "
         f"{r.skipped} skipped, {r.collapsed} collapsed), {r.bad_lines} bad lines, "
         f"{s.row_errors} unusable rows; {s.detections} detections "
-        f"({s.below_threshold} below threshold) on {s.hosts} hosts",
+        f"({s.below_threshold} below threshold) on {s.hosts} hosts; "
+        f"evicted_reads {result.core.get('evicted_reads', 0)}, "
+        f"evicted_processes {result.core.get('evicted_processes', 0)}",
         file=sys.stderr,
     )
     return EXIT_ERROR if r.unreadable_files else EXIT_OK
+
+
+def _replay_engine(args: argparse.Namespace, config: Any) -> int:
+    from readegress.fleet.run import EngineUnavailable, run
+    from readegress.logs.replay import detection_json_line
+
+    on_bad = _BadLinePrinter(args.max_errors)
+    try:
+        fr = run(args.logs, config, on_bad, engine=args.engine, master=args.master)
+    except EngineUnavailable as e:
+        _err(f"error: {e} (or --engine python)")
+        return EXIT_USAGE
+    out = sys.stdout.buffer
+    found = [d for d in fr.correlated.candidates if d.score >= config.threshold]
+    for d in found:
+        out.write(detection_json_line(d))
+    out.flush()
+    on_bad.tail("replay")
+    s = fr.summary()
+    print(
+        f"readegress replay ({s['engine']}): {s['lines']} lines, {s['rows']} rows "
+        f"({s['removed']} removed, {s['event_rows']} events, {s['fed_events']} fed after "
+        f"narrowing), {s['bad_lines']} bad lines, {s['row_errors']} unusable rows; "
+        f"{len(found)} detections ({len(fr.correlated.candidates) - len(found)} below "
+        f"threshold) on {s['correlated_hosts']} hosts; evicted_reads {s['evicted_reads']}, "
+        f"evicted_processes {s['evicted_processes']}",
+        file=sys.stderr,
+    )
+    return EXIT_ERROR if fr.lines.unreadable_files else EXIT_OK
+
+
+def _parse_time(text: str) -> float:
+    """Unix seconds, or an ISO 8601 date/time (UTC unless it says otherwise)."""
+    import datetime
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither Unix seconds nor an ISO 8601 time"
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=datetime.timezone.utc)
+    return dt.timestamp()
+
+
+def _fleet_run(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """(config, run, report) or (None, None, exit code)."""
+    from readegress.fleet.report import build_report
+    from readegress.fleet.run import EngineUnavailable, run
+
+    config = _load_log_config(args)
+    if config is None:
+        return None, None, EXIT_USAGE
+    on_bad = _BadLinePrinter(args.max_errors)
+    try:
+        fr = run(args.logs, config, on_bad, engine=args.engine, master=args.master)
+    except EngineUnavailable as e:
+        _err(f"error: {e}")
+        return None, None, EXIT_USAGE
+    on_bad.tail("fleet")
+    report = build_report(
+        fr.engine,
+        config,
+        fr.correlated,
+        decoration_keys=fr.decoration_keys,
+        since=args.since,
+        until=args.until,
+        silent_intervals=args.silent_intervals,
+        summary=fr.summary(),
+    )
+    return config, fr, report
+
+
+def cmd_fleet_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from readegress.fleet.html import render
+
+    config, fr, report = _fleet_run(args)
+    if config is None:
+        return int(report)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.html").write_text(render(report), encoding="utf-8")
+        (out / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    if args.json:
+        sys.stdout.write(json.dumps(report, default=str) + "\n")
+    s = report["summary"]
+    print(
+        f"readegress fleet report ({s['engine']}): {s['lines']} lines, {s['bad_lines']} bad, "
+        f"{s['hosts']} hosts, {s['detections']} detections, "
+        f"{len(report['prevalence'])} pairs, evicted_reads {s['evicted_reads']}"
+        + (f"; wrote {args.out}/report.html" if args.out else ""),
+        file=sys.stderr,
+    )
+    return EXIT_ERROR if fr.lines.unreadable_files else EXIT_OK
+
+
+def cmd_fleet_baseline(args: argparse.Namespace) -> int:
+    from readegress.fleet.baseline import baseline_toml, proposed_pairs
+
+    config, fr, report = _fleet_run(args)
+    if config is None:
+        return int(report)
+    known = config.catalogue.by_name
+    text = baseline_toml(
+        report["prevalence"], args.min_hosts, sources=fr.files, known_classes=known
+    )
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text)
+    n = len(proposed_pairs(report["prevalence"], args.min_hosts, known))
+    print(f"readegress fleet baseline: {n} pairs proposed -> {args.out}", file=sys.stderr)
+    return EXIT_ERROR if fr.lines.unreadable_files else EXIT_OK
+
+
+def add_log_parsers(sub: Any) -> None:
+    """``replay``, ``fleet report`` and ``fleet baseline``."""
+    r = sub.add_parser(
+        "replay",
+        help="correlate osquery results logs (any format, .gz, dirs, - for stdin): JSON lines",
+    )
+    r.add_argument("logs", nargs="+", metavar="LOG", help="results log(s) or dirs, oldest first")
+    _log_flags(r)
+    r.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=None,
+        help="python engine: processes, one set of hosts each (default: auto)",
+    )
+    r.add_argument(
+        "--max-lateness",
+        type=float,
+        default=3660.0,
+        help="python engine: seconds an event may be logged after newer ones (default 3660)",
+    )
+    r.add_argument(
+        "--full-parse", action="store_true", help="python engine: parse every line (no fast path)"
+    )
+    r.set_defaults(func=cmd_replay)
+
+    f = sub.add_parser("fleet", help="fleet-wide report and baseline from results logs")
+    fsub = f.add_subparsers(dest="fleet_command", required=True)
+    rep = fsub.add_parser(
+        "report", help="detections, prevalence, coverage; --json and/or --out DIR"
+    )
+    rep.add_argument("logs", nargs="+", metavar="LOG_OR_DIR")
+    _log_flags(rep, engines=("duckdb", "spark"))
+    rep.add_argument("--out", metavar="DIR", help="write report.html and report.json here")
+    rep.add_argument("--json", action="store_true", help="print the report as one JSON document")
+    _period_flags(rep)
+    rep.set_defaults(func=cmd_fleet_report)
+    base = fsub.add_parser("baseline", help="propose approved pairs seen on many hosts (TOML)")
+    base.add_argument("logs", nargs="+", metavar="LOG_OR_DIR")
+    _log_flags(base, engines=("duckdb", "spark"))
+    base.add_argument("--min-hosts", type=_positive_int, required=True, metavar="N")
+    base.add_argument(
+        "--out", required=True, metavar="FILE", help="the config to write (- : stdout)"
+    )
+    _period_flags(base)
+    base.set_defaults(func=cmd_fleet_baseline)
+
+
+def _log_flags(
+    p: argparse.ArgumentParser, engines: tuple[str, ...] = ("duckdb", "spark", "python")
+) -> None:
+    p.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="readegress config; repeatable, later files extend earlier ones (default: shipped)",
+    )
+    p.add_argument(
+        "--egress-class",
+        action="append",
+        default=[],
+        metavar="CLASS",
+        help="also count this destination class as egress (e.g. loopback); repeatable",
+    )
+    p.add_argument(
+        "--engine",
+        choices=engines,
+        default=None if "python" in engines else "duckdb",
+        help="duckdb (embedded, default), spark (distributed)"
+        + (
+            ", python (per-row reader; the default without the fleet extra)"
+            if "python" in engines
+            else ""
+        ),
+    )
+    p.add_argument("--master", help="spark engine: the master URL (default: local[*])")
+    p.add_argument("--max-errors", type=int, default=1000, help="bad lines to print (default 1000)")
+
+
+def _period_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--since", type=_parse_time, help="from this time (Unix seconds or ISO 8601)")
+    p.add_argument("--until", type=_parse_time, help="up to this time (Unix seconds or ISO 8601)")
+    p.add_argument(
+        "--silent-intervals",
+        type=float,
+        default=3.0,
+        help="a host is silent after this many of its usual query intervals (default 3)",
+    )
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -410,31 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--update-readme", metavar="README", help="regenerate README's reference")
     t.set_defaults(func=cmd_tables)
 
-    r = sub.add_parser(
-        "replay",
-        help="correlate osquery results logs (any format, .gz, - for stdin); JSON per detection",
-    )
-    r.add_argument("logs", nargs="+", metavar="LOG", help="results log(s), oldest first")
-    r.add_argument("--config", help="readegress config (default: the shipped one)")
-    r.add_argument(
-        "--egress-class",
-        action="append",
-        default=[],
-        metavar="CLASS",
-        help="also count this destination class as egress (e.g. loopback); repeatable",
-    )
-    r.add_argument(
-        "--jobs", type=int, default=None, help="processes, one set of hosts each (default: auto)"
-    )
-    r.add_argument(
-        "--max-lateness",
-        type=float,
-        default=3660.0,
-        help="seconds an event may be logged after newer ones (default 3660)",
-    )
-    r.add_argument("--max-errors", type=int, default=1000, help="bad lines to print (default 1000)")
-    r.add_argument("--full-parse", action="store_true", help="parse every line (no fast path)")
-    r.set_defaults(func=cmd_replay)
+    add_log_parsers(sub)
 
     w = sub.add_parser(
         "watch",

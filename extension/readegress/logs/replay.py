@@ -60,6 +60,7 @@ fewer jobs run (a single-host log is read by one process), and so is stdin.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import zlib
 from collections.abc import Callable, Iterable
@@ -119,6 +120,33 @@ def detection_json(d: Detection) -> dict[str, Any]:
     return out
 
 
+def detection_record(d: Detection) -> dict[str, Any]:
+    """A detection as the ``read_then_egress`` table has it (its column names and
+    types: ``executables``/``other_paths`` JSON lists in text, ``reasons``
+    comma-separated), plus ``host`` and the log lines of the read and the
+    egress (``read_location``/``egress_location``: ``FILE:LINE``).
+
+    The one conversion replay and the fleet report use: the table's own
+    :func:`~readegress.tables.read_then_egress.row_of`, with the egress time as
+    the detection time (a log has no settle step) and no start time (osquery
+    rows carry none).
+    """
+    from readegress.service.detection_service import FinalDetection
+    from readegress.tables.read_then_egress import row_of
+
+    prefix = SOURCE + ":"
+    locations: dict[str, str] = {}
+    sources = {}
+    for side, src in (("read", d.read_source), ("egress", d.egress_source)):
+        if src.startswith(prefix):
+            locations[f"{side}_location"] = src[len(prefix) :]
+            src = SOURCE
+        sources[side] = src
+    plain = dataclasses.replace(d, read_source=sources["read"], egress_source=sources["egress"])
+    row = row_of(FinalDetection(plain, detected_time=d.egress_time))._asdict()
+    return {"host": d.host, **row, **locations}
+
+
 def _json_dumper() -> Callable[[dict[str, Any]], bytes]:
     try:
         import orjson
@@ -138,8 +166,12 @@ _dump = _json_dumper()
 
 
 def detection_json_line(d: Detection) -> bytes:
-    """One detection as a line of JSON (orjson when importable)."""
-    return _dump(detection_json(d))
+    """One detection as a line of JSON: :func:`detection_record` (orjson when importable)."""
+    return _dump(detection_record(d))
+
+
+def dump_json_line(record: dict[str, Any]) -> bytes:
+    return _dump(record)
 
 
 def report_order(d: Detection) -> tuple[float, str, float, int, str]:
@@ -435,7 +467,7 @@ def _replay_part(
         host = rec.host
         try:
             ev = event_from_row(rec.table or "", rec.row, host, f"{SOURCE}:{rec.file}:{rec.line}")
-        except RowError as e:
+        except (RowError, OverflowError) as e:  # int(float("inf")) overflows
             stats.row_errors += 1
             report(BadLine(rec.file, rec.line, f"{rec.table} row: {e}"))
             continue

@@ -1,0 +1,1 @@
+"""Fleet-wide evaluation of osquery results logs on a columnar engine (DuckDB or Spark)."""

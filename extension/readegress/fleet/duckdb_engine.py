@@ -1,0 +1,294 @@
+"""The embedded engine: DuckDB parses the lines of results logs and narrows them.
+
+Where the data comes from: :func:`readegress.logs.lines.line_batches` cuts the
+logs into numbered lines (gzip, stdin, directories; lines that are not UTF-8
+are reported there) and streams them to DuckDB as Arrow batches. DuckDB then
+parses every line once or twice (``json_extract_string`` with a list of paths
+parses a line once for all of them; ``json_type`` once more), on all cores,
+and never raises on a line: invalid JSON, nesting bombs and 12 MB lines come
+back as NULL under ``try()`` (DuckDB's parser, yyjson, is not recursive), and
+such a line is reported with its number and counted like every other bad line.
+
+Why not ``read_json``: it rejects a whole file for one bad line, or with
+``ignore_errors`` drops bad lines without saying which, and it gives no line
+numbers. Reading lines as text costs one pass of Python's ``bytes.split``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Optional
+
+from readegress.fleet.sql import COLUMN_KEYS, DUCKDB, derived_sql, recognise_sql
+from readegress.logs.lines import LineBatch, LineStats, Progress, line_batches
+from readegress.logs.results import BadLine
+
+#: Top-level fields of a line (extracted with the columns, in the same parse).
+TOP_KEYS = ("hostIdentifier", "hostname", "name", "unixTime", "action")
+#: json_type paths: the line, its row containers and host fields.
+TYPE_PATHS = (
+    "$", "$.columns", "$.diffResults", "$.snapshot", "$.diffResults.added",
+    "$.diffResults.removed", "$.hostIdentifier", "$.hostname",
+)  # fmt: skip
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _json_path(key: str) -> str:
+    return "$." + key if key.isidentifier() else '$."' + key.replace('"', '\\"') + '"'
+
+
+def _path_list(prefix: str, keys: Sequence[str]) -> str:
+    return "[" + ", ".join(_lit(prefix + _json_path(k)[1:]) for k in keys) + "]"
+
+
+class DuckDBEngine:
+    """One in-memory DuckDB database holding one run's tables."""
+
+    name = "duckdb"
+
+    def __init__(self, *, threads: Optional[int] = None, memory_limit: str = "600MB") -> None:
+        import duckdb
+
+        # A database file in a private temp dir rather than :memory:: DuckDB
+        # compresses what it stores there and can evict it, so a 1 GB log does
+        # not have to fit in memory_limit. Removed on close.
+        self._dir = tempfile.mkdtemp(prefix="readegress-fleet-")
+        self.con = duckdb.connect(os.path.join(self._dir, "run.duckdb"))
+        self.con.execute(f"SET temp_directory = {_lit(os.path.join(self._dir, 'spill'))}")
+        if threads:
+            self.con.execute(f"SET threads = {int(threads)}")
+        self.con.execute(f"SET memory_limit = {_lit(memory_limit)}")
+        self.con.execute("SET preserve_insertion_order = false")
+
+    def close(self) -> None:
+        self.con.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    # ----- the Engine interface used by readegress.fleet.pipeline --------
+    def create(self, name: str, select: str) -> None:
+        self.con.execute(f"CREATE OR REPLACE TABLE {name} AS {select}")
+
+    def fetch(self, select: str) -> list[tuple[Any, ...]]:
+        return self.con.execute(select).fetchall()
+
+    def register(
+        self, name: str, columns: Sequence[tuple[str, str]], rows: list[tuple[Any, ...]]
+    ) -> None:
+        cols = ", ".join(f"{c} {t}" for c, t in columns)
+        self.con.execute(f"CREATE OR REPLACE TABLE {name} ({cols})")
+        if rows:
+            import pyarrow as pa
+
+            table = pa.table({c: [r[i] for r in rows] for i, (c, _) in enumerate(columns)})
+            self.con.register("_reg", table)
+            self.con.execute(f"INSERT INTO {name} SELECT * FROM _reg")
+            self.con.unregister("_reg")
+
+    # ----- loading ------------------------------------------------------
+    def load(
+        self,
+        paths: list[str],
+        on_bad: Callable[[BadLine], None],
+        stats: LineStats,
+        *,
+        decoration_keys: Sequence[str] = (),
+        progress: Optional[Progress] = None,
+    ) -> None:
+        """Parse the logs into ``ev`` (event rows), ``proj``, ``hostinfo`` and ``bad``.
+
+        One pass over the lines builds ``lines`` (one row a line: its fields,
+        event fields and ``kind``, no list columns); the rows of batch and
+        snapshot lines (kept raw) are exploded into ``arows`` after it. ``ev``
+        is a view over both.
+        """
+        import pyarrow as pa
+
+        schema = pa.schema(
+            [("file", pa.int32()), ("first", pa.int64()), ("chunk", pa.large_string())]
+        )
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            for b in line_batches(paths, on_bad, stats, progress=progress):
+                yield _record_batch(pa, schema, b)
+
+        self.con.register("stream", pa.RecordBatchReader.from_batches(schema, batches()))
+        deco = list(decoration_keys)
+        deco_names = "".join(f", d_{i}" for i in range(len(deco)))
+        nested = ["$.decorations" + _json_path(k)[1:] for k in deco]
+        top_level = [_json_path(k) for k in deco]
+        top_paths = [_json_path(k) for k in TOP_KEYS] + nested + top_level
+        all_paths = top_paths + ["$.columns" + _json_path(k)[1:] for k in COLUMN_KEYS]
+        n_top = len(top_paths)
+        paths_sql = "[" + ", ".join(_lit(x) for x in all_paths) + "]"
+        type_paths = "[" + ", ".join(_lit(x) for x in TYPE_PATHS) + "]"
+        cv = {k: f"v[{n_top + i + 1}]" for i, k in enumerate(COLUMN_KEYS)}
+        host = (
+            "CASE WHEN ty[7] = 'VARCHAR' AND v[1] <> '' THEN v[1]"
+            " WHEN ty[8] = 'VARCHAR' AND v[2] <> '' THEN v[2] END"
+        )
+        decos = "".join(
+            f", COALESCE(v[{6 + i}], v[{6 + len(deco) + i}]) AS d_{i}" for i in range(len(deco))
+        )
+        fields = ", ".join(f"{cv[k]} AS c_{k}" for k in COLUMN_KEYS)
+        # One parse for the types (and validity: try() makes a bad line NULL, never
+        # an error), one for every field. The raw line is kept only when its rows
+        # sit in arrays (batch/snapshot) or belong to the project's tables.
+        per_line = f"""
+          SELECT file, line, 0 AS idx, {host} AS host, {_bad_sql(host)} AS bad,
+            v[3] AS qname, v[4] AS unix_time, v[5] AS action, {fields}{decos},
+            CASE WHEN ty[1] = 'OBJECT' AND ty[2] IS NULL
+                      AND (ty[3] IS NOT NULL OR ty[4] IS NOT NULL) THEN raw
+                 WHEN ty[2] = 'OBJECT' AND ({_project_test(cv)})
+                   THEN CAST(json_extract(raw, '$.columns') AS VARCHAR)
+            END AS keep
+          FROM (
+            SELECT file, line, raw, ty,
+              CASE WHEN ty[1] = 'OBJECT' THEN json_extract_string(raw, {paths_sql}) END AS v
+            FROM (
+              SELECT file, line, raw, try(json_type(raw, {type_paths})) AS ty
+              FROM (
+                -- Lines are cut here, in parallel, from each batch's text.
+                SELECT file, first + i - 1 AS line, raw FROM (
+                  SELECT file, first, unnest(l) AS raw, unnest(range(1, len(l) + 1)) AS i
+                  FROM (SELECT file, first, string_split(chunk, chr(10)) AS l FROM stream) c
+                ) d
+              ) e WHERE raw <> ''
+            ) a
+            WHERE NOT (ty IS NULL AND trim(raw) = '')
+          ) b"""
+        recognised = f"SELECT r.*, {recognise_sql()} AS tbl FROM ({per_line}) r"
+        self.con.execute(f"CREATE OR REPLACE TABLE lines AS {derived_sql(DUCKDB, recognised)}")
+        self.con.unregister("stream")
+        # Rows in arrays (batch and snapshot formats), one row each, numbered in the line.
+        arrays = "FROM lines WHERE bad IS NULL AND keep IS NOT NULL AND tbl IS NULL"
+        self.con.execute(
+            f"""CREATE OR REPLACE TABLE exploded AS
+            SELECT file, line, idx, host, qname, unix_time, act, r,
+              try(json_type(r)) AS rty{deco_names}
+            FROM (
+              SELECT * EXCLUDE (idx), unnest(l) AS r, unnest(generate_series(1, len(l))) AS idx
+              FROM (
+                SELECT *, 'added' AS act, json_extract(keep, '$.diffResults.added[*]') AS l
+                {arrays} AND json_type(keep, '$.diffResults') = 'OBJECT'
+                UNION ALL
+                SELECT *, 'removed' AS act, json_extract(keep, '$.diffResults.removed[*]') AS l
+                {arrays} AND json_type(keep, '$.diffResults') = 'OBJECT'
+                UNION ALL
+                SELECT *, 'snapshot' AS act, json_extract(keep, '$.snapshot[*]') AS l
+                {arrays} AND json_type(keep, '$.diffResults') IS NULL
+              ) s WHERE len(l) > 0
+            ) u"""
+        )
+        arow_fields = ", ".join(f"v[{i + 1}] AS c_{k}" for i, k in enumerate(COLUMN_KEYS))
+        arow_select = f"""SELECT r.*, {recognise_sql()} AS tbl FROM (
+            SELECT file, line, idx, host, CAST(NULL AS VARCHAR) AS bad, qname, unix_time,
+              act AS action, {arow_fields}{deco_names}, CAST(r AS VARCHAR) AS keep
+            FROM (SELECT *, json_extract_string(r, {_path_list("$", COLUMN_KEYS)}) AS v
+                  FROM exploded WHERE rty = 'OBJECT') x) r"""
+        self.con.execute(f"CREATE OR REPLACE TABLE arows AS {derived_sql(DUCKDB, arow_select)}")
+        keep_cols = ["file", "line", "idx", "host", "bad", "qname", "unix_time", "action"]
+        keep_cols += [f"c_{k}" for k in COLUMN_KEYS] + [f"d_{i}" for i in range(len(deco))]
+        cols = ", ".join([*keep_cols, "keep", "tbl", *_DERIVED])
+        # A batch/snapshot line is not a row itself: its rows are in arows.
+        self.con.execute(
+            f"""CREATE OR REPLACE VIEW rows AS
+            SELECT {cols} FROM lines WHERE bad IS NULL AND NOT (keep IS NOT NULL AND tbl IS NULL)
+            UNION ALL SELECT {cols} FROM arows"""
+        )
+        self.con.execute(
+            """CREATE OR REPLACE VIEW ev AS
+            SELECT * FROM rows WHERE kind IS NOT NULL AND action IN ('added', 'snapshot')"""
+        )
+        self.con.execute(
+            """CREATE OR REPLACE TABLE proj AS
+            SELECT file, line, idx, host, qname, unix_time, tbl, keep AS cols FROM rows
+            WHERE action IN ('added', 'snapshot')
+              AND tbl IN ('read_then_egress', 'readegress_health', 'process_net_bytes',
+                          'socket_bytes')"""
+        )
+        deco_agg = "".join(f", max(d_{i}) AS d_{i}" for i in range(len(deco)))
+        self.con.execute(
+            f"""CREATE OR REPLACE TABLE hostinfo AS
+            SELECT host, count(*) AS row_count,
+              sum(CASE WHEN tbl IN ('file', 'socket', 'process') THEN 1 ELSE 0 END) AS event_rows,
+              list(DISTINCT TRY_CAST(unix_time AS BIGINT)) AS run_times{deco_agg}
+            FROM rows GROUP BY host"""
+        )
+        self.con.execute(
+            """CREATE OR REPLACE TABLE bad AS
+            SELECT file, line, bad AS reason FROM lines WHERE bad IS NOT NULL
+            UNION ALL
+            SELECT file, line, string_agg(CASE WHEN act = 'snapshot' THEN 'snapshot'
+                ELSE 'diffResults.' || act END || '[' || CAST(idx - 1 AS VARCHAR) || ']', ', '
+                ORDER BY act, idx) || ' not an object'
+            FROM exploded WHERE rty IS NULL OR rty <> 'OBJECT' GROUP BY file, line"""
+        )
+        got = self.con.execute(
+            """SELECT (SELECT count(*) FROM lines), (SELECT count(*) FROM rows),
+                 (SELECT count(*) FROM rows WHERE action = 'removed'), (SELECT count(*) FROM ev)"""
+        ).fetchone()
+        self.counts = tuple(got) if got is not None else (0, 0, 0, 0)
+        self.con.execute("DROP TABLE exploded")
+
+
+_DERIVED = ("t", "epid", "eppid", "ord", "sure", "odd", "o_exe", "o_uid", "o_auid", "kind")
+
+
+def _bad_sql(host: str) -> str:
+    """Why a line (types ``ty``, fields ``v``) is bad, or NULL: the results reader's reasons."""
+    return f"""CASE
+        WHEN ty IS NULL THEN 'not JSON'
+        WHEN ty[1] <> 'OBJECT' THEN 'not a JSON object but ' || lower(ty[1])
+        WHEN {host} IS NULL THEN 'no host (hostIdentifier or hostname)'
+        WHEN ty[2] IS NOT NULL
+          AND COALESCE(v[5], '') NOT IN ('added', 'removed', 'snapshot')
+          THEN 'action ' || COALESCE('''' || v[5] || '''', 'None')
+            || ' is not added, removed or snapshot'
+        WHEN ty[2] IS NOT NULL AND ty[2] <> 'OBJECT' THEN 'columns not an object'
+        WHEN ty[2] IS NULL AND ty[3] IS NOT NULL AND ty[3] <> 'OBJECT'
+          THEN 'diffResults is not an object'
+        WHEN ty[2] IS NULL AND ty[3] IS NOT NULL AND ty[5] IS NOT NULL AND ty[5] <> 'ARRAY'
+          THEN 'diffResults.added is not a list'
+        WHEN ty[2] IS NULL AND ty[3] IS NOT NULL AND ty[6] IS NOT NULL AND ty[6] <> 'ARRAY'
+          THEN 'diffResults.removed is not a list'
+        WHEN ty[2] IS NULL AND ty[3] IS NULL AND ty[4] IS NOT NULL AND ty[4] <> 'ARRAY'
+          THEN 'snapshot is not a list'
+        WHEN ty[2] IS NULL AND ty[3] IS NULL AND ty[4] IS NULL
+          THEN 'no rows (no columns, diffResults or snapshot)'
+      END"""
+
+
+def _project_test(cv: dict[str, str]) -> str:
+    """SQL: do the extracted columns (``cv``: key -> expression) name a project table?"""
+
+    def has(k: str) -> str:
+        return f"{cv[k]} IS NOT NULL"
+
+    return (
+        f"({has('id')} AND {has('sensitive_class')} AND {has('reasons')})"
+        f" OR ({has('name')} AND {has('detail')} AND {has('fix')})"
+        f" OR ({has('open_sockets')} AND {has('total_bytes_sent')})"
+        f" OR ({has('cookie')} AND {has('bytes_acked')})"
+    )
+
+
+def _record_batch(pa: Any, schema: Any, b: LineBatch) -> Any:
+    return pa.record_batch(
+        [
+            pa.array([b.file_index], pa.int32()),
+            pa.array([b.first_line], pa.int64()),
+            pa.array([b.text], pa.large_string()),
+        ],
+        schema=schema,
+    )
