@@ -18,7 +18,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from osquery.extensions import Extension
 from osquery.extensions.ttypes import ExtensionResponse, ExtensionStatus
-from test_runtime import _one_column_spec, make_tables
 from thrift.protocol import TBinaryProtocol
 from thrift.Thrift import TMessageType
 from thrift.transport.TTransport import TMemoryBuffer
@@ -38,6 +37,7 @@ from readegress.tables.base import BoundTable, TableCalls, TableEnv, load_tables
 from readegress.tables.context import QueryContext
 from readegress.tables.spec import parse_spec
 from readegress.testing import OsqueryCore
+from test_runtime import _one_column_spec, make_tables
 
 
 def generated_bytes(response: Any) -> bytes:
@@ -80,9 +80,7 @@ def test_pure_python_encoder_gives_the_same_bytes(monkeypatch: pytest.MonkeyPatc
     rows = [{"a": str(i), "b": "é" * (i % 5)} for i in range(300)]
     status = ExtensionStatus(code=0, message="OK", uuid=1)
     want = generated_bytes(ExtensionResponse(status=status, response=rows))
-    monkeypatch.setattr(
-        "readegress.osquery.reply.binary_protocol", TBinaryProtocol.TBinaryProtocol
-    )
+    monkeypatch.setattr("readegress.osquery.reply.binary_protocol", TBinaryProtocol.TBinaryProtocol)
     assert encoded_bytes(status, split(rows, [7, 100, 299])) == want
 
 
@@ -90,13 +88,15 @@ def test_real_socket_bytes_rows_encode_identically() -> None:
     """This host's socket_bytes rows (with a loopback connection, so there is
     at least one), batched the way the extension batches them."""
     table = load_tables(TableEnv(), ["socket_bytes"])["socket_bytes"]
-    with socket.create_server(("127.0.0.1", 0)) as srv:
-        with socket.create_connection(srv.getsockname()) as c:
-            peer, _ = srv.accept()
-            with peer:
-                c.sendall(b"x" * 1000)
-                peer.recv(4096)
-                rows = table.to_osquery_rows(table.rows(QueryContext.of(())))
+    with (
+        socket.create_server(("127.0.0.1", 0)) as srv,
+        socket.create_connection(srv.getsockname()) as c,
+    ):
+        peer, _ = srv.accept()
+        with peer:
+            c.sendall(b"x" * 1000)
+            peer.recv(4096)
+            rows = table.to_osquery_rows(table.rows(QueryContext.of(())))
     assert len(rows) >= 2
     status = ExtensionStatus(code=0, message="OK", uuid=3)
     want = generated_bytes(ExtensionResponse(status=status, response=rows))

@@ -111,7 +111,9 @@ class TableExtensionHandler:
             return self._fail(f"{item}: malformed query context: {e}")
         try:
             if encoded:
-                rows = self.calls.generate_osquery_batches(item, ctx, BATCH_ROWS, encode_row_batches)
+                rows = self.calls.generate_osquery_batches(
+                    item, ctx, BATCH_ROWS, encode_row_batches
+                )
                 return EncodedResponse(self._status(EXT_SUCCESS, "OK"), rows)
             response = self.calls.generate_osquery(item, ctx)
         except TableCallError as e:

@@ -46,10 +46,10 @@ _STOP = b"\x00"
 
 
 class EncodedRows(NamedTuple):
-    """A list of ``map<string,string>`` rows, encoded: ``count`` rows whose
+    """A list of ``map<string,string>`` rows, encoded: ``row_count`` rows whose
     encodings, concatenated, are ``chunks`` (no list header)."""
 
-    count: int
+    row_count: int
     chunks: list[bytes | bytearray | memoryview]
 
 
@@ -92,7 +92,7 @@ def write_encoded_response(trans: Any, response: EncodedResponse) -> None:
     if not status_part or status_part[-1] != 0:
         raise ValueError("unexpected encoding of an ExtensionResponse status")
     trans.write(
-        status_part[:-1] + _RESPONSE_LIST_HEADER + struct.pack("!i", response.rows.count)
+        status_part[:-1] + _RESPONSE_LIST_HEADER + struct.pack("!i", response.rows.row_count)
     )
     for chunk in response.rows.chunks:
         trans.write(chunk)

@@ -55,6 +55,7 @@ from thrift.protocol.TProtocol import TProtocolException
 from thrift.Thrift import TApplicationException, TMessageType, TType
 from thrift.transport.TTransport import TMemoryBuffer, TTransportBase, TTransportException
 
+from readegress.kernel import memory
 from readegress.osquery.protocol import binary_protocol
 
 log = logging.getLogger("readegress.osquery.server")
@@ -72,6 +73,8 @@ DEFAULT_MAX_REQUEST_BYTES = 16 << 20
 INLINE_METHODS = frozenset({"ping", "shutdown"})
 #: Reply writes at least this big are sent as they are; smaller ones are coalesced.
 _KEEP_WRITE_BYTES = 1 << 14
+#: Replies at least this big are followed by a ``malloc_trim``.
+_TRIM_AFTER_BYTES = 1 << 20
 
 _local = threading.local()
 
@@ -110,7 +113,7 @@ class _Conn:
     parsed_at: int = 0  # buffer length at the last parse that found it incomplete
 
 
-class ReplyChunks(TTransportBase):
+class ReplyChunks(TTransportBase):  # type: ignore[misc]
     """A write-only transport that keeps what is written as a list of chunks.
 
     Big writes (the accelerator writes a whole struct at once) are kept as
@@ -474,11 +477,16 @@ class ThriftUnixServer:
             return False
         finally:
             _local.after_reply = None
+        size = out.size()
         reply = out.take()
         del out
         timeout = self._idle_timeout if send_timeout is None else send_timeout
         ok = self._send(conn, reply, timeout) if reply else True
         del reply
+        if size >= _TRIM_AFTER_BYTES:
+            # The answer's memory is free now: hand its pages back instead of
+            # keeping the peak until the next poll trims.
+            memory.trim()
         for fn in pending:
             fn()
         return ok
