@@ -10,6 +10,7 @@ test osquery core with an answer of several batches.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -191,3 +192,51 @@ def test_batches_are_generated_as_they_are_taken() -> None:
     assert len(first) == 10 and len(pulled) <= 11
     assert [len(b) for b in batches] == [10, 5]
     assert len(pulled) == 25
+
+
+def call_request(item: str, request: dict[str, str], seqid: int = 1) -> bytes:
+    buf = TMemoryBuffer()
+    proto = binary_protocol(buf)
+    proto.writeMessageBegin("call", TMessageType.CALL, seqid)
+    Extension.call_args(registry="table", item=item, request=request).write(proto)
+    proto.writeMessageEnd()
+    return bytes(buf.getvalue())
+
+
+def test_a_reader_that_stops_reading_a_big_answer_frees_its_worker(sock: str) -> None:
+    """A caller that never reads an answer of many chunks loses its connection
+    after idle_timeout, with part of the answer, and the only worker is free again."""
+    from readegress.osquery.client import ExtensionClient
+    from readegress.osquery.server import ThriftUnixServer
+
+    class Wide(Many):
+        def generate(self, ctx: QueryContext) -> Iterator[ManyRow]:
+            for i in range(self.n):
+                yield ManyRow(f"{i:08d}" + "x" * 400)
+
+    n = 6 * BATCH_ROWS  # ~2.5 MB encoded: far more than a socket buffer
+    tables = {"wide": BoundTable(parse_spec(_one_column_spec("wide")), Wide(n))}
+    calls = TableCalls(tables, timeout=10.0)
+    server = ThriftUnixServer(
+        ExtensionProcessor(TableExtensionHandler(calls)), max_workers=1, idle_timeout=1.0
+    )
+    server.start(sock)
+    try:
+        stalled = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(sock)
+        stalled.sendall(call_request("wide", {"action": "generate", "context": "{}"}))
+        time.sleep(3.0)  # the worker gives up after 1 s
+        got = 0
+        stalled.settimeout(5.0)
+        while chunk := stalled.recv(1 << 20):
+            got += len(chunk)
+        stalled.close()
+        assert 0 < got < n * 400  # part of the answer, then the server closed it
+        with ExtensionClient(sock, timeout=10.0) as client:
+            status, rows = client.call("table", "wide", {"action": "generate", "context": "{}"})
+        assert status.ok and len(rows) == n
+        assert rows[-1]["value"].startswith(f"{n - 1:08d}")
+    finally:
+        server.stop()
+        calls.close()
