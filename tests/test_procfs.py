@@ -114,6 +114,34 @@ def test_socket_inode_map_finds_real_owners() -> None:
         assert m.identities()[cli.pid] is ids[cli.pid]  # the cached process was kept
 
 
+def test_socket_inode_map_reads_many_new_fds_relative_to_the_fd_directory() -> None:
+    """A process with many new descriptors (read with readlinkat from its fd
+    directory) and then a few (read by full path): every socket found, with its fd."""
+    assert procfs._READLINKAT_FROM <= 40
+    m = SocketInodeMap()
+    me = os.getpid()
+    with contextlib.ExitStack() as stack:
+        srv = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
+        socks = []
+        for _ in range(20):
+            socks.append(stack.enter_context(socket.create_connection(srv.getsockname())))
+            socks.append(stack.enter_context(srv.accept()[0]))
+        mine = procfs.socket_inodes_of(me)
+        m.refresh(_live_inodes())
+        ident = m.identities()[me]
+        for s in socks:
+            assert m.owners_of(mine[s.fileno()]) == ((ident, s.fileno()),)
+        few = [stack.enter_context(socket.create_connection(srv.getsockname())) for _ in range(2)]
+        mine = procfs.socket_inodes_of(me)
+        m.refresh(_live_inodes())
+        for s in few:
+            assert m.owners_of(mine[s.fileno()]) == ((ident, s.fileno()),)
+        gone = mine[socks[0].fileno()]
+        socks[0].close()
+        m.refresh(_live_inodes())
+        assert m.owners_of(gone) == ()
+
+
 def test_socket_inode_map_follows_real_fd_reuse() -> None:
     m = SocketInodeMap()
     with loopback.server(socket.AF_INET) as srv:

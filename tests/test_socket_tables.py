@@ -211,3 +211,50 @@ def test_non_root_sees_what_it_can_and_warns_once() -> None:
     assert by_port[res["mine"]] == res["me"]
     warnings = res["err"].strip().splitlines()
     assert len(warnings) == 1 and "not root" in warnings[0], res["err"]
+
+
+def _query_process(*args: str, stdout: int = subprocess.PIPE) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "readegress", "query", *args],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_query_process_writes_every_row_before_it_exits() -> None:
+    """``readegress query`` as its own process (no GC, no interpreter teardown):
+    every row reaches a pipe, a bad query still exits 1 with its message, and a
+    reader that stops early is no error."""
+    with (
+        socket.create_server(("127.0.0.1", 0)) as srv,
+        socket.create_connection(srv.getsockname()) as c,
+    ):
+        peer, _ = srv.accept()
+        with peer:
+            port = c.getsockname()[1]
+            proc = _query_process("--json", "SELECT * FROM socket_bytes")
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+            rows = [json.loads(line) for line in out.decode().splitlines()]
+            assert any(r["local_port"] == port and r["pid"] == os.getpid() for r in rows)
+            want = len(rows)
+            proc = _query_process("--csv", "SELECT * FROM socket_bytes")
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+            assert len(out.decode().splitlines()) >= want  # header + rows (+/- churn)
+    bad = _query_process("SELECT nope FROM socket_bytes")
+    _, err = bad.communicate(timeout=60)
+    assert bad.returncode == 1 and b"nope" in err
+    # A reader that closes the pipe after one line.
+    r, w = os.pipe()
+    early = _query_process(
+        "--json",
+        "WITH RECURSIVE n(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM n"
+        " WHERE value < 200000) SELECT value FROM n",
+        stdout=w,
+    )
+    os.close(w)
+    with os.fdopen(r, "rb") as reader:
+        assert json.loads(reader.readline()) == {"value": 1}
+    _, err = early.communicate(timeout=60)
+    assert early.returncode == 0 and b"Traceback" not in err

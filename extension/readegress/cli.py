@@ -5,8 +5,10 @@ calls into the package; imports are lazy so ``readegress query`` starts fast.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -708,6 +710,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_extension(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(args_list)
+    one_shot = argv is None and args.func is cmd_query
+    if one_shot:
+        # The whole process is one query: what it builds (the snapshot, a
+        # 20k-row answer) lives until it exits, and holds no cycles worth
+        # collecting; each full collection would only traverse it all (~12 ms
+        # of CPU each at 10k connections, measured). Not when called in-process.
+        gc.disable()
     try:
         rc: int = args.func(args)
     except KeyboardInterrupt:
@@ -715,6 +724,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # Output piped into `head`: not an error of ours.
         return EXIT_OK
+    if one_shot:
+        # Everything is written and closed: leave without the interpreter's
+        # teardown (a last full collection and freeing every object one by
+        # one: ~24 ms of CPU at 10k connections, measured).
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BrokenPipeError:
+            pass  # output piped into `head`, as above
+        os._exit(rc)
     return rc
 
 

@@ -29,7 +29,6 @@ returning False.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import threading
 from collections.abc import Iterator
@@ -58,6 +57,8 @@ def _glibc() -> Optional[Any]:
     with _lock:
         if not _loaded:
             _loaded = True
+            import ctypes  # here: ~2 ms of imports a one-shot query need not pay
+
             try:
                 lib = ctypes.CDLL(None)
                 lib.malloc_trim.argtypes = [ctypes.c_size_t]

@@ -19,8 +19,6 @@ be pruned when the namespace's last process is gone.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import socket
@@ -93,6 +91,9 @@ def _setns(fd: int, nstype: int) -> None:
         if py_setns is not None:  # Python >= 3.12
             _setns_fn = py_setns
         else:
+            import ctypes  # here: only Python < 3.12 needs it, and only to enter a namespace
+            import ctypes.util
+
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
             c_setns = libc.setns
             c_setns.argtypes = (ctypes.c_int, ctypes.c_int)

@@ -38,6 +38,9 @@ PROC_ROOT = "/proc"
 PF_KTHREAD = 0x00200000
 #: SocketInodeMap lists every fd directory at least every this many refreshes.
 FULL_LISTING_EVERY = 10
+#: New fds in one process from which they are read relative to its open fd directory.
+_READLINKAT_FROM = 16
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _SOCKET_PREFIX = "socket:["
 _NOT_SOCKET = 0
 
@@ -448,15 +451,33 @@ class SocketInodeMap:
                         unindex(ino, ident, int(n))
             if fresh:
                 ident = proc.identity
-                for n in fresh:
+                # Many new fds (a first scan): readlinkat() relative to the
+                # open fd directory walks one path component instead of four
+                # (measured: 10k readlinks 39 -> 30 ms of CPU); for a few, the
+                # directory's open and close would cost more than they save.
+                dir_fd: int | None = None
+                if len(fresh) >= _READLINKAT_FROM:
                     try:
-                        link = readlink(fd_dir + n)
-                    except OSError:  # closed since the listing
-                        continue
-                    readlinks += 1
-                    ino = cache[n] = _socket_inode(link)
-                    if ino:
-                        index(ino, ident, int(n))
+                        dir_fd = os.open(fd_dir, _DIR_FLAGS)
+                    except OSError:  # gone since the listing
+                        fresh = []
+                try:
+                    for n in fresh:
+                        try:
+                            link = (
+                                readlink(fd_dir + n)
+                                if dir_fd is None
+                                else readlink(n, dir_fd=dir_fd)
+                            )
+                        except OSError:  # closed since the listing
+                            continue
+                        readlinks += 1
+                        ino = cache[n] = _socket_inode(link)
+                        if ino:
+                            index(ino, ident, int(n))
+                finally:
+                    if dir_fd is not None:
+                        os.close(dir_fd)
             procs[pid] = proc
         for pid, proc in old.items():
             if procs.get(pid) is not proc:  # exited, reused, or now unreadable

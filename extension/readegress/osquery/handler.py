@@ -23,6 +23,7 @@ from typing import Any
 from osquery.extensions.ttypes import ExtensionResponse, ExtensionStatus
 
 from readegress.osquery.client import EXT_FAILED, EXT_SUCCESS
+from readegress.osquery.reply import BATCH_ROWS, EncodedResponse, encode_row_batches
 from readegress.osquery.server import after_reply
 from readegress.tables.base import TableCallError, TableCalls
 from readegress.tables.context import ContextError, QueryContext
@@ -62,13 +63,26 @@ class TableExtensionHandler:
         return self._status(EXT_SUCCESS, "pong")
 
     def call(self, registry: str, item: str, request: Mapping[str, str] | None) -> Any:
+        """The answer as an ``ExtensionResponse`` (what the generated processor writes)."""
+        return self._answer(registry, item, request, encoded=False)
+
+    def call_encoded(self, registry: str, item: str, request: Mapping[str, str] | None) -> Any:
+        """As :meth:`call`, but a ``generate`` answer's rows are converted and
+        encoded in batches (an :class:`~readegress.osquery.reply.EncodedResponse`,
+        written by :class:`~readegress.osquery.reply.ExtensionProcessor`): a big
+        answer is never held as dicts and bytes at once."""
+        return self._answer(registry, item, request, encoded=True)
+
+    def _answer(
+        self, registry: str, item: str, request: Mapping[str, str] | None, *, encoded: bool
+    ) -> Any:
         try:
-            return self._call(str(registry or ""), str(item or ""), dict(request or {}))
+            return self._call(str(registry or ""), str(item or ""), dict(request or {}), encoded)
         except Exception as e:  # a bug here must still answer, never kill the connection
             log.exception("%s: call(%r, %r) failed", self.name, registry, item)
             return self._fail(f"{item}: internal error: {type(e).__name__}: {e}")
 
-    def _call(self, registry: str, item: str, request: dict[str, str]) -> Any:
+    def _call(self, registry: str, item: str, request: dict[str, str], encoded: bool) -> Any:
         if registry != "table":
             return self._fail(
                 f"{self.name} serves only the 'table' registry, not {registry!r} (item {item!r})"
@@ -96,6 +110,11 @@ class TableExtensionHandler:
             log.warning("%s: malformed query context from osquery: %s", item, e)
             return self._fail(f"{item}: malformed query context: {e}")
         try:
+            if encoded:
+                rows = self.calls.generate_osquery_batches(
+                    item, ctx, BATCH_ROWS, encode_row_batches
+                )
+                return EncodedResponse(self._status(EXT_SUCCESS, "OK"), rows)
             response = self.calls.generate_osquery(item, ctx)
         except TableCallError as e:
             # TableCalls has already logged it, with the table name.

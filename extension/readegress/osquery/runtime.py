@@ -63,6 +63,7 @@ from readegress.osquery.client import (
     OsqueryUnavailable,
 )
 from readegress.osquery.handler import TableExtensionHandler
+from readegress.osquery.reply import ExtensionProcessor
 from readegress.osquery.server import DEFAULT_MAX_CONNECTIONS, ThriftUnixServer
 from readegress.tables.base import BoundTable, TableCalls, TableEnv, load_tables
 
@@ -274,7 +275,7 @@ class ExtensionRuntime:
             self.calls, name=self.name, on_shutdown=self._core_requested_shutdown
         )
         server = ThriftUnixServer(
-            Extension.Processor(handler),
+            ExtensionProcessor(handler),
             max_connections=self._max_connections,
             name=self.name,
             busy_replies={"call": self._busy_call_result},

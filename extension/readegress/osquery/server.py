@@ -53,8 +53,9 @@ from typing import Any, Optional
 
 from thrift.protocol.TProtocol import TProtocolException
 from thrift.Thrift import TApplicationException, TMessageType, TType
-from thrift.transport.TTransport import TMemoryBuffer, TTransportException
+from thrift.transport.TTransport import TMemoryBuffer, TTransportBase, TTransportException
 
+from readegress.kernel import memory
 from readegress.osquery.protocol import binary_protocol
 
 log = logging.getLogger("readegress.osquery.server")
@@ -70,6 +71,10 @@ DEFAULT_BUSY_IDLE_TIMEOUT = 2.0
 DEFAULT_MAX_REQUEST_BYTES = 16 << 20
 #: Methods answered on the I/O thread: cheap, and must never wait behind table calls.
 INLINE_METHODS = frozenset({"ping", "shutdown"})
+#: Reply writes at least this big are sent as they are; smaller ones are coalesced.
+_KEEP_WRITE_BYTES = 1 << 14
+#: Replies at least this big are followed by a ``malloc_trim``.
+_TRIM_AFTER_BYTES = 1 << 20
 
 _local = threading.local()
 
@@ -106,6 +111,46 @@ class _Conn:
     buffer: bytearray = field(default_factory=bytearray)
     busy: bool = False  # a request of it is queued or running: not read meanwhile
     parsed_at: int = 0  # buffer length at the last parse that found it incomplete
+
+
+class ReplyChunks(TTransportBase):  # type: ignore[misc]
+    """A write-only transport that keeps what is written as a list of chunks.
+
+    Big writes (the accelerator writes a whole struct at once) are kept as
+    they are, not copied into a buffer and copied out again; small ones
+    (headers, and every field of the pure-Python encoder) are coalesced.
+    """
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes | bytearray | memoryview] = []
+        self._small = bytearray()
+
+    def isOpen(self) -> bool:
+        return True
+
+    def write(self, buf: Any) -> None:
+        if len(buf) >= _KEEP_WRITE_BYTES:
+            self._flush_small()
+            self.chunks.append(buf)
+        else:
+            self._small += buf
+
+    def flush(self) -> None:
+        self._flush_small()
+
+    def _flush_small(self) -> None:
+        if self._small:
+            self.chunks.append(self._small)
+            self._small = bytearray()
+
+    def take(self) -> list[bytes | bytearray | memoryview]:
+        """Everything written, in order; the transport is empty afterwards."""
+        self._flush_small()
+        chunks, self.chunks = self.chunks, []
+        return chunks
+
+    def size(self) -> int:
+        return sum(len(c) for c in self.chunks) + len(self._small)
 
 
 class _Garbage(Exception):
@@ -417,8 +462,11 @@ class ThriftUnixServer:
     # -- running requests -----------------------------------------------------
 
     def _run(self, conn: _Conn, message: bytes, send_timeout: Optional[float] = None) -> bool:
-        """Process one request and send the reply; False if the connection must end."""
-        out = TMemoryBuffer()
+        """Process one request and send the reply; False if the connection must end.
+
+        The reply is sent as the protocol wrote it (:class:`ReplyChunks`): a
+        big answer is never copied into a buffer and out again."""
+        out = ReplyChunks()
         pending: list[Callable[[], None]] = []
         _local.after_reply = pending
         try:
@@ -429,17 +477,35 @@ class ThriftUnixServer:
             return False
         finally:
             _local.after_reply = None
-        reply = out.getvalue()
+        size = out.size()
+        reply = out.take()
+        del out
         timeout = self._idle_timeout if send_timeout is None else send_timeout
         ok = self._send(conn, reply, timeout) if reply else True
+        del reply
+        if size >= _TRIM_AFTER_BYTES:
+            # The answer's memory is free now: hand its pages back instead of
+            # keeping the peak until the next poll trims.
+            memory.trim()
         for fn in pending:
             fn()
         return ok
 
-    def _send(self, conn: _Conn, data: bytes, timeout: float) -> bool:
+    def _send(
+        self, conn: _Conn, data: bytes | list[bytes | bytearray | memoryview], timeout: float
+    ) -> bool:
+        """Send ``data`` (bytes, or chunks in order) within ``timeout`` in all,
+        each chunk dropped once sent."""
+        chunks = [data] if isinstance(data, bytes) else data
+        deadline = time.monotonic() + timeout
         try:
-            conn.sock.settimeout(timeout)
-            conn.sock.sendall(data)
+            chunks.reverse()
+            while chunks:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                conn.sock.settimeout(left)
+                conn.sock.sendall(chunks.pop())
             conn.sock.setblocking(False)
         except OSError:
             return False

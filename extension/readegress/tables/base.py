@@ -19,9 +19,10 @@ and later calls fail fast instead of piling up behind it.
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any, Optional, Protocol, TypeVar
@@ -99,6 +100,17 @@ class BoundTable:
         as its osquery dict exists, so a 20k-row answer never holds both."""
         with gc_paused():
             return self.to_osquery_rows(self.impl.generate(ctx))
+
+    def osquery_row_batches(self, ctx: QueryContext, size: int) -> Iterator[list[dict[str, str]]]:
+        """:meth:`osquery_rows` in lists of up to ``size`` rows, generated as
+        they are taken: a consumer that drops each list holds one at a time."""
+        with gc_paused():
+            rows = iter(self.impl.generate(ctx))
+            while True:
+                batch = self.to_osquery_rows(itertools.islice(rows, max(1, size)))
+                if not batch:
+                    return
+                yield batch
 
     def to_osquery_rows(self, rows: Iterable[tuple[Any, ...]]) -> list[dict[str, str]]:
         names = self._names
@@ -265,6 +277,19 @@ class TableCalls:
         """Rows of ``name`` as osquery's string maps, converted while generated
         (the Thrift path: :meth:`BoundTable.osquery_rows`)."""
         return self._call(name, lambda t: t.osquery_rows(ctx))
+
+    def generate_osquery_batches(
+        self,
+        name: str,
+        ctx: QueryContext,
+        size: int,
+        consume: Callable[[Iterator[list[dict[str, str]]]], _R],
+    ) -> _R:
+        """``consume`` applied, inside the call (its timeout, its slot), to the
+        rows of ``name`` as osquery's string maps in lists of up to ``size``
+        (:meth:`BoundTable.osquery_row_batches`); the Thrift path encodes each
+        batch and drops it."""
+        return self._call(name, lambda t: consume(t.osquery_row_batches(ctx, size)))
 
     def _call(self, name: str, work: Callable[[BoundTable], _R]) -> _R:
         table = self.tables.get(name)
