@@ -118,3 +118,10 @@ def core(sock: str) -> Iterator[object]:
 
     with OsqueryCore(sock) as c:
         yield c
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the Spark tests last: once started, pyspark's JVM stays in the test process
+    (its gateway outlives ``SparkSession.stop``), and its threads and worker processes
+    disturb the live tests that time real connections on a 2-core machine."""
+    items.sort(key=lambda item: item.path.name == "test_fleet_spark.py")

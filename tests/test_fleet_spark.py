@@ -9,6 +9,7 @@ fleet log and random logs. Skipped where pyspark or Java 17 is missing
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,11 @@ CONFIG = load_config()
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _local_spark() -> None:
-    SparkEngine(master="local[2]", partitions=2)  # the session every run then shares
+def _local_spark() -> Iterator[None]:
+    engine = SparkEngine(master="local[2]", partitions=2)  # the session every run then shares
+    yield
+    # Stop the JVM: left running, its threads take CPU from the live tests that follow.
+    engine.spark.stop()
 
 
 def _both(paths: list[str]) -> None:
