@@ -436,6 +436,8 @@ def load_config(
     too big, unsafe owner/mode/directories as root, a bomb, or content errors.
     """
     if path is None:
+        if base is None:
+            return default_config()
         name, raw = str(DEFAULT_CONFIG), DEFAULT_CONFIG.read_bytes()
     else:
         name = str(path)
@@ -478,14 +480,19 @@ def load_configs(
     return config
 
 
-_DEFAULT: list[Config] = []
+_DEFAULT: dict[str, Config] = {}
 
 
 def default_config() -> Config:
-    """The shipped default (parsed once per process)."""
-    if not _DEFAULT:
-        _DEFAULT.append(load_config(None))
-    return _DEFAULT[0]
+    """The shipped default, parsed once per process (a command that dropped
+    privileges, or runs from a checkout others cannot read, still has it)."""
+    key = str(DEFAULT_CONFIG)
+    config = _DEFAULT.get(key)
+    if config is None:
+        # The shipped file is trusted: no owner check, no layering.
+        text = DEFAULT_CONFIG.read_bytes().decode("utf-8", "replace")
+        config = _DEFAULT[key] = parse_config(text, key)
+    return config
 
 
 def parse_config(text: str, path: str = "<config>", base: Config | None = None) -> Config:
