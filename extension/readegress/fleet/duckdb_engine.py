@@ -142,8 +142,8 @@ class DuckDBEngine:
         )
         fields = ", ".join(f"{cv[k]} AS c_{k}" for k in COLUMN_KEYS)
         # One parse for the types (and validity: try() makes a bad line NULL, never
-        # an error), one for every field. The raw line is kept only when its rows
-        # sit in arrays (batch/snapshot) or belong to the project's tables.
+        # an error), one for every field, and no other. The raw line is kept only
+        # when its rows sit in arrays (batch/snapshot) or belong to the project's tables.
         per_line = f"""
           SELECT file, line, 0 AS idx, {host} AS host, {_bad_sql(host)} AS bad,
             v[3] AS qname, v[4] AS unix_time, v[5] AS action, {fields}{decos},
@@ -163,9 +163,11 @@ class DuckDBEngine:
                   SELECT file, first, unnest(l) AS raw, unnest(range(1, len(l) + 1)) AS i
                   FROM (SELECT file, first, string_split(chunk, chr(10)) AS l FROM stream) c
                 ) d
-              ) e WHERE raw <> ''
+              -- A blank line (spaces only) is skipped: it is never JSON, so no ty
+              -- test here (pushed down, it was a second json_type of every line),
+              -- and ltrim stops at the first other character.
+              ) e WHERE raw <> '' AND ltrim(raw) <> ''
             ) a
-            WHERE NOT (ty IS NULL AND trim(raw) = '')
           ) b"""
         recognised = f"SELECT r.*, {recognise_sql()} AS tbl FROM ({per_line}) r"
         self.con.execute(f"CREATE OR REPLACE TABLE lines AS {derived_sql(DUCKDB, recognised)}")
