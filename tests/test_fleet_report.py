@@ -199,3 +199,16 @@ def test_directories_gzip_stdin_and_period(
     got = [d["egress_time"] for d in part["detections"]]
     assert got and all(lo <= t <= hi for t in got)
     assert len(got) == sum(1 for t in times if lo <= t <= hi)
+
+
+def test_duckdb_never_draws_its_progress_bar_on_stdout() -> None:
+    """Replay's stdout is JSON lines: DuckDB's bar (drawn for statements over 2 s, on a
+    1 GB log) once became its first line."""
+    from readegress.fleet.duckdb_engine import DuckDBEngine
+
+    engine = DuckDBEngine()
+    try:
+        con = engine.con
+        assert con.execute("SELECT current_setting('enable_progress_bar')").fetchone() == (False,)
+    finally:
+        engine.close()

@@ -66,6 +66,9 @@ class DuckDBEngine:
             self.con.execute(f"SET threads = {int(threads)}")
         self.con.execute(f"SET memory_limit = {_lit(memory_limit)}")
         self.con.execute("SET preserve_insertion_order = false")
+        # DuckDB draws a progress bar on stdout for statements over 2 s: on a
+        # large log it landed in replay's JSON lines.
+        self.con.execute("SET enable_progress_bar = false")
 
     def close(self) -> None:
         self.con.close()
