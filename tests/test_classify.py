@@ -106,3 +106,13 @@ def test_parse_classes() -> None:
     with pytest.raises(ValueError, match="unknown destination class 'publik'"):
         parse_classes(["publik"])
     assert "invalid" not in CLASS_NAMES
+
+
+def test_unmapped_address_is_the_one_parse_of_an_address() -> None:
+    from readegress.net.classify import unmapped_address
+
+    assert str(unmapped_address("::ffff:203.0.113.9")) == "203.0.113.9"
+    assert str(unmapped_address("fe80::1%eth0")) == "fe80::1"
+    assert str(unmapped_address("2001:db8::1")) == "2001:db8::1"
+    assert unmapped_address("not-an-address") is None
+    assert unmapped_address("") is None

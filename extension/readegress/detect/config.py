@@ -40,7 +40,7 @@ from readegress.detect.catalogue import (
     brace_expansions,
     glob_to_regex,
 )
-from readegress.net.classify import DestinationClass, parse_classes
+from readegress.net.classify import DestinationClass, parse_classes, unmapped_address
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -92,13 +92,8 @@ class ApprovedJob:
         if self.port is not None and port != self.port:
             return False
         if self.destination is not None:
-            try:
-                a = ipaddress.ip_address(address.split("%", 1)[0])
-            except ValueError:
-                return False
-            if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None:
-                a = a.ipv4_mapped
-            if a.version != self.destination.version or a not in self.destination:
+            a = unmapped_address(address)
+            if a is None or a.version != self.destination.version or a not in self.destination:
                 return False
         pat = self.executable
         for exe in executables:

@@ -47,6 +47,7 @@ from readegress.detect.core import LONG_LIVED_SECONDS
 from readegress.detect.priority import priority
 from readegress.fleet.pipeline import Correlated, Engine
 from readegress.logs.replay import detection_record
+from readegress.net.classify import unmapped_address
 
 #: Extra weight of a destination no other host contacted.
 UNIQUE_DESTINATION_WEIGHT = 1.5
@@ -56,12 +57,9 @@ TOP_N = 20
 
 def destination_network(address: str) -> str:
     """The /24 (IPv4) or /48 (IPv6) of an address; the address itself if it is none."""
-    try:
-        a = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
+    a = unmapped_address(address)
+    if a is None:
         return address
-    if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None:
-        a = a.ipv4_mapped
     prefix = 24 if a.version == 4 else 48
     return str(ipaddress.ip_network(f"{a}/{prefix}", strict=False))
 

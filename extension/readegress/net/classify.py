@@ -28,6 +28,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from functools import lru_cache
+from typing import Optional, Union
 
 
 class DestinationClass(str, enum.Enum):
@@ -111,6 +112,19 @@ def _classify_v6(a: ipaddress.IPv6Address) -> DestinationClass:
     if a not in _V6_GLOBAL:
         return DestinationClass.RESERVED
     return DestinationClass.PUBLIC
+
+
+def unmapped_address(address: str) -> Optional[Union[ipaddress.IPv4Address, ipaddress.IPv6Address]]:
+    """An address string parsed (scope ids such as ``%eth0`` dropped), an IPv4-mapped
+    IPv6 address as its IPv4; ``None`` when it is not an address. The one place
+    approvals, socket facts and the fleet report read an address."""
+    try:
+        a = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None:
+        return a.ipv4_mapped
+    return a
 
 
 @lru_cache(maxsize=65536)

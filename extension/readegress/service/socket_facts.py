@@ -29,7 +29,6 @@ an owner; then nothing is known.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from typing import Optional
 
 from readegress.detect.core import Detection
 from readegress.kernel.records import ClosedTotals, ObservedSocket, ProcessIdentity, ProcessInfo
+from readegress.net.classify import unmapped_address
 
 _KEEPALIVE_TIMER = 2
 _PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}
@@ -63,13 +63,8 @@ class SocketFacts:
 @lru_cache(maxsize=4096)
 def normalize_address(address: str) -> str:
     """Canonical text of an address; IPv4-mapped IPv6 as its IPv4 (scope ids dropped)."""
-    try:
-        a = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return address
-    if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None:
-        return str(a.ipv4_mapped)
-    return str(a)
+    a = unmapped_address(address)
+    return address if a is None else str(a)
 
 
 def _started_by(info: ProcessInfo, when: float) -> bool:
