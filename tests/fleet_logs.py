@@ -51,9 +51,14 @@ def event_rows(draw: Any) -> tuple[str, dict[str, Any]]:
             "action": draw(st.sampled_from(["connect", "connect", "connect", "bind", "accept"])),
             "pid": pid, "path": exe, "auid": uid, "family": draw(st.sampled_from([2, 10, 1])),
             "remote_address": draw(st.sampled_from(ADDRESSES)),
-            "remote_port": draw(st.sampled_from([443, 8443, 22])), "time": t,
+            "remote_port": draw(st.sampled_from([443, 8443, 22, 4444])), "time": t,
             "success": draw(st.sampled_from([1, 0])), "status": status,
         }  # fmt: skip
+        # osquery on Linux logs protocol 0; a UDP connect (17) to an uncommon
+        # port is not raw TCP, so it changes the reasons.
+        protocol = draw(st.sampled_from([None, 0, 6, 17]))
+        if protocol is not None:
+            cols["protocol"] = protocol
     elif kind in ("exec", "fork"):
         syscall = draw(st.sampled_from(["execve", "fork", "clone", "vfork", ""]))
         cols = {

@@ -150,3 +150,51 @@ def test_random_damage_never_crashes(
     # The per-row reader judges the same lines bad or good (it may also report
     # unusable rows, which the engine reports when it feeds them).
     assert fr.correlated.candidates == correlate_events(CONFIG, reference_events([str(path)]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=st.lists(
+        st.binary(max_size=12).map(lambda b: b.replace(b"\n", b""))
+        | st.sampled_from([b"", b"\xff", b"caf\xc3\xa9", b"\xe2\x82", b'{"a":1}']),
+        max_size=30,
+    ),
+    newline_at_end=st.booleans(),
+    batch_bytes=st.integers(min_value=1, max_value=40),
+)
+def test_line_batches_cut_every_line_once_whatever_the_chunk_size(
+    lines: list[bytes],
+    newline_at_end: bool,
+    batch_bytes: int,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Batches are views into what was read: each line once, numbered, non-UTF-8 reported."""
+    from readegress.logs.lines import LineStats, line_batches
+
+    body = b"\n".join(lines) + (b"\n" if newline_at_end and lines else b"")
+    path = tmp_path_factory.mktemp("lb") / "x.log"
+    path.write_bytes(body)
+    bad: list[str] = []
+    stats = LineStats()
+    got: dict[int, str] = {}
+    for b in line_batches(
+        [str(path)], lambda x: bad.append(str(x)), stats, batch_bytes=batch_bytes
+    ):
+        for i, text in enumerate(b.lines):
+            assert b.first_line + i not in got
+            got[b.first_line + i] = text
+        assert len(b.lines) == b.count
+    expected_lines = body.split(b"\n")
+    if expected_lines and expected_lines[-1] == b"":
+        expected_lines.pop()  # a final newline ends the last line, it starts none
+    want: dict[int, str] = {}
+    want_bad = []
+    for n, raw in enumerate(expected_lines, start=1):
+        try:
+            want[n] = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            want[n] = ""
+            want_bad.append(f"{path}:{n}: not UTF-8 (byte {e.start})")
+    assert got == want
+    assert bad == want_bad
+    assert stats.lines == len(expected_lines) and stats.bytes == len(body)

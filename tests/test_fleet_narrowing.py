@@ -186,3 +186,46 @@ def test_rows_of_one_batch_line_are_told_apart(tmp_path: Path) -> None:
     narrowed = run([str(path)], CONFIGS[0], lambda b: None, progress=False)
     assert narrowed.correlated.events == 2  # nc's shadow read and curl's group read
     _check(str(path), CONFIGS[0])
+
+
+def test_a_udp_connect_keeps_its_protocol(tmp_path: Path) -> None:
+    """UDP to an uncommon port is not raw TCP: no uncommon_port (the engines read protocol)."""
+    rows = [_read(100, 50, T, "/usr/bin/bash", "/etc/shadow")]
+    for port, protocol in ((4444, "17"), (4445, "6"), (4446, "0")):
+        conn = _conn(100, T + 1, "/usr/bin/bash")
+        conn["remote_port"], conn["protocol"] = str(port), protocol
+        rows.append(conn)
+    path = _log(tmp_path, rows)
+    narrowed = run([path], CONFIGS[1], lambda b: None, progress=False)
+    reasons = {d.remote_port: d.reasons for d in narrowed.correlated.candidates}
+    assert "uncommon_port" not in reasons[4444]
+    assert "uncommon_port" in reasons[4445] and "uncommon_port" in reasons[4446]
+    _check(path, CONFIGS[1])
+
+
+def test_hosts_fed_in_forked_jobs_give_what_one_process_gives(tmp_path: Path) -> None:
+    """Split across processes, the hosts' candidates, counters and row errors are the same."""
+    import json
+
+    from bench.fleet_log import write
+
+    from readegress.fleet.pipeline import FEED_COLUMNS, correlate_hosts
+    from readegress.fleet.sql import feed_select
+    from readegress.logs.results import BadLine
+
+    path = tmp_path / "fleet.log"
+    info = write(str(path), 2_000_000, hosts=5)
+    with path.open("a") as f:  # unusable rows (a pid that is no number) on two hosts
+        for host in info.hosts[:2]:
+            cols = {"pid": "12x", "parent": "1", "path": "/bin/sh", "cmdline": "sh",
+                    "time": "1764300100", "uid": "0", "auid": "0", "syscall": "execve"}  # fmt: skip
+            f.write(json.dumps({"hostIdentifier": host, "columns": cols, "action": "added"}) + "\n")
+    fr = run([str(path)], CONFIGS[1], lambda b: None, progress=False)
+    rows = fr.engine.fetch(feed_select(FEED_COLUMNS, True))
+    results = []
+    for jobs in (1, 2, 3):
+        bad: list[BadLine] = []
+        out = correlate_hosts(CONFIGS[1], rows, [str(path)], bad.append, jobs=jobs)
+        results.append((out.candidates, out.events, out.hosts, out.row_errors, out.core, bad))
+    assert results[0][0] and results[0][3] == 2
+    assert results[1] == results[0] and results[2] == results[0]

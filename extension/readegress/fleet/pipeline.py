@@ -18,6 +18,7 @@ proven against.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
@@ -48,7 +49,7 @@ _ROW_KEYS = {
     "file": ("operation", "pid", "ppid", "time", "executable", "path", "uid", "auid"),
     "socket": (
         "action", "status", "success", "family", "remote_address", "remote_port",
-        "pid", "time", "path", "auid",
+        "pid", "time", "path", "auid", "protocol",
     ),
     "process": ("syscall", "pid", "parent", "time", "path", "uid", "auid", "cmdline"),
 }  # fmt: skip
@@ -163,6 +164,7 @@ def correlate(
     on_bad: Callable[[BadLine], None],
     *,
     narrowed: bool = True,
+    jobs: Optional[int] = None,
 ) -> Correlated:
     if narrowed:
         narrow(engine, config)
@@ -173,19 +175,156 @@ def correlate(
         out: Correlated = distributed(narrowed, config, files, on_bad)
         out.candidates.sort(key=report_order)
         return out
-    out = Correlated(candidates=[])
     rows = engine.fetch(feed_select(FEED_COLUMNS, narrowed))
+    out = correlate_hosts(config, rows, files, on_bad, jobs=jobs)
     out.fed_rows = len(rows)
-    per_host, out.row_errors = events_of_rows(rows, files, on_bad)
-    for host in sorted(per_host):
-        found, stats = feed_host(config, per_host[host])
-        out.candidates.extend(found)
-        out.events += len(per_host[host])
-        for k, v in stats.items():
-            out.core[k] = out.core.get(k, 0) + v
-    out.hosts = len(per_host)
+    return out
+
+
+#: Below this many rows to feed, the hosts are fed in this process (a fork costs more).
+PARALLEL_ROWS = 20_000
+
+
+def correlate_hosts(
+    config: Config,
+    rows: list[tuple[Any, ...]],
+    files: Sequence[str],
+    on_bad: Callable[[BadLine], None],
+    *,
+    jobs: Optional[int] = None,
+) -> Correlated:
+    """Feed rows (``FEED_COLUMNS``, log order) to one Correlator per host; report order.
+
+    The hosts are independent, so with ``jobs`` > 1 (default: the CPUs, when
+    there are enough rows) they are split into that many groups of about equal
+    rows, each fed in a forked process (the rows are the parent's, shared on
+    fork); candidates, counters and the row errors come back and are merged
+    (row errors reported in log order), so the result is the same as one
+    process's.
+    """
+    n = jobs if jobs is not None else (os.cpu_count() or 1) if len(rows) >= PARALLEL_ROWS else 1
+    host_i = _INDEX["host"]
+    by_host: dict[str, list[tuple[Any, ...]]] = {}
+    for r in rows:
+        by_host.setdefault(r[host_i], []).append(r)
+    n = max(1, min(n, len(by_host)))
+    groups: list[list[str]] = [[] for _ in range(n)]
+    load = [0] * n
+    for host in sorted(by_host, key=lambda h: (-len(by_host[h]), h)):
+        k = min(range(n), key=lambda j: (load[j], j))
+        groups[k].append(host)
+        load[k] += len(by_host[host])
+    if n == 1:
+        parts = [_feed_group(config, by_host, groups[0], files)]
+    else:
+        parts = _fork_groups(config, by_host, groups, files)
+    out = Correlated(candidates=[])
+    bad: list[tuple[int, BadLine]] = []
+    for part in parts:
+        out.candidates.extend(part.candidates)
+        out.events += part.events
+        out.hosts += part.hosts
+        out.row_errors += part.row_errors
+        bad.extend(part.bad)
+        for name, count in part.core.items():
+            out.core[name] = out.core.get(name, 0) + count
+    for _, b in sorted(bad, key=lambda x: (x[0], x[1].line)):
+        on_bad(b)
     out.candidates.sort(key=report_order)
     return out
+
+
+@dataclass
+class _Part:
+    candidates: list[Detection]
+    events: int
+    hosts: int
+    row_errors: int
+    core: dict[str, int]
+    #: (file index, bad line) of the group's row errors.
+    bad: list[tuple[int, BadLine]]
+
+
+def _feed_group(
+    config: Config,
+    by_host: dict[str, list[tuple[Any, ...]]],
+    hosts: list[str],
+    files: Sequence[str],
+) -> _Part:
+    part = _Part([], 0, 0, 0, {}, [])
+    bad: list[BadLine] = []
+    for host in sorted(hosts):
+        per_host, errors = events_of_rows(by_host[host], files, bad.append)
+        part.row_errors += errors
+        for evs in per_host.values():
+            found, stats = feed_host(config, evs)
+            part.candidates.extend(found)
+            part.events += len(evs)
+            part.hosts += 1
+            for k, v in stats.items():
+                part.core[k] = part.core.get(k, 0) + v
+    names = {("<stdin>" if f == "-" else f): i for i, f in enumerate(files)}
+    part.bad = [(names.get(b.file, len(files)), b) for b in bad]
+    return part
+
+
+def _fork_groups(
+    config: Config,
+    by_host: dict[str, list[tuple[Any, ...]]],
+    groups: list[list[str]],
+    files: Sequence[str],
+) -> list[_Part]:
+    """Group 0 here, the others in forked processes (their parts come back pickled)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    conns = []
+    procs = []
+    for k in range(1, len(groups)):
+        parent, child = ctx.Pipe(duplex=False)
+        proc = ctx.Process(
+            target=_group_main,
+            args=(child, config, by_host, groups[k], files),
+            name=f"readegress-feed-{k}",
+            daemon=True,
+        )
+        proc.start()
+        child.close()
+        conns.append(parent)
+        procs.append(proc)
+    parts = []
+    try:
+        parts.append(_feed_group(config, by_host, groups[0], files))
+        for k, (conn, proc) in enumerate(zip(conns, procs), start=1):
+            try:
+                got = conn.recv()
+            except EOFError:
+                proc.join()
+                raise RuntimeError(f"feed job {k} died (exit code {proc.exitcode})") from None
+            if isinstance(got, BaseException):
+                raise got
+            parts.append(got)
+    finally:
+        for conn, proc in zip(conns, procs):
+            conn.close()
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    return parts
+
+
+def _group_main(
+    conn: Any,
+    config: Config,
+    by_host: dict[str, list[tuple[Any, ...]]],
+    hosts: list[str],
+    files: Sequence[str],
+) -> None:
+    try:
+        conn.send(_feed_group(config, by_host, hosts, files))
+    except BaseException as e:  # hand it to the parent rather than die silently
+        conn.send(e)
 
 
 def reference_events(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 COLUMN_KEYS = (
     "operation", "pid", "ppid", "time", "executable", "path", "uid", "auid",
     "action", "remote_address", "remote_port", "status", "success", "family",
-    "cmdline", "parent", "syscall",
+    "cmdline", "parent", "syscall", "protocol",
     # recognition of the project's tables (tables/*.toml)
     "id", "sensitive_class", "reasons", "score", "name", "detail", "fix",
     "open_sockets", "total_bytes_sent", "cookie", "bytes_acked",

@@ -24,6 +24,7 @@ Quirks:
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 import sys
@@ -31,7 +32,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Optional, TextIO
+from typing import Optional, TextIO, Union
 
 from readegress.logs.results import BadLine, _open
 
@@ -53,15 +54,21 @@ def expand_inputs(inputs: Iterable[str]) -> list[str]:
 
 @dataclass
 class LineBatch:
-    """Lines ``first_line ..`` of file number ``file_index``: ``text`` joined by newlines.
+    """Lines ``first_line ..`` of file number ``file_index``: ``data``, joined by newlines.
 
-    ``count`` lines; ``lines`` splits them (the engines split in C, on their side).
+    ``data`` is valid UTF-8 (bytes, or a view into the bytes read, so that a
+    batch is handed on without a copy); ``count`` lines; ``text`` and ``lines``
+    decode it (the engines split it in C, on their side).
     """
 
     file_index: int
     first_line: int
-    text: str
+    data: Union[bytes, memoryview]
     count: int
+
+    @property
+    def text(self) -> str:
+        return codecs.utf_8_decode(self.data)[0]
 
     @property
     def lines(self) -> list[str]:
@@ -137,29 +144,39 @@ def line_batches(
                 except (OSError, EOFError, zlib.error) as err:
                     chunk = b""
                     broke = f"read failed: {err}"
+                # Whole lines only, without copying the chunk: the line the last
+                # chunk left unfinished (joined), then a view of the chunk's other
+                # whole lines; what follows its last newline waits for the next.
+                pieces: list[tuple[Union[bytes, memoryview], int]] = []
+                ascii_chunk = True
                 if chunk:
                     stats.bytes += len(chunk)
-                    buf = carry + chunk if carry else chunk
-                    cut = buf.rfind(b"\n") + 1
-                    carry = buf[cut:]
-                    body = buf[: cut - 1] if cut else b""
-                    n = body.count(b"\n") + 1 if cut else 0
+                    last = chunk.rfind(b"\n")
+                    if last < 0:
+                        carry += chunk
+                    else:
+                        first = chunk.find(b"\n")
+                        pieces.append((carry + chunk[:first], 1))
+                        if last > first:
+                            body = memoryview(chunk)[first + 1 : last]
+                            pieces.append((body, chunk.count(b"\n", first + 1, last) + 1))
+                            ascii_chunk = chunk.isascii()
+                        carry = chunk[last + 1 :]
                 elif carry:  # the last line, without its newline (or cut by a break)
-                    body, n = carry, 1
+                    pieces.append((carry, 1))
                     carry = b""
-                else:
-                    body, n = b"", 0
-                if n:
-                    text = _decode(body, file, lineno, on_bad, stats)
-                    yield LineBatch(index, lineno + 1, text, n)
+                for data, n in pieces:
+                    if (isinstance(data, bytes) and not data.isascii()) or not ascii_chunk:
+                        data = _valid(data, file, lineno, on_bad, stats)
+                    yield LineBatch(index, lineno + 1, data, n)
                     lineno += n
                     stats.lines += n
-                    if progress is not None:
-                        progress.update(stats.bytes, stats.lines)
+                if pieces and progress is not None:
+                    progress.update(stats.bytes, stats.lines)
                 if broke is not None:
                     on_bad(BadLine(file, lineno + 1, broke))
                     break
-                if not chunk and not n:
+                if not chunk and not pieces:
                     break
         finally:
             if stream is not sys.stdin.buffer:
@@ -168,24 +185,30 @@ def line_batches(
         progress.update(stats.bytes, stats.lines, final=True)
 
 
-def _decode(
-    body: bytes, file: str, lineno: int, on_bad: Callable[[BadLine], None], stats: LineStats
-) -> str:
-    """The batch as text; a line that is not UTF-8 is reported and becomes empty."""
+def _valid(
+    data: Union[bytes, memoryview],
+    file: str,
+    lineno: int,
+    on_bad: Callable[[BadLine], None],
+    stats: LineStats,
+) -> Union[bytes, memoryview]:
+    """The lines as valid UTF-8: a line that is not UTF-8 is reported and becomes empty."""
     try:
-        # One decode of the whole batch: the common case costs one pass in C.
-        return body.decode("utf-8")
+        # One check of the whole batch: the common case costs one pass in C.
+        codecs.utf_8_decode(data, "strict", True)
+        return data
     except UnicodeDecodeError:
         pass
-    out: list[str] = []
-    for i, line in enumerate(body.split(b"\n")):
+    out: list[bytes] = []
+    for i, line in enumerate(bytes(data).split(b"\n")):
         try:
-            out.append(line.decode("utf-8"))
+            line.decode("utf-8")
+            out.append(line)
         except UnicodeDecodeError as e:
             stats.not_utf8 += 1
             on_bad(BadLine(file, lineno + 1 + i, f"not UTF-8 (byte {e.start})"))
-            out.append("")
-    return "\n".join(out)
+            out.append(b"")
+    return b"\n".join(out)
 
 
 def total_size(paths: list[str]) -> int:

@@ -53,6 +53,8 @@ def recognise(row: Mapping[str, Any]) -> Optional[str]:
 
 
 def _int(v: Any) -> Optional[int]:
+    if v.__class__ is str and v.isdecimal():  # the common case, first (int() takes the same)
+        return int(v)
     if v is None or v == "":
         return None
     if isinstance(v, int) and not isinstance(v, bool):
