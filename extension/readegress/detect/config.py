@@ -91,10 +91,17 @@ class ApprovedJob:
             return False
         if self.port is not None and port != self.port:
             return False
-        if self.destination is not None:
-            a = unmapped_address(address)
-            if a is None or a.version != self.destination.version or a not in self.destination:
-                return False
+        return self.matches_destination(address) and self.matches_executable(executables)
+
+    def matches_destination(self, address: str) -> bool:
+        """Is ``address`` in the destination (any address when there is none)?"""
+        if self.destination is None:
+            return True
+        a = unmapped_address(address)
+        return a is not None and a.version == self.destination.version and a in self.destination
+
+    def matches_executable(self, executables: tuple[str, ...]) -> bool:
+        """Does the glob match one of the (non-empty) images?"""
         pat = self.executable
         for exe in executables:
             target = exe if "/" in pat else exe.rsplit("/", 1)[-1]

@@ -379,12 +379,9 @@ def near_approval(
         if a.sensitive_class != cls:
             why.append(f"class {cls} is not {a.sensitive_class}")
         for role, exe in (("reader", reader), ("sender", sender)):
-            loose = replace(a, sensitive_class=cls, destination=None, port=None, expires=None)
-            if not loose.matches((exe,), cls, address, port, now):
+            if not a.matches_executable((exe,)):
                 why.append(f"{role} {exe or '?'} does not match {a.executable}")
-        if a.destination is not None and not replace(
-            a, executable="*", sensitive_class=cls, port=None, expires=None
-        ).matches((sender or "x",), cls, address, port, now):
+        if not a.matches_destination(address):
             why.append(f"destination {address} is not in {a.destination}")
         if a.port is not None and a.port != port:
             why.append(f"port {port} is not {a.port}")

@@ -27,7 +27,6 @@ from readegress.detect.config import Config
 from readegress.detect.core import Correlator, Detection
 from readegress.detect.events import Event, sort_key
 from readegress.fleet.sql import (
-    COLUMN_KEYS,
     closure_statements,
     feed_select,
     final_statements,
@@ -116,8 +115,11 @@ def narrow(engine: Engine, config: Config) -> None:
         engine.create(name, select)
 
 
-#: The columns of ``ev`` the feed reads, in this order.
-FEED_COLUMNS = ["host", "file", "line", "tbl"] + [f"c_{k}" for k in COLUMN_KEYS]
+#: The columns of ``ev`` the feed reads, in this order (no column of the project's
+#: tables: an event row never has them).
+FEED_COLUMNS = ["host", "file", "line", "tbl"] + [
+    f"c_{k}" for k in dict.fromkeys(k for keys in _ROW_KEYS.values() for k in keys)
+]
 _INDEX = {c: i for i, c in enumerate(FEED_COLUMNS)}
 
 
@@ -127,18 +129,16 @@ def events_of_rows(
     """Feed rows (``FEED_COLUMNS``, in log order) → each host's events, and row errors."""
     per_host: dict[str, list[Event]] = {}
     errors = 0
-    index = _INDEX
+    tbl_i, file_i, line_i, host_i = (_INDEX[c] for c in ("tbl", "file", "line", "host"))
+    keys = {t: [(k, _INDEX["c_" + k]) for k in ks] for t, ks in _ROW_KEYS.items()}
+    names = ["<stdin>" if f == "-" else f for f in files]
     for r in rows:
-        tbl = r[index["tbl"]]
-        row = {}
-        for k in _ROW_KEYS[tbl]:
-            v = r[index["c_" + k]]
-            if v is not None:
-                row[k] = v
-        file = files[r[index["file"]]] if r[index["file"]] < len(files) else "?"
-        file = "<stdin>" if file == "-" else file
-        line = r[index["line"]]
-        host = r[index["host"]]
+        tbl = r[tbl_i]
+        row = {k: r[i] for k, i in keys[tbl] if r[i] is not None}
+        f = r[file_i]
+        file = names[f] if f < len(names) else "?"
+        line = r[line_i]
+        host = r[host_i]
         try:
             ev = event_from_row(_TABLE_NAMES[tbl], row, host, f"{SOURCE}:{file}:{line}")
         except (RowError, OverflowError) as e:  # int(float("inf")) overflows

@@ -288,10 +288,18 @@ def closure_statements() -> list[tuple[str, str]]:
     out.append(
         (
             "siblings",
-            """SELECT DISTINCT k.host, k.pid FROM sib_kids k
-               JOIN sib_kids s ON s.host = k.host AND s.ppid = k.ppid
-                 AND k.t BETWEEN s.t - 2 AND s.t + 2
-               JOIN seeds d ON d.host = s.host AND d.pid = s.pid""",
+            # The readers' and senders' own fork/exec rows first, then their
+            # parents' other children near them, matched on 2-s buckets (|dt| <= 2
+            # spans at most two): a busy parent (cron, a CI runner) has
+            # thousands of children, and a band join of them all was quadratic.
+            """SELECT DISTINCT k.host, k.pid FROM (
+                 SELECT DISTINCT s.host, s.ppid, s.t, CAST(FLOOR(s.t / 2) AS BIGINT) + o AS b
+                 FROM sib_kids s
+                 JOIN seeds d ON d.host = s.host AND d.pid = s.pid
+                 CROSS JOIN (SELECT -1 AS o UNION ALL SELECT 0 UNION ALL SELECT 1) os) s
+               JOIN sib_kids k ON k.host = s.host AND k.ppid = s.ppid
+                 AND CAST(FLOOR(k.t / 2) AS BIGINT) = s.b
+                 AND k.t BETWEEN s.t - 2 AND s.t + 2""",
         )
     )
     parts.append("SELECT host, pid FROM siblings")
