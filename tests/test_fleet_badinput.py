@@ -198,3 +198,43 @@ def test_line_batches_cut_every_line_once_whatever_the_chunk_size(
     assert got == want
     assert bad == want_bad
     assert stats.lines == len(expected_lines) and stats.bytes == len(body)
+
+
+def test_host_types_read_like_the_per_row_reader(tmp_path: Path) -> None:
+    """Event lines whose host is no plain string: the engine's hosts and bad lines are the reader's.
+
+    The engine proves most lines' JSON types from their fields alone (a string
+    hostIdentifier, columns with a pid); every host below either reads as a
+    number, boolean or JSON text, or is missing, so the types are read.
+    """
+    from readegress.logs.results import ResultsReader
+
+    cols = {"pid": "7", "parent": "1", "path": "/bin/sh", "cmdline": "sh", "time": "1700000000",
+            "uid": "0", "auid": "0", "syscall": "execve"}  # fmt: skip
+    hosts: list[dict[str, object]] = [
+        {"hostIdentifier": 5, "hostname": "by-name"},
+        {"hostIdentifier": "5"},
+        {"hostIdentifier": 1.5e3},
+        {"hostIdentifier": True, "hostname": "t"},
+        {"hostIdentifier": "true"},
+        {"hostIdentifier": "{not an object"},
+        {"hostIdentifier": {"a": 1}, "hostname": "obj"},
+        {"hostIdentifier": ["x"]},
+        {"hostIdentifier": "", "hostname": "empty-id"},
+        {"hostIdentifier": None, "hostname": "null-id"},
+        {"hostIdentifier": "-1e5"},
+        {"hostname": 7},
+        {"hostIdentifier": "plain"},
+    ]
+    lines = [json.dumps({**h, "name": "q", "columns": cols, "action": "added"}) for h in hosts]
+    path = tmp_path / "hosts.log"
+    path.write_text("\n".join(lines) + "\n")
+    bad: list[str] = []
+    fr = run([str(path)], CONFIG, lambda b: bad.append(str(b)), progress=False)
+    got = sorted(h for (h,) in fr.engine.fetch("SELECT host FROM ev"))
+    reader_bad: list[str] = []
+    reader = ResultsReader(on_bad=lambda b: reader_bad.append(str(b)), fast=False)
+    want = sorted(rec.host for rec in reader.event_rows([str(path)]))
+    assert got == want
+    assert bad == reader_bad
+    assert "by-name" in got and "5" in got and "plain" in got

@@ -145,9 +145,10 @@ class DuckDBEngine:
             f", COALESCE(v[{6 + i}], v[{6 + len(deco) + i}]) AS d_{i}" for i in range(len(deco))
         )
         fields = ", ".join(f"{cv[k]} AS c_{k}" for k in COLUMN_KEYS)
-        # One parse for the types (and validity: try() makes a bad line NULL, never
-        # an error), one for every field, and no other. The raw line is kept only
-        # when its rows sit in arrays (batch/snapshot) or belong to the project's tables.
+        # One parse for every field (try(): a line that is not JSON is NULL, never
+        # an error); a second for the JSON types only where the fields cannot
+        # prove them (see _plain_event_line). The raw line is kept only when its
+        # rows sit in arrays (batch/snapshot) or belong to the project's tables.
         per_line = f"""
           SELECT file, line, 0 AS idx, {host} AS host, {_bad_sql(host)} AS bad,
             v[3] AS qname, v[4] AS unix_time, v[5] AS action, {fields}{decos},
@@ -157,10 +158,11 @@ class DuckDBEngine:
                    THEN CAST(json_extract(raw, '$.columns') AS VARCHAR)
             END AS keep
           FROM (
-            SELECT file, line, raw, ty,
-              CASE WHEN ty[1] = 'OBJECT' THEN json_extract_string(raw, {paths_sql}) END AS v
+            SELECT file, line, raw, v,
+              CASE WHEN {_plain_event_line(cv)} THEN {_PLAIN_TYPES}
+                   ELSE try(json_type(raw, {type_paths})) END AS ty
             FROM (
-              SELECT file, line, raw, try(json_type(raw, {type_paths})) AS ty
+              SELECT file, line, raw, try(json_extract_string(raw, {paths_sql})) AS v
               FROM (
                 -- Lines are cut here, in parallel, from each batch's text.
                 SELECT file, first + i - 1 AS line, raw FROM (
@@ -249,6 +251,28 @@ class DuckDBEngine:
 
 
 _DERIVED = ("t", "epid", "eppid", "ord", "sure", "odd", "o_exe", "o_uid", "o_auid", "kind")
+
+
+#: The JSON types (TYPE_PATHS) of a line _plain_event_line proves: an object whose
+#: columns are an object and whose hostIdentifier is a string. The others do not
+#: matter then: _bad_sql, the host and the kept JSON look at diffResults,
+#: snapshot and hostname only when there are no columns or no hostIdentifier.
+_PLAIN_TYPES = "['OBJECT', 'OBJECT', NULL, NULL, NULL, NULL, 'VARCHAR', NULL]"
+
+
+def _plain_event_line(cv: dict[str, str]) -> str:
+    """SQL: do the fields ``v`` alone prove the line's types are ``_PLAIN_TYPES``?
+
+    ``$.hostIdentifier`` found means the line is an object, and ``$.columns.pid``
+    found that columns is one. json_extract_string gives a number, true or
+    false as its text and an object or array as its JSON, so the host was a
+    JSON string unless its text reads as one of those (then, as for every other
+    line, json_type tells).
+    """
+    return (
+        "(v[1] <> '' AND NOT regexp_full_match(v[1], '[-+0-9.eE]*|true|false|[\\[{].*')"
+        f" AND {cv['pid']} IS NOT NULL)"
+    )
 
 
 def _bad_sql(host: str) -> str:
