@@ -34,6 +34,7 @@ Definitions:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import math
@@ -55,8 +56,13 @@ STATUS_RANK = {"ok": 0, "warn": 1, "fail": 2}
 TOP_N = 20
 
 
+@functools.lru_cache(maxsize=65536)
 def destination_network(address: str) -> str:
-    """The /24 (IPv4) or /48 (IPv6) of an address; the address itself if it is none."""
+    """The /24 (IPv4) or /48 (IPv6) of an address; the address itself if it is none.
+
+    Cached: a fleet's candidates name a few destinations many times, and
+    ``ipaddress`` parses slowly.
+    """
     a = unmapped_address(address)
     if a is None:
         return address
