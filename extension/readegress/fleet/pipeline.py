@@ -18,6 +18,7 @@ proven against.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from readegress.fleet.sql import (
     final_statements,
     narrowing_statements,
 )
+from readegress.forked import run_forked
 from readegress.logs.results import BadLine
 from readegress.sources.osquery_rows import (
     FILE_EVENTS,
@@ -214,10 +216,8 @@ def correlate_hosts(
         k = min(range(n), key=lambda j: (load[j], j))
         groups[k].append(host)
         load[k] += len(by_host[host])
-    if n == 1:
-        parts = [_feed_group(config, by_host, groups[0], files)]
-    else:
-        parts = _fork_groups(config, by_host, groups, files)
+    calls = [functools.partial(_feed_group, config, by_host, g, files) for g in groups]
+    parts = [calls[0]()] if n == 1 else run_forked(calls, name="readegress-feed", first_here=True)
     out = Correlated(candidates=[])
     bad: list[tuple[int, BadLine]] = []
     for part in parts:
@@ -266,65 +266,6 @@ def _feed_group(
     names = {("<stdin>" if f == "-" else f): i for i, f in enumerate(files)}
     part.bad = [(names.get(b.file, len(files)), b) for b in bad]
     return part
-
-
-def _fork_groups(
-    config: Config,
-    by_host: dict[str, list[tuple[Any, ...]]],
-    groups: list[list[str]],
-    files: Sequence[str],
-) -> list[_Part]:
-    """Group 0 here, the others in forked processes (their parts come back pickled)."""
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("fork")
-    conns = []
-    procs = []
-    for k in range(1, len(groups)):
-        parent, child = ctx.Pipe(duplex=False)
-        proc = ctx.Process(
-            target=_group_main,
-            args=(child, config, by_host, groups[k], files),
-            name=f"readegress-feed-{k}",
-            daemon=True,
-        )
-        proc.start()
-        child.close()
-        conns.append(parent)
-        procs.append(proc)
-    parts = []
-    try:
-        parts.append(_feed_group(config, by_host, groups[0], files))
-        for k, (conn, proc) in enumerate(zip(conns, procs), start=1):
-            try:
-                got = conn.recv()
-            except EOFError:
-                proc.join()
-                raise RuntimeError(f"feed job {k} died (exit code {proc.exitcode})") from None
-            if isinstance(got, BaseException):
-                raise got
-            parts.append(got)
-    finally:
-        for conn, proc in zip(conns, procs):
-            conn.close()
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-    return parts
-
-
-def _group_main(
-    conn: Any,
-    config: Config,
-    by_host: dict[str, list[tuple[Any, ...]]],
-    hosts: list[str],
-    files: Sequence[str],
-) -> None:
-    try:
-        conn.send(_feed_group(config, by_host, hosts, files))
-    except BaseException as e:  # hand it to the parent rather than die silently
-        conn.send(e)
 
 
 def reference_events(

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import zlib
 from collections.abc import Callable, Iterable
@@ -70,6 +71,7 @@ from typing import Any, Optional
 from readegress.detect.config import Config
 from readegress.detect.core import Correlator, Detection
 from readegress.detect.events import Event, sort_key
+from readegress.forked import run_forked
 from readegress.logs.results import BadLine, ReadStats, ResultsReader
 from readegress.sources.osquery_rows import RowError, event_from_row
 
@@ -319,66 +321,21 @@ def _merge(parts: list[_Part]) -> ReplayResult:
 def _run_jobs(
     paths: list[str], config: Config, fast: bool, max_lateness: float, flush_lines: int, n: int
 ) -> list[_Part]:
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("fork")
     plan = plan_jobs(paths, n)
     if plan and len(plan) < n:  # fewer hosts than jobs at the start of the logs
         n = len(plan)
         plan = {host: k for k, host in enumerate(plan)}
     if n <= 1:
         return [_replay_part(paths, config, fast, max_lateness, flush_lines, None, None)]
-    conns = []
-    procs = []
-    for k in range(n):
-        parent, child = ctx.Pipe(duplex=False)
-        proc = ctx.Process(
-            target=_job_main,
-            args=(child, paths, config, fast, max_lateness, flush_lines, (k, n, plan)),
-            name=f"readegress-replay-{k}",
-            daemon=True,
-        )
-        proc.start()
-        child.close()
-        conns.append(parent)
-        procs.append(proc)
-    parts: list[_Part] = []
-    try:
-        for k, (conn, proc) in enumerate(zip(conns, procs)):
-            try:
-                got = conn.recv()
-            except EOFError:
-                proc.join()
-                raise RuntimeError(f"replay job {k} died (exit code {proc.exitcode})") from None
-            if isinstance(got, BaseException):
-                raise got
-            parts.append(got)
-    finally:
-        for conn, proc in zip(conns, procs):
-            conn.close()
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-    return parts
-
-
-def _job_main(
-    conn: Any,
-    paths: list[str],
-    config: Config,
-    fast: bool,
-    max_lateness: float,
-    flush_lines: int,
-    job: tuple[int, int, dict[str, int]],
-) -> None:
-    try:
-        part = _replay_part(paths, config, fast, max_lateness, flush_lines, job, None)
-        conn.send(part)
-    except BaseException as e:  # hand it to the parent rather than die silently
-        conn.send(e)
-    finally:
-        conn.close()
+    return run_forked(
+        [
+            functools.partial(
+                _replay_part, paths, config, fast, max_lateness, flush_lines, (k, n, plan), None
+            )
+            for k in range(n)
+        ],
+        name="readegress-replay",
+    )
 
 
 def _replay_part(
