@@ -33,6 +33,7 @@ from typing import NamedTuple, Optional
 
 from readegress.kernel.records import ProcessIdentity, ProcessInfo
 from readegress.kernel.sockdiag import read_tcp_info
+from readegress.speedups import native as _native
 
 PROC_ROOT = "/proc"
 PF_KTHREAD = 0x00200000
@@ -329,6 +330,8 @@ class SocketInodeMap:
         self._prev_live: Collection[int] = frozenset()
         self._searched: set[int] = set()
         self._refreshes = 0
+        #: readlinkat of many fds in C (``_speedups.socket_links``) when compiled
+        self.native_links = _native is not None
         #: inode -> ((identity, fd), ...) of every socket descriptor (any family).
         self.owners: dict[int, Holders] = {}
         #: processes whose fd directory could not be listed at the last refresh.
@@ -462,6 +465,16 @@ class SocketInodeMap:
                     except OSError:  # gone since the listing
                         fresh = []
                 try:
+                    if dir_fd is not None and self.native_links:
+                        assert _native is not None
+                        # The loop below in C: cache filled, (inode, fd) of sockets back.
+                        done, socks = _native.socket_links(dir_fd, fresh, cache)
+                        readlinks += done
+                        owners = self.owners
+                        for ino, fd in socks:
+                            held = owners.get(ino)
+                            owners[ino] = ((ident, fd),) if held is None else (*held, (ident, fd))
+                        fresh = []
                     for n in fresh:
                         try:
                             link = (

@@ -1,0 +1,771 @@
+/*
+ * readegress._speedups: the compiled hot paths of the socket tables.
+ *
+ * Optional: every function here has a pure-Python twin (the reference), used
+ * when this module was not built (no compiler at install time, the .ext
+ * zipapp) or when READEGRESS_PURE=1 (see readegress/speedups.py). The twins
+ * must give the same results and the same errors for every input; the tests
+ * run both on real kernel data and a hypothesis test feeds both the same
+ * random and hostile bytes.
+ *
+ *   parse_dump(buf, end, seq, protocol, out, cls)   sock_diag dump replies
+ *       (kernel/sockdiag.py SockDiag._parse_dump)
+ *   socket_links(dir_fd, names, cache)               readlinkat of fd names
+ *       (kernel/procfs.py SocketInodeMap._scan)
+ *   socket_rows(sockets, ...)                        socket_bytes rows
+ *       (tables/socket_bytes.py SocketBytesTable.generate)
+ *   sqlite_rows(rows, kinds)                         rows as SQLite returns them
+ *       (sql/engine.py _sqlite_rows_py)
+ *   json_lines(names, rows)                          rows as SQLite json_object
+ *       (sql/engine.py Engine.query_json)
+ *
+ * Every read of outside bytes is bounds-checked against the buffer's length:
+ * a truncated or hostile reply gives the same clean result or error as the
+ * Python parser, never a read past the buffer.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <math.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#ifndef Py_NewRef /* CPython < 3.10 */
+static inline PyObject *Py_NewRef(PyObject *o) {
+    Py_INCREF(o);
+    return o;
+}
+#endif
+
+#define MSG_LEN 88
+#define TCPI_LEN 216
+#define NLMSG_ERROR 2
+#define NLMSG_DONE 3
+#define INET_DIAG_INFO 2
+#define IPPROTO_TCP_ 6
+
+static uint16_t rd16(const unsigned char *p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+static uint32_t rd32(const unsigned char *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+static uint64_t rd64(const unsigned char *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+/* ---------------------------------------------------------------- addresses
+ * Formatted address strings, cached by (family, raw bytes): a host has few
+ * local addresses and talks to few peers, so most sockets reuse a string
+ * (one object shared by every record, as the Python parser's dict cache
+ * does). Direct-mapped; a collision replaces the slot. */
+#define ADDR_SLOTS 4096
+typedef struct {
+    int family; /* 0: empty */
+    unsigned char raw[16];
+    PyObject *text;
+} addr_slot;
+static addr_slot addr_cache[ADDR_SLOTS];
+
+static PyObject *format_address(int family, const unsigned char *raw) {
+    int v4 = family == AF_INET;
+    size_t n = v4 ? 4 : 16;
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++) h = (h ^ raw[i]) * 16777619u;
+    addr_slot *slot = &addr_cache[(h ^ (uint32_t)v4) & (ADDR_SLOTS - 1)];
+    int key = v4 ? AF_INET : AF_INET6;
+    if (slot->family == key && memcmp(slot->raw, raw, n) == 0) {
+        Py_INCREF(slot->text);
+        return slot->text;
+    }
+    char text[INET6_ADDRSTRLEN];
+    if (inet_ntop(key, raw, text, sizeof text) == NULL) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return NULL;
+    }
+    PyObject *s = PyUnicode_FromString(text);
+    if (s == NULL) return NULL;
+    Py_XDECREF(slot->text);
+    slot->family = key;
+    memcpy(slot->raw, raw, n);
+    slot->text = s;
+    Py_INCREF(s);
+    return s;
+}
+
+/* ------------------------------------------------------------- parse_dump */
+
+/* tcp_info fields in record order: (offset, size) */
+static const struct {
+    int off, size;
+} tcpi_fields[7] = {{200, 8}, {120, 8}, {128, 8}, {136, 4}, {140, 4}, {44, 4}, {52, 4}};
+
+static PyObject *tcpi_field(const unsigned char *p, int size) {
+    if (size == 8) return PyLong_FromUnsignedLongLong(rd64(p));
+    return PyLong_FromUnsignedLong(rd32(p));
+}
+
+/* Fills items[11..17] (the counters) from a tcp_info of info_len bytes at p
+ * (info_len may be negative: an INFO attribute shorter than its header). */
+static int read_counters(PyObject **items, const unsigned char *p, long long info_len) {
+    if (info_len >= TCPI_LEN) {
+        uint64_t sent = rd64(p + 200), retrans = rd64(p + 208);
+        if (sent >= retrans) {
+            items[0] = PyLong_FromUnsignedLongLong(sent - retrans);
+        } else {
+            PyObject *a = PyLong_FromUnsignedLongLong(sent);
+            PyObject *b = PyLong_FromUnsignedLongLong(retrans);
+            items[0] = (a && b) ? PyNumber_Subtract(a, b) : NULL;
+            Py_XDECREF(a);
+            Py_XDECREF(b);
+        }
+        if (items[0] == NULL) return -1;
+        for (int i = 1; i < 7; i++) {
+            items[i] = tcpi_field(p + tcpi_fields[i].off, tcpi_fields[i].size);
+            if (items[i] == NULL) return -1;
+        }
+        return 0;
+    }
+    for (int i = 0; i < 7; i++) {
+        if (tcpi_fields[i].off + tcpi_fields[i].size <= info_len) {
+            items[i] = tcpi_field(p + tcpi_fields[i].off, tcpi_fields[i].size);
+            if (items[i] == NULL) return -1;
+        } else {
+            Py_INCREF(Py_None);
+            items[i] = Py_None;
+        }
+    }
+    return 0;
+}
+
+static PyObject *status(int code, long long value) { return Py_BuildValue("(iL)", code, value); }
+
+/* parse_dump(buf, end, seq, protocol, out, cls) -> (status, value)
+ *   status 0: more replies to read; 1: NLMSG_DONE seen;
+ *          2: malformed message, value = its nlmsg_len;
+ *          3: NLMSG_ERROR, value = the error code (positive errno).
+ * Records (cls instances built like tuple.__new__(cls, fields)) are appended
+ * to out as they are parsed, before any later error, as the Python parser does. */
+static PyObject *parse_dump(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t end;
+    unsigned long long seq_arg;
+    int protocol;
+    PyObject *out, *cls;
+    if (!PyArg_ParseTuple(args, "y*nKiO!O!", &view, &end, &seq_arg, &protocol, &PyList_Type, &out,
+                          &PyType_Type, &cls))
+        return NULL;
+    PyObject *result = NULL;
+    PyTypeObject *type = (PyTypeObject *)cls;
+    if (!PyType_IsSubtype(type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "cls must be a tuple subclass");
+        goto done;
+    }
+    if (end < 0 || end > view.len) {
+        PyErr_SetString(PyExc_ValueError, "end outside the buffer");
+        goto done;
+    }
+    const unsigned char *buf = view.buf;
+    const uint64_t uend = (uint64_t)end;
+    const uint32_t seq = (uint32_t)seq_arg;
+    const int is_tcp = protocol == IPPROTO_TCP_;
+    uint64_t off = 0;
+    while (off + 16 <= uend) {
+        const unsigned char *m = buf + off;
+        uint64_t ln = rd32(m);
+        uint16_t typ = rd16(m + 4);
+        uint32_t mseq = rd32(m + 8);
+        if (ln < 16 || off + ln > uend) {
+            result = status(2, (long long)ln);
+            goto done;
+        }
+        uint64_t step = (ln + 3) & ~(uint64_t)3;
+        if (mseq != seq) {
+            off += step;
+            continue;
+        }
+        if (typ == NLMSG_DONE) {
+            result = status(1, 0);
+            goto done;
+        }
+        if (typ == NLMSG_ERROR) {
+            if (ln < 20) {
+                result = status(2, (long long)ln);
+                goto done;
+            }
+            long long code = -(long long)(int32_t)rd32(m + 16);
+            if (code == 0) {
+                off += step;
+                continue;
+            }
+            result = status(3, code);
+            goto done;
+        }
+        if (ln < MSG_LEN) {
+            off += step;
+            continue;
+        }
+        int family = m[16];
+        PyObject *items[18] = {NULL};
+        int ok = 0;
+        if (is_tcp) {
+            uint64_t mend = off + ln;
+            uint64_t a = off + MSG_LEN;
+            int64_t info = -1;
+            long long info_len = 0;
+            while (a + 4 <= mend) {
+                uint16_t alen = rd16(buf + a), atype = rd16(buf + a + 2);
+                if (atype == INET_DIAG_INFO) {
+                    info = (int64_t)(a + 4);
+                    info_len = (long long)alen - 4;
+                    break;
+                }
+                if (alen < 4) break;
+                a += ((uint64_t)alen + 3) & ~(uint64_t)3;
+            }
+            if (info < 0 || (long long)info + info_len > (long long)mend) {
+                off += step; /* TIME_WAIT / request mini-socket: no tcp_info */
+                continue;
+            }
+            if (read_counters(items + 11, buf + info, info_len) < 0) goto fail;
+        } else {
+            for (int i = 11; i < 18; i++) {
+                Py_INCREF(Py_None);
+                items[i] = Py_None;
+            }
+        }
+        uint32_t c_lo = rd32(m + 60), c_hi = rd32(m + 64);
+        items[0] = PyLong_FromLong(family);
+        items[1] = PyLong_FromLong(protocol);
+        items[2] = PyLong_FromLong(m[17]);
+        items[3] = format_address(family, m + 24);
+        items[4] = PyLong_FromLong((m[20] << 8) | m[21]);
+        items[5] = items[3] ? format_address(family, m + 40) : NULL;
+        items[6] = PyLong_FromLong((m[22] << 8) | m[23]);
+        items[7] = PyLong_FromUnsignedLong(rd32(m + 84));
+        items[8] = PyLong_FromUnsignedLongLong(((uint64_t)c_hi << 32) | c_lo);
+        items[9] = PyLong_FromUnsignedLong(rd32(m + 80));
+        items[10] = PyLong_FromLong(m[18]);
+        for (int i = 0; i < 11; i++)
+            if (items[i] == NULL) goto fail;
+        PyObject *rec = type->tp_alloc(type, 18);
+        if (rec == NULL) goto fail;
+        for (int i = 0; i < 18; i++) PyTuple_SET_ITEM(rec, i, items[i]);
+        ok = 1;
+        int r = PyList_Append(out, rec);
+        Py_DECREF(rec);
+        if (r < 0) goto done;
+        off += step;
+        continue;
+    fail:
+        if (!ok)
+            for (int i = 0; i < 18; i++) Py_XDECREF(items[i]);
+        goto done;
+    }
+    result = status(0, 0);
+done:
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* ----------------------------------------------------------- socket_links */
+
+/* socket_links(dir_fd, names, cache) -> (readlinks, [(inode, fd), ...])
+ * readlinkat of each fd name (str) of an open /proc/PID/fd directory:
+ * cache[name] = the socket inode (N of "socket:[N]") or 0 for any other
+ * link; a name that cannot be read (closed since the listing) is skipped.
+ * Returns how many links were read and the (inode, int(name)) of the
+ * sockets, in names order. The same parse as procfs._socket_inode. */
+static PyObject *socket_links(PyObject *self, PyObject *args) {
+    int dir_fd;
+    PyObject *names, *cache;
+    if (!PyArg_ParseTuple(args, "iO!O!", &dir_fd, &PyList_Type, &names, &PyDict_Type, &cache))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(names);
+    PyObject *socks = PyList_New(0);
+    if (socks == NULL) return NULL;
+    long long readlinks = 0;
+    char link[256];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *name = PyList_GET_ITEM(names, i);
+        Py_ssize_t nlen;
+        const char *cname = PyUnicode_Check(name) ? PyUnicode_AsUTF8AndSize(name, &nlen) : NULL;
+        if (cname == NULL || (Py_ssize_t)strlen(cname) != nlen) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "fd names must be str without NUL");
+            goto error;
+        }
+        ssize_t got = readlinkat(dir_fd, cname, link, sizeof link - 1);
+        if (got < 0) continue;
+        readlinks++;
+        unsigned long long ino = 0;
+        /* "socket:[" digits "]"; anything else is not a socket */
+        if (got > 9 && memcmp(link, "socket:[", 8) == 0 && link[got - 1] == ']') {
+            for (ssize_t k = 8; k < got - 1; k++) {
+                if (link[k] < '0' || link[k] > '9' || ino > 100000000000000000ULL) {
+                    ino = 0;
+                    break;
+                }
+                ino = ino * 10 + (unsigned)(link[k] - '0');
+            }
+        }
+        PyObject *v = PyLong_FromUnsignedLongLong(ino);
+        if (v == NULL) goto error;
+        if (PyDict_SetItem(cache, name, v) < 0) {
+            Py_DECREF(v);
+            goto error;
+        }
+        if (ino) {
+            PyObject *fd = PyLong_FromUnicodeObject(name, 10);
+            PyObject *pair = fd ? PyTuple_Pack(2, v, fd) : NULL;
+            Py_XDECREF(fd);
+            if (pair == NULL || PyList_Append(socks, pair) < 0) {
+                Py_XDECREF(pair);
+                Py_DECREF(v);
+                goto error;
+            }
+            Py_DECREF(pair);
+        }
+        Py_DECREF(v);
+    }
+    PyObject *r = Py_BuildValue("(LN)", readlinks, socks);
+    return r;
+error:
+    Py_DECREF(socks);
+    return NULL;
+}
+
+/* ----------------------------------------------------------- socket_rows */
+
+static PyObject *s_listen, *s_outbound, *s_inbound, *s_none, *s_established, *s_unconnected,
+    *s_any4, *s_any6, *s_identity, *s_pid, *s_start_time;
+
+/* socket_rows(sockets, listeners, listen_ports, tcp_names, classes, remember, cls)
+ *   -> list of cls rows: SocketBytesTable.generate's loop (tables/socket_bytes.py)
+ * for every socket, no pid filter. sockets: ObservedSocket tuples; listeners:
+ * set of (ns, address, port); listen_ports: set of (ns, port); tcp_names:
+ * {state: name}; classes: {address: class}, filled through remember(address)
+ * on a miss. */
+static int set_has(PyObject *set, PyObject *key) {
+    int r = PySet_Contains(set, key);
+    Py_DECREF(key);
+    return r;
+}
+
+static PyObject *socket_rows(PyObject *self, PyObject *args) {
+    PyObject *sockets, *listeners, *listen_ports, *tcp_names, *classes, *remember, *cls;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!OO!", &PyTuple_Type, &sockets, &PySet_Type, &listeners,
+                          &PySet_Type, &listen_ports, &PyDict_Type, &tcp_names, &PyDict_Type,
+                          &classes, &remember, &PyType_Type, &cls))
+        return NULL;
+    PyTypeObject *type = (PyTypeObject *)cls;
+    if (!PyType_IsSubtype(type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "cls must be a tuple subclass");
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(sockets);
+    PyObject *out = PyList_New(0);
+    if (out == NULL) return NULL;
+    PyObject *middle[22] = {NULL};
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *o = PyTuple_GET_ITEM(sockets, i);
+        if (!PyTuple_Check(o) || PyTuple_GET_SIZE(o) != 5) goto bad;
+        PyObject *s = PyTuple_GET_ITEM(o, 0), *ns = PyTuple_GET_ITEM(o, 1),
+                 *owners = PyTuple_GET_ITEM(o, 2);
+        if (!PyTuple_Check(s) || PyTuple_GET_SIZE(s) != 18 || !PyTuple_Check(owners)) goto bad;
+        PyObject *protocol = PyTuple_GET_ITEM(s, 1), *state = PyTuple_GET_ITEM(s, 2),
+                 *laddr = PyTuple_GET_ITEM(s, 3), *lport = PyTuple_GET_ITEM(s, 4),
+                 *raddr = PyTuple_GET_ITEM(s, 5), *rport = PyTuple_GET_ITEM(s, 6);
+        long proto = PyLong_AsLong(protocol), st = PyLong_AsLong(state);
+        if ((proto == -1 || st == -1) && PyErr_Occurred()) goto error;
+        PyObject *state_text, *direction;
+        if (proto == IPPROTO_TCP_) {
+            state_text = PyDict_GetItemWithError(tcp_names, state);
+            if (state_text != NULL && PyObject_IsTrue(state_text) == 1) {
+                Py_INCREF(state_text);
+            } else {
+                if (PyErr_Occurred()) goto error;
+                state_text = PyObject_Str(state);
+                if (state_text == NULL) goto error;
+            }
+            int r;
+            if (st == 10) {
+                direction = s_listen;
+            } else if ((r = set_has(listen_ports, PyTuple_Pack(2, ns, lport))) <= 0) {
+                if (r < 0) goto error_state;
+                direction = s_outbound;
+            } else {
+                direction = s_outbound;
+                PyObject *cands[3] = {laddr, s_any4, s_any6};
+                for (int k = 0; k < 3; k++) {
+                    r = set_has(listeners, PyTuple_Pack(3, ns, cands[k], lport));
+                    if (r < 0) goto error_state;
+                    if (r) {
+                        direction = s_inbound;
+                        break;
+                    }
+                }
+            }
+            Py_INCREF(direction);
+            goto have_state;
+        error_state:
+            Py_DECREF(state_text);
+            goto error;
+        } else {
+            state_text = st == 1 ? s_established : s_unconnected;
+            Py_INCREF(state_text);
+            int r = PyObject_IsTrue(rport);
+            if (r < 0) {
+                Py_DECREF(state_text);
+                goto error;
+            }
+            direction = r ? s_outbound : s_none;
+            Py_INCREF(direction);
+        }
+    have_state:;
+        PyObject *klass = PyDict_GetItemWithError(classes, raddr);
+        if (klass != NULL) {
+            Py_INCREF(klass);
+        } else if (PyErr_Occurred() || (klass = PyObject_CallOneArg(remember, raddr)) == NULL) {
+            Py_DECREF(state_text);
+            Py_DECREF(direction);
+            goto error;
+        }
+        long timer = PyLong_AsLong(PyTuple_GET_ITEM(s, 10));
+        if (timer == -1 && PyErr_Occurred()) {
+            Py_DECREF(state_text);
+            Py_DECREF(direction);
+            Py_DECREF(klass);
+            goto error;
+        }
+        /* middle: inode cookie family protocol state direction laddr lport raddr
+         * rport class 7 counters keepalive first_seen age uid */
+        PyObject *borrowed[22] = {PyTuple_GET_ITEM(s, 7), PyTuple_GET_ITEM(s, 8),
+                                  PyTuple_GET_ITEM(s, 0), protocol, NULL, NULL, laddr, lport,
+                                  raddr, rport, NULL, PyTuple_GET_ITEM(s, 11),
+                                  PyTuple_GET_ITEM(s, 12), PyTuple_GET_ITEM(s, 13),
+                                  PyTuple_GET_ITEM(s, 14), PyTuple_GET_ITEM(s, 15),
+                                  PyTuple_GET_ITEM(s, 16), PyTuple_GET_ITEM(s, 17),
+                                  timer == 2 ? Py_True : Py_False, NULL, NULL,
+                                  PyTuple_GET_ITEM(s, 9)};
+        for (int k = 0; k < 22; k++) {
+            middle[k] = borrowed[k];
+            Py_XINCREF(middle[k]);
+        }
+        middle[4] = state_text;
+        middle[5] = direction;
+        middle[10] = klass;
+        middle[19] = PyNumber_Long(PyTuple_GET_ITEM(o, 3));
+        middle[20] = PyNumber_Long(PyTuple_GET_ITEM(o, 4));
+        if (middle[19] == NULL || middle[20] == NULL) goto error;
+        Py_ssize_t nown = PyTuple_GET_SIZE(owners);
+        for (Py_ssize_t w = 0; w < (nown ? nown : 1); w++) {
+            PyObject *pid = Py_None, *fd = Py_None, *start = Py_None;
+            Py_INCREF(pid);
+            Py_INCREF(fd);
+            Py_INCREF(start);
+            if (nown) {
+                PyObject *owner = PyTuple_GET_ITEM(owners, w);
+                if (!PyTuple_Check(owner) || PyTuple_GET_SIZE(owner) != 2) goto bad_row;
+                PyObject *p = PyTuple_GET_ITEM(owner, 0);
+                PyObject *ident = PyObject_GetAttr(p, s_identity);
+                if (ident == NULL) goto error_row;
+                Py_SETREF(pid, PyObject_GetAttr(ident, s_pid));
+                Py_DECREF(ident);
+                if (pid == NULL) goto error_row;
+                Py_SETREF(start, PyObject_GetAttr(p, s_start_time));
+                if (start == NULL) goto error_row;
+                Py_SETREF(fd, Py_NewRef(PyTuple_GET_ITEM(owner, 1)));
+            }
+            PyObject *row = type->tp_alloc(type, 26);
+            if (row == NULL) goto error_row;
+            PyTuple_SET_ITEM(row, 0, pid);
+            PyTuple_SET_ITEM(row, 1, fd);
+            for (int k = 0; k < 22; k++) PyTuple_SET_ITEM(row, 2 + k, Py_NewRef(middle[k]));
+            PyTuple_SET_ITEM(row, 24, start);
+            PyTuple_SET_ITEM(row, 25, Py_NewRef(ns));
+            int r = PyList_Append(out, row);
+            Py_DECREF(row);
+            if (r < 0) goto error;
+            continue;
+        bad_row:
+            PyErr_SetString(PyExc_TypeError, "an owner is not a (process, fd) pair");
+        error_row:
+            Py_XDECREF(pid);
+            Py_XDECREF(fd);
+            Py_XDECREF(start);
+            goto error;
+        }
+        for (int k = 0; k < 22; k++) Py_CLEAR(middle[k]);
+    }
+    return out;
+bad:
+    PyErr_SetString(PyExc_TypeError, "sockets must be ObservedSocket tuples");
+error:
+    for (int k = 0; k < 22; k++) Py_CLEAR(middle[k]);
+    Py_DECREF(out);
+    return NULL;
+}
+
+/* ------------------------------------------------------------ sqlite_rows */
+
+/* sqlite_rows(rows, kinds) -> list of tuples, or None.
+ * What SQLite hands back for rows stored in a table whose column affinities
+ * are kinds (bytes, one per column: b'i' INTEGER, b't' TEXT, b'r' REAL,
+ * anything else: no fast answer): bools become ints, every other value must
+ * already be what the column keeps unchanged (an int within SQLite's 64 bits
+ * in an INTEGER column, a str in a TEXT column, a float other than NaN and
+ * -0.0 in a REAL column, None anywhere). None when any
+ * value is not: the caller then lets SQLite convert. */
+static PyObject *sqlite_rows(PyObject *self, PyObject *args) {
+    PyObject *rows;
+    const char *kinds;
+    Py_ssize_t ncols;
+    if (!PyArg_ParseTuple(args, "Oy#", &rows, &kinds, &ncols)) return NULL;
+    PyObject *seq = PySequence_Fast(rows, "rows must be a sequence");
+    if (seq == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject *out = PyList_New(n);
+    if (out == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *row = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != ncols) goto fallback;
+        PyObject *t = PyTuple_New(ncols);
+        if (t == NULL) goto error;
+        PyList_SET_ITEM(out, i, t);
+        for (Py_ssize_t j = 0; j < ncols; j++) {
+            PyObject *v = PyTuple_GET_ITEM(row, j);
+            if (v == Py_None) {
+                Py_INCREF(v);
+            } else if (kinds[j] == 'i' && PyLong_Check(v)) {
+                if (PyBool_Check(v)) {
+                    v = PyLong_FromLong(v == Py_True);
+                    if (v == NULL) goto error;
+                } else if (PyLong_CheckExact(v)) {
+                    int overflow;
+                    PyLong_AsLongLongAndOverflow(v, &overflow);
+                    if (overflow) goto fallback;
+                    Py_INCREF(v);
+                } else {
+                    goto fallback;
+                }
+            } else if (kinds[j] == 't' && PyUnicode_CheckExact(v)) {
+                Py_INCREF(v);
+            } else if (kinds[j] == 'r' && PyFloat_CheckExact(v)) {
+                /* SQLite keeps a REAL as is, except NaN (stored as NULL) and
+                 * -0.0 (an integral REAL is kept as an integer: the sign goes) */
+                double d = PyFloat_AS_DOUBLE(v);
+                if (isnan(d) || (d == 0.0 && signbit(d))) goto fallback;
+                Py_INCREF(v);
+            } else {
+                goto fallback;
+            }
+            PyTuple_SET_ITEM(t, j, v);
+        }
+    }
+    Py_DECREF(seq);
+    return out;
+fallback:
+    Py_DECREF(seq);
+    Py_DECREF(out);
+    Py_RETURN_NONE;
+error:
+    Py_DECREF(seq);
+    Py_DECREF(out);
+    return NULL;
+}
+
+/* ------------------------------------------------------------- json_lines */
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+} sbuf;
+
+static int sb_grow(sbuf *b, size_t more) {
+    if (b->len + more <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 1 << 16;
+    while (cap < b->len + more) cap *= 2;
+    char *p = PyMem_Realloc(b->p, cap);
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static int sb_put(sbuf *b, const char *s, size_t n) {
+    if (sb_grow(b, n) < 0) return -1;
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    return 0;
+}
+
+/* A JSON string as SQLite's json_object writes it: '"' and '\\' escaped,
+ * \b \t \n \f \r short, other control characters \u00xx, the rest raw UTF-8.
+ * 1 when the text cannot be UTF-8 (lone surrogates): no fast answer. */
+static int sb_json_string(sbuf *b, PyObject *s) {
+    Py_ssize_t n;
+    const char *u = PyUnicode_AsUTF8AndSize(s, &n);
+    if (u == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+            PyErr_Clear();
+            return 1;
+        }
+        return -1;
+    }
+    if (sb_grow(b, (size_t)n * 6 + 2) < 0) return -1;
+    char *o = b->p + b->len;
+    *o++ = '"';
+    static const char hex[] = "0123456789abcdef";
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)u[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *o++ = (char)c;
+            continue;
+        }
+        *o++ = '\\';
+        switch (c) {
+        case '"': *o++ = '"'; break;
+        case '\\': *o++ = '\\'; break;
+        case '\b': *o++ = 'b'; break;
+        case '\t': *o++ = 't'; break;
+        case '\n': *o++ = 'n'; break;
+        case '\f': *o++ = 'f'; break;
+        case '\r': *o++ = 'r'; break;
+        default:
+            *o++ = 'u';
+            *o++ = '0';
+            *o++ = '0';
+            *o++ = hex[c >> 4];
+            *o++ = hex[c & 15];
+        }
+    }
+    *o++ = '"';
+    b->len = (size_t)(o - b->p);
+    return 0;
+}
+
+/* json_lines(names, rows) -> str or None: each row as SQLite's
+ * json_object(name, value, ...) text, one per line, each line ending in
+ * "\n". Values: None, int (64-bit), str. None when anything else comes
+ * (a float: SQLite prints REAL its own way), a name repeats is the
+ * caller's business. */
+static PyObject *json_lines(PyObject *self, PyObject *args) {
+    PyObject *names, *rows;
+    if (!PyArg_ParseTuple(args, "O!O", &PyList_Type, &names, &rows)) return NULL;
+    PyObject *seq = PySequence_Fast(rows, "rows must be a sequence");
+    if (seq == NULL) return NULL;
+    Py_ssize_t ncols = PyList_GET_SIZE(names);
+    sbuf keys = {0}, b = {0};
+    size_t *key_end = PyMem_Calloc((size_t)ncols + 1, sizeof *key_end);
+    PyObject *result = NULL;
+    int r;
+    if (key_end == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* '"name":' once per column, in the key buffer */
+    for (Py_ssize_t j = 0; j < ncols; j++) {
+        PyObject *name = PyList_GET_ITEM(names, j);
+        if (!PyUnicode_Check(name)) goto fallback;
+        if ((r = sb_json_string(&keys, name)) != 0) goto stop;
+        if (sb_put(&keys, ":", 1) < 0) goto done;
+        key_end[j + 1] = keys.len;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    char num[32];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *row = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != ncols) goto fallback;
+        if (sb_put(&b, "{", 1) < 0) goto done;
+        for (Py_ssize_t j = 0; j < ncols; j++) {
+            if (j && sb_put(&b, ",", 1) < 0) goto done;
+            if (sb_put(&b, keys.p + key_end[j], key_end[j + 1] - key_end[j]) < 0) goto done;
+            PyObject *v = PyTuple_GET_ITEM(row, j);
+            if (v == Py_None) {
+                if (sb_put(&b, "null", 4) < 0) goto done;
+            } else if (PyLong_CheckExact(v)) {
+                int overflow;
+                long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+                if (overflow) goto fallback;
+                int k = snprintf(num, sizeof num, "%lld", x);
+                if (sb_put(&b, num, (size_t)k) < 0) goto done;
+            } else if (PyUnicode_CheckExact(v)) {
+                if ((r = sb_json_string(&b, v)) != 0) goto stop;
+            } else {
+                goto fallback;
+            }
+        }
+        if (sb_put(&b, "}\n", 2) < 0) goto done;
+    }
+    result = PyUnicode_DecodeUTF8(b.p ? b.p : "", (Py_ssize_t)b.len, "strict");
+    goto done;
+stop:
+    if (r < 0) goto done;
+fallback:
+    Py_INCREF(Py_None);
+    result = Py_None;
+done:
+    Py_DECREF(seq);
+    PyMem_Free(key_end);
+    PyMem_Free(keys.p);
+    PyMem_Free(b.p);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"parse_dump", parse_dump, METH_VARARGS,
+     "parse_dump(buf, end, seq, protocol, out, cls) -> (status, value): one recv of a "
+     "sock_diag dump (see readegress.kernel.sockdiag)."},
+    {"socket_links", socket_links, METH_VARARGS,
+     "socket_links(dir_fd, names, cache) -> (readlinks, [(inode, fd)]): readlinkat of fd names."},
+    {"socket_rows", socket_rows, METH_VARARGS,
+     "socket_rows(sockets, listeners, listen_ports, tcp_names, classes, remember, cls) -> rows."},
+    {"sqlite_rows", sqlite_rows, METH_VARARGS,
+     "sqlite_rows(rows, kinds) -> list of tuples or None: rows as SQLite returns them."},
+    {"json_lines", json_lines, METH_VARARGS,
+     "json_lines(names, rows) -> str or None: rows as SQLite json_object lines."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "readegress._speedups",
+    "Compiled hot paths of readegress's socket tables (optional; see readegress.speedups).", -1,
+    methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__speedups(void) {
+    struct {
+        PyObject **slot;
+        const char *text;
+    } strings[] = {
+        {&s_listen, "listen"},           {&s_outbound, "outbound"},
+        {&s_inbound, "inbound"},         {&s_none, "none"},
+        {&s_established, "ESTABLISHED"}, {&s_unconnected, "UNCONNECTED"},
+        {&s_any4, "0.0.0.0"},            {&s_any6, "::"},
+        {&s_identity, "identity"},       {&s_pid, "pid"},
+        {&s_start_time, "start_time"},
+    };
+    for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++) {
+        if (*strings[i].slot == NULL) *strings[i].slot = PyUnicode_InternFromString(strings[i].text);
+        if (*strings[i].slot == NULL) return NULL;
+    }
+    return PyModule_Create(&module);
+}

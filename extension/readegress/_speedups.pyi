@@ -1,0 +1,21 @@
+# Types of the compiled accelerator (_speedups.c); see readegress/speedups.py.
+from collections.abc import Sequence
+from typing import Any, Optional
+
+def parse_dump(
+    buf: bytes | bytearray | memoryview, end: int, seq: int, protocol: int, out: list[Any], cls: type[tuple[Any, ...]]
+) -> tuple[int, int]: ...
+def socket_links(
+    dir_fd: int, names: list[str], cache: dict[str, int]
+) -> tuple[int, list[tuple[int, int]]]: ...
+def sqlite_rows(rows: Sequence[tuple[Any, ...]], kinds: bytes) -> Optional[list[tuple[Any, ...]]]: ...
+def json_lines(names: list[str], rows: Sequence[tuple[Any, ...]]) -> Optional[str]: ...
+def socket_rows(
+    sockets: tuple[Any, ...],
+    listeners: set[tuple[int, str, int]],
+    listen_ports: set[tuple[int, int]],
+    tcp_names: dict[int, str],
+    classes: dict[str, str],
+    remember: Any,
+    cls: type[tuple[Any, ...]],
+) -> list[Any]: ...
