@@ -12,6 +12,8 @@
  *       (kernel/sockdiag.py SockDiag._parse_dump)
  *   socket_links(dir_fd, names, cache)               readlinkat of fd names
  *       (kernel/procfs.py SocketInodeMap._scan)
+ *   observe(dumps, ...)                              owners and ages of a poll
+ *       (kernel/monitor.py SocketMonitor._observe)
  *   socket_rows(sockets, ...)                        socket_bytes rows
  *       (tables/socket_bytes.py SocketBytesTable.generate)
  *   sqlite_rows(rows, kinds)                         rows as SQLite returns them
@@ -518,6 +520,218 @@ error:
     return NULL;
 }
 
+/* ---------------------------------------------------------------- observe */
+
+/* observe(dumps, now, uptime, owners_index, old_seen, reuse, owners_of,
+ *         observed_cls, tracked_cls, owner_cls) -> (observed, seen, unresolved)
+ * SocketMonitor._observe's loop (kernel/monitor.py), the same records. A
+ * single holder's owner tuple is built here when owners_of already resolved
+ * its identity object in this call (owners_of(holders) returns () or
+ * ((info, fd),) for one holder, info depending on the identity alone within
+ * a poll); memo: id(identity) -> (identity, info or None). */
+static PyObject *observe(PyObject *self, PyObject *args) {
+    PyObject *dumps, *owners_index, *old_seen, *owners_of, *obs_cls, *tracked_cls, *owner_cls;
+    PyObject *now_arg;
+    double now, uptime;
+    int reuse;
+    if (!PyArg_ParseTuple(args, "O!OdO!O!pOO!O!O!", &PyList_Type, &dumps, &now_arg, &uptime,
+                          &PyDict_Type, &owners_index, &PyDict_Type, &old_seen, &reuse, &owners_of,
+                          &PyType_Type, &obs_cls, &PyType_Type, &tracked_cls, &PyType_Type,
+                          &owner_cls))
+        return NULL;
+    PyTypeObject *obs_t = (PyTypeObject *)obs_cls, *tracked_t = (PyTypeObject *)tracked_cls,
+                 *owner_t = (PyTypeObject *)owner_cls;
+    if (!PyType_IsSubtype(obs_t, &PyTuple_Type) || !PyType_IsSubtype(tracked_t, &PyTuple_Type) ||
+        !PyType_IsSubtype(owner_t, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "record classes must be tuple subclasses");
+        return NULL;
+    }
+    now = PyFloat_AsDouble(now_arg);
+    if (now == -1.0 && PyErr_Occurred()) return NULL;
+    /* first_seen of a new socket: the caller's clock value itself */
+    PyObject *out = PyList_New(0), *seen = PyDict_New(), *now_obj = Py_NewRef(now_arg);
+    PyObject *empty = PyTuple_New(0);
+    PyObject *memo = PyDict_New();
+    long long unresolved = 0;
+    if (!out || !seen || !now_obj || !empty || !memo) goto error;
+    for (Py_ssize_t d = 0; d < PyList_GET_SIZE(dumps); d++) {
+        PyObject *pair = PyList_GET_ITEM(dumps, d);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+            !PyList_Check(PyTuple_GET_ITEM(pair, 1))) {
+            PyErr_SetString(PyExc_TypeError, "dumps must be (namespace, [SocketInfo]) pairs");
+            goto error;
+        }
+        PyObject *ns = PyTuple_GET_ITEM(pair, 0), *socks = PyTuple_GET_ITEM(pair, 1);
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(socks); i++) {
+            PyObject *s = PyList_GET_ITEM(socks, i);
+            if (!PyTuple_Check(s) || PyTuple_GET_SIZE(s) != 18) {
+                PyErr_SetString(PyExc_TypeError, "sockets must be SocketInfo tuples");
+                goto error;
+            }
+            PyObject *cookie = PyTuple_GET_ITEM(s, 8);
+            PyObject *prev = PyDict_GetItemWithError(old_seen, cookie);
+            if (prev == NULL && PyErr_Occurred()) goto error;
+            if (prev != NULL && (!PyTuple_Check(prev) || PyTuple_GET_SIZE(prev) != 6)) {
+                PyErr_SetString(PyExc_TypeError, "tracked records must be 6-tuples");
+                goto error;
+            }
+            PyObject *fs_obj = prev == NULL ? now_obj : PyTuple_GET_ITEM(prev, 0);
+            double fs = PyFloat_AsDouble(fs_obj);
+            if (fs == -1.0 && PyErr_Occurred()) goto error;
+            double age = now - fs;
+            PyObject *ls = PyTuple_GET_ITEM(s, 16), *lr = PyTuple_GET_ITEM(s, 17);
+            if (ls != Py_None) {
+                double lsd = PyLong_AsDouble(ls);
+                double lrd = lr == Py_None ? 0.0 : PyLong_AsDouble(lr);
+                if (PyErr_Occurred()) goto error;
+                double idle = (lsd > lrd ? lsd : lrd) / 1000.0;
+                if (idle > uptime) idle = uptime;
+                if (idle > age) age = idle;
+            }
+            PyObject *inode = PyTuple_GET_ITEM(s, 7);
+            int has_inode = PyObject_IsTrue(inode);
+            if (has_inode < 0) goto error;
+            PyObject *holders = NULL;
+            if (has_inode) {
+                holders = PyDict_GetItemWithError(owners_index, inode);
+                if (holders == NULL && PyErr_Occurred()) goto error;
+            }
+            PyObject *owners; /* new reference */
+            if (holders == NULL) {
+                owners = Py_NewRef(empty);
+                unresolved++;
+            } else {
+                if (reuse && prev != NULL && PyTuple_GET_ITEM(prev, 5) == holders) {
+                    owners = Py_NewRef(PyTuple_GET_ITEM(prev, 1));
+                } else {
+                    /* one (identity, fd) holder whose identity was resolved: no call */
+                    PyObject *one = NULL, *known = NULL, *key = NULL;
+                    if (PyTuple_Check(holders) && PyTuple_GET_SIZE(holders) == 1 &&
+                        PyTuple_Check(PyTuple_GET_ITEM(holders, 0)) &&
+                        PyTuple_GET_SIZE(PyTuple_GET_ITEM(holders, 0)) == 2) {
+                        one = PyTuple_GET_ITEM(holders, 0);
+                        key = PyLong_FromVoidPtr(PyTuple_GET_ITEM(one, 0));
+                        if (key == NULL) goto error;
+                        known = PyDict_GetItemWithError(memo, key);
+                        if (known == NULL && PyErr_Occurred()) {
+                            Py_DECREF(key);
+                            goto error;
+                        }
+                    }
+                    if (known != NULL) {
+                        Py_DECREF(key);
+                        PyObject *last_info = PyTuple_GET_ITEM(known, 1);
+                    if (last_info == Py_None) {
+                        owners = Py_NewRef(empty);
+                    } else {
+                        PyObject *owner = owner_t->tp_alloc(owner_t, 2);
+                        owners = owner ? PyTuple_New(1) : NULL;
+                        if (owners == NULL) {
+                            Py_XDECREF(owner);
+                            goto error;
+                        }
+                        PyTuple_SET_ITEM(owner, 0, Py_NewRef(last_info));
+                        PyTuple_SET_ITEM(owner, 1, Py_NewRef(PyTuple_GET_ITEM(one, 1)));
+                        PyTuple_SET_ITEM(owners, 0, owner);
+                    }
+                    } else {
+                    owners = PyObject_CallOneArg(owners_of, holders);
+                    if (owners == NULL || !PyTuple_Check(owners)) {
+                        if (owners != NULL)
+                            PyErr_SetString(PyExc_TypeError, "owners_of must return a tuple");
+                        Py_XDECREF(owners);
+                        Py_XDECREF(key);
+                        goto error;
+                    }
+                    if (key != NULL && PyTuple_GET_SIZE(owners) <= 1) {
+                        PyObject *info = Py_None;
+                        if (PyTuple_GET_SIZE(owners) == 1) {
+                            PyObject *o = PyTuple_GET_ITEM(owners, 0);
+                            info = PyTuple_Check(o) && PyTuple_GET_SIZE(o) == 2
+                                       ? PyTuple_GET_ITEM(o, 0)
+                                       : NULL; /* not an (info, fd) pair: not memoised */
+                        }
+                        PyObject *entry =
+                            info ? PyTuple_Pack(2, PyTuple_GET_ITEM(one, 0), info) : NULL;
+                        if (info && (entry == NULL || PyDict_SetItem(memo, key, entry) < 0)) {
+                            Py_XDECREF(entry);
+                            Py_DECREF(key);
+                            Py_DECREF(owners);
+                            goto error;
+                        }
+                        Py_XDECREF(entry);
+                    }
+                    Py_XDECREF(key);
+                    }
+                }
+                if (PyTuple_GET_SIZE(owners) == 0) unresolved++;
+            }
+            PyObject *age_obj = PyFloat_FromDouble(age);
+            PyObject *rec = age_obj ? obs_t->tp_alloc(obs_t, 5) : NULL;
+            if (rec == NULL) {
+                Py_XDECREF(age_obj);
+                Py_DECREF(owners);
+                goto error;
+            }
+            PyTuple_SET_ITEM(rec, 0, Py_NewRef(s));
+            PyTuple_SET_ITEM(rec, 1, Py_NewRef(ns));
+            PyTuple_SET_ITEM(rec, 2, Py_NewRef(owners));
+            PyTuple_SET_ITEM(rec, 3, Py_NewRef(fs_obj));
+            PyTuple_SET_ITEM(rec, 4, age_obj);
+            int r = PyList_Append(out, rec);
+            Py_DECREF(rec);
+            if (r < 0) {
+                Py_DECREF(owners);
+                goto error;
+            }
+            PyObject *sent = PyTuple_GET_ITEM(s, 11), *received = PyTuple_GET_ITEM(s, 13);
+            PyObject *holders_obj = holders ? holders : Py_None;
+            int same = 0;
+            if (prev != NULL && PyTuple_GET_ITEM(prev, 1) == owners &&
+                PyTuple_GET_ITEM(prev, 5) == holders_obj) {
+                same = PyObject_RichCompareBool(PyTuple_GET_ITEM(prev, 3), sent, Py_EQ);
+                if (same == 1)
+                    same = PyObject_RichCompareBool(PyTuple_GET_ITEM(prev, 4), received, Py_EQ);
+                if (same < 0) {
+                    Py_DECREF(owners);
+                    goto error;
+                }
+            }
+            PyObject *tracked;
+            if (same) {
+                tracked = Py_NewRef(prev);
+            } else {
+                tracked = tracked_t->tp_alloc(tracked_t, 6);
+                if (tracked == NULL) {
+                    Py_DECREF(owners);
+                    goto error;
+                }
+                PyTuple_SET_ITEM(tracked, 0, Py_NewRef(fs_obj));
+                PyTuple_SET_ITEM(tracked, 1, Py_NewRef(owners));
+                PyTuple_SET_ITEM(tracked, 2, Py_NewRef(PyTuple_GET_ITEM(s, 9)));
+                PyTuple_SET_ITEM(tracked, 3, Py_NewRef(sent));
+                PyTuple_SET_ITEM(tracked, 4, Py_NewRef(received));
+                PyTuple_SET_ITEM(tracked, 5, Py_NewRef(holders_obj));
+            }
+            Py_DECREF(owners);
+            r = PyDict_SetItem(seen, cookie, tracked);
+            Py_DECREF(tracked);
+            if (r < 0) goto error;
+        }
+    }
+    Py_DECREF(now_obj);
+    Py_DECREF(empty);
+    Py_DECREF(memo);
+    return Py_BuildValue("(NNL)", out, seen, unresolved);
+error:
+    Py_XDECREF(out);
+    Py_XDECREF(seen);
+    Py_XDECREF(now_obj);
+    Py_XDECREF(empty);
+    Py_XDECREF(memo);
+    return NULL;
+}
+
 /* ------------------------------------------------------------ sqlite_rows */
 
 /* sqlite_rows(rows, kinds) -> list of tuples, or None.
@@ -620,20 +834,27 @@ static int sb_put(sbuf *b, const char *s, size_t n) {
 /* A JSON string as SQLite's json_object writes it: '"' and '\\' escaped,
  * \b \t \n \f \r short, other control characters \u00xx, the rest raw UTF-8.
  * 1 when the text cannot be UTF-8 (lone surrogates): no fast answer. */
-static int sb_json_string(sbuf *b, PyObject *s) {
+static const char hexdigits[] = "0123456789abcdef";
+static int sb_json_string(sbuf *b, PyObject *s, int *ascii) {
     Py_ssize_t n;
-    const char *u = PyUnicode_AsUTF8AndSize(s, &n);
-    if (u == NULL) {
-        if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
-            PyErr_Clear();
-            return 1;
+    const char *u;
+    if (PyUnicode_IS_ASCII(s)) {
+        u = (const char *)PyUnicode_DATA(s);
+        n = PyUnicode_GET_LENGTH(s);
+    } else {
+        u = PyUnicode_AsUTF8AndSize(s, &n);
+        if (u == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+                PyErr_Clear();
+                return 1;
+            }
+            return -1;
         }
-        return -1;
+        *ascii = 0;
     }
     if (sb_grow(b, (size_t)n * 6 + 2) < 0) return -1;
     char *o = b->p + b->len;
     *o++ = '"';
-    static const char hex[] = "0123456789abcdef";
     for (Py_ssize_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)u[i];
         if (c >= 0x20 && c != '"' && c != '\\') {
@@ -653,13 +874,26 @@ static int sb_json_string(sbuf *b, PyObject *s) {
             *o++ = 'u';
             *o++ = '0';
             *o++ = '0';
-            *o++ = hex[c >> 4];
-            *o++ = hex[c & 15];
+            *o++ = hexdigits[c >> 4];
+            *o++ = hexdigits[c & 15];
         }
     }
     *o++ = '"';
     b->len = (size_t)(o - b->p);
     return 0;
+}
+
+/* Decimal text of a 64-bit integer (what SQLite prints for an INTEGER). */
+static int sb_int(sbuf *b, long long x) {
+    char tmp[24];
+    char *e = tmp + sizeof tmp, *p = e;
+    unsigned long long u = x < 0 ? 0ULL - (unsigned long long)x : (unsigned long long)x;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (x < 0) *--p = '-';
+    return sb_put(b, p, (size_t)(e - p));
 }
 
 /* json_lines(names, rows) -> str or None: each row as SQLite's
@@ -674,6 +908,7 @@ static PyObject *json_lines(PyObject *self, PyObject *args) {
     if (seq == NULL) return NULL;
     Py_ssize_t ncols = PyList_GET_SIZE(names);
     sbuf keys = {0}, b = {0};
+    int ascii = 1;
     size_t *key_end = PyMem_Calloc((size_t)ncols + 1, sizeof *key_end);
     PyObject *result = NULL;
     int r;
@@ -685,12 +920,11 @@ static PyObject *json_lines(PyObject *self, PyObject *args) {
     for (Py_ssize_t j = 0; j < ncols; j++) {
         PyObject *name = PyList_GET_ITEM(names, j);
         if (!PyUnicode_Check(name)) goto fallback;
-        if ((r = sb_json_string(&keys, name)) != 0) goto stop;
+        if ((r = sb_json_string(&keys, name, &ascii)) != 0) goto stop;
         if (sb_put(&keys, ":", 1) < 0) goto done;
         key_end[j + 1] = keys.len;
     }
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    char num[32];
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *row = PySequence_Fast_GET_ITEM(seq, i);
         if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != ncols) goto fallback;
@@ -705,17 +939,21 @@ static PyObject *json_lines(PyObject *self, PyObject *args) {
                 int overflow;
                 long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
                 if (overflow) goto fallback;
-                int k = snprintf(num, sizeof num, "%lld", x);
-                if (sb_put(&b, num, (size_t)k) < 0) goto done;
+                if (sb_int(&b, x) < 0) goto done;
             } else if (PyUnicode_CheckExact(v)) {
-                if ((r = sb_json_string(&b, v)) != 0) goto stop;
+                if ((r = sb_json_string(&b, v, &ascii)) != 0) goto stop;
             } else {
                 goto fallback;
             }
         }
         if (sb_put(&b, "}\n", 2) < 0) goto done;
     }
-    result = PyUnicode_DecodeUTF8(b.p ? b.p : "", (Py_ssize_t)b.len, "strict");
+    if (ascii) { /* every byte is ASCII: copy, no UTF-8 decoding */
+        result = PyUnicode_New((Py_ssize_t)b.len, 127);
+        if (result != NULL && b.len) memcpy(PyUnicode_DATA(result), b.p, b.len);
+    } else {
+        result = PyUnicode_DecodeUTF8(b.p ? b.p : "", (Py_ssize_t)b.len, "strict");
+    }
     goto done;
 stop:
     if (r < 0) goto done;
@@ -738,6 +976,9 @@ static PyMethodDef methods[] = {
      "socket_links(dir_fd, names, cache) -> (readlinks, [(inode, fd)]): readlinkat of fd names."},
     {"socket_rows", socket_rows, METH_VARARGS,
      "socket_rows(sockets, listeners, listen_ports, tcp_names, classes, remember, cls) -> rows."},
+    {"observe", observe, METH_VARARGS,
+     "observe(dumps, now, uptime, owners_index, old_seen, reuse, owners_of, observed_cls, "
+     "tracked_cls, owner_cls) -> (observed, seen, unresolved)."},
     {"sqlite_rows", sqlite_rows, METH_VARARGS,
      "sqlite_rows(rows, kinds) -> list of tuples or None: rows as SQLite returns them."},
     {"json_lines", json_lines, METH_VARARGS,

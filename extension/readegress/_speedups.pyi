@@ -19,3 +19,15 @@ def socket_rows(
     remember: Any,
     cls: type[tuple[Any, ...]],
 ) -> list[Any]: ...
+def observe(
+    dumps: list[tuple[int, list[Any]]],
+    now: float,
+    uptime: float,
+    owners_index: dict[int, Any],
+    old_seen: dict[int, Any],
+    reuse: bool,
+    owners_of: Any,
+    observed_cls: type[tuple[Any, ...]],
+    tracked_cls: type[tuple[Any, ...]],
+    owner_cls: type[tuple[Any, ...]],
+) -> tuple[list[Any], dict[int, Any], int]: ...
