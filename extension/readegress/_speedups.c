@@ -18,7 +18,7 @@
  *       (tables/socket_bytes.py SocketBytesTable.generate)
  *   sqlite_rows(rows, kinds)                         rows as SQLite returns them
  *       (sql/engine.py _sqlite_rows_py)
- *   json_lines(names, rows)                          rows as SQLite json_object
+ *   json_lines(names, rows, kinds)                   rows as SQLite json_object
  *       (sql/engine.py Engine.query_json)
  *
  * Every read of outside bytes is bounds-checked against the buffer's length:
@@ -805,21 +805,29 @@ error:
 
 /* ------------------------------------------------------------- json_lines */
 
+/* A growing buffer; with bytes set, the storage is that bytes object (the
+ * result is handed out without a copy). */
 typedef struct {
     char *p;
     size_t len, cap;
+    PyObject *bytes;
 } sbuf;
 
 static int sb_grow(sbuf *b, size_t more) {
     if (b->len + more <= b->cap) return 0;
     size_t cap = b->cap ? b->cap : 1 << 16;
     while (cap < b->len + more) cap *= 2;
-    char *p = PyMem_Realloc(b->p, cap);
-    if (p == NULL) {
-        PyErr_NoMemory();
-        return -1;
+    if (b->bytes != NULL) {
+        if (_PyBytes_Resize(&b->bytes, (Py_ssize_t)cap) < 0) return -1;
+        b->p = PyBytes_AS_STRING(b->bytes);
+    } else {
+        char *p = PyMem_Realloc(b->p, cap);
+        if (p == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        b->p = p;
     }
-    b->p = p;
     b->cap = cap;
     return 0;
 }
@@ -835,7 +843,7 @@ static int sb_put(sbuf *b, const char *s, size_t n) {
  * \b \t \n \f \r short, other control characters \u00xx, the rest raw UTF-8.
  * 1 when the text cannot be UTF-8 (lone surrogates): no fast answer. */
 static const char hexdigits[] = "0123456789abcdef";
-static int sb_json_string(sbuf *b, PyObject *s, int *ascii) {
+static int sb_json_string(sbuf *b, PyObject *s) {
     Py_ssize_t n;
     const char *u;
     if (PyUnicode_IS_ASCII(s)) {
@@ -850,7 +858,6 @@ static int sb_json_string(sbuf *b, PyObject *s, int *ascii) {
             }
             return -1;
         }
-        *ascii = 0;
     }
     if (sb_grow(b, (size_t)n * 6 + 2) < 0) return -1;
     char *o = b->p + b->len;
@@ -896,19 +903,34 @@ static int sb_int(sbuf *b, long long x) {
     return sb_put(b, p, (size_t)(e - p));
 }
 
-/* json_lines(names, rows) -> str or None: each row as SQLite's
- * json_object(name, value, ...) text, one per line, each line ending in
- * "\n". Values: None, int (64-bit), str. None when anything else comes
- * (a float: SQLite prints REAL its own way), a name repeats is the
+/* json_lines(names, rows, kinds) -> bytes or None: each row, as stored in a
+ * table of column affinities kinds (see sqlite_rows), as SQLite's
+ * json_object(name, value, ...) writes it (UTF-8), one per line, each line
+ * ending in "\n". Values: None, a bool (1/0) or a 64-bit int in an INTEGER column, a
+ * str in a TEXT column. None for anything else (a float: SQLite prints REAL
+ * its own way; a value the column would convert). Unique names are the
  * caller's business. */
 static PyObject *json_lines(PyObject *self, PyObject *args) {
     PyObject *names, *rows;
-    if (!PyArg_ParseTuple(args, "O!O", &PyList_Type, &names, &rows)) return NULL;
+    const char *kinds;
+    Py_ssize_t nkinds;
+    if (!PyArg_ParseTuple(args, "O!Oy#", &PyList_Type, &names, &rows, &kinds, &nkinds))
+        return NULL;
+    if (nkinds != PyList_GET_SIZE(names)) {
+        PyErr_SetString(PyExc_ValueError, "one kind per name");
+        return NULL;
+    }
     PyObject *seq = PySequence_Fast(rows, "rows must be a sequence");
     if (seq == NULL) return NULL;
     Py_ssize_t ncols = PyList_GET_SIZE(names);
     sbuf keys = {0}, b = {0};
-    int ascii = 1;
+    b.bytes = PyBytes_FromStringAndSize(NULL, 1 << 16);
+    if (b.bytes == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    b.p = PyBytes_AS_STRING(b.bytes);
+    b.cap = 1 << 16;
     size_t *key_end = PyMem_Calloc((size_t)ncols + 1, sizeof *key_end);
     PyObject *result = NULL;
     int r;
@@ -920,11 +942,13 @@ static PyObject *json_lines(PyObject *self, PyObject *args) {
     for (Py_ssize_t j = 0; j < ncols; j++) {
         PyObject *name = PyList_GET_ITEM(names, j);
         if (!PyUnicode_Check(name)) goto fallback;
-        if ((r = sb_json_string(&keys, name, &ascii)) != 0) goto stop;
+        if ((r = sb_json_string(&keys, name)) != 0) goto stop;
         if (sb_put(&keys, ":", 1) < 0) goto done;
         key_end[j + 1] = keys.len;
     }
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    /* a row's keys and its punctuation, plus ~8 bytes a value */
+    if (sb_grow(&b, (size_t)n * (keys.len + (size_t)ncols * 9 + 3)) < 0) goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *row = PySequence_Fast_GET_ITEM(seq, i);
         if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != ncols) goto fallback;
@@ -935,25 +959,24 @@ static PyObject *json_lines(PyObject *self, PyObject *args) {
             PyObject *v = PyTuple_GET_ITEM(row, j);
             if (v == Py_None) {
                 if (sb_put(&b, "null", 4) < 0) goto done;
-            } else if (PyLong_CheckExact(v)) {
+            } else if (kinds[j] == 'i' && PyBool_Check(v)) {
+                if (sb_put(&b, v == Py_True ? "1" : "0", 1) < 0) goto done;
+            } else if (kinds[j] == 'i' && PyLong_CheckExact(v)) {
                 int overflow;
                 long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
                 if (overflow) goto fallback;
                 if (sb_int(&b, x) < 0) goto done;
-            } else if (PyUnicode_CheckExact(v)) {
-                if ((r = sb_json_string(&b, v, &ascii)) != 0) goto stop;
+            } else if (kinds[j] == 't' && PyUnicode_CheckExact(v)) {
+                if ((r = sb_json_string(&b, v)) != 0) goto stop;
             } else {
                 goto fallback;
             }
         }
         if (sb_put(&b, "}\n", 2) < 0) goto done;
     }
-    if (ascii) { /* every byte is ASCII: copy, no UTF-8 decoding */
-        result = PyUnicode_New((Py_ssize_t)b.len, 127);
-        if (result != NULL && b.len) memcpy(PyUnicode_DATA(result), b.p, b.len);
-    } else {
-        result = PyUnicode_DecodeUTF8(b.p ? b.p : "", (Py_ssize_t)b.len, "strict");
-    }
+    if (_PyBytes_Resize(&b.bytes, (Py_ssize_t)b.len) < 0) goto done;
+    result = b.bytes; /* the buffer itself: no copy */
+    b.bytes = NULL;
     goto done;
 stop:
     if (r < 0) goto done;
@@ -964,7 +987,7 @@ done:
     Py_DECREF(seq);
     PyMem_Free(key_end);
     PyMem_Free(keys.p);
-    PyMem_Free(b.p);
+    Py_XDECREF(b.bytes);
     return result;
 }
 
@@ -982,7 +1005,7 @@ static PyMethodDef methods[] = {
     {"sqlite_rows", sqlite_rows, METH_VARARGS,
      "sqlite_rows(rows, kinds) -> list of tuples or None: rows as SQLite returns them."},
     {"json_lines", json_lines, METH_VARARGS,
-     "json_lines(names, rows) -> str or None: rows as SQLite json_object lines."},
+     "json_lines(names, rows, kinds) -> bytes or None: rows as SQLite json_object lines."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -22,7 +22,6 @@ constructor argument only so tests can point at fake content.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import socket
@@ -640,6 +639,8 @@ class PidfdGetfd:
     """``pidfd_getfd(2)`` through libc's ``syscall`` (Python has no wrapper)."""
 
     def __init__(self) -> None:
+        import ctypes  # here: ~2 ms of imports a `readegress query` does not need
+
         self._syscall: Optional[Callable[..., int]] = None
         try:
             libc = ctypes.CDLL(None, use_errno=True)
@@ -651,6 +652,8 @@ class PidfdGetfd:
         self.works = self._syscall is not None and hasattr(os, "pidfd_open")
 
     def __call__(self, pidfd: int, fd: int) -> int:
+        import ctypes
+
         if self._syscall is None:
             raise OSError(errno.ENOSYS, "pidfd_getfd unavailable")
         r = self._syscall(
@@ -728,7 +731,11 @@ def std_socket_state(
     owner is waiting, so the duplicate is never its last reference). Any
     failure yields fewer entries, never an exception.
     """
-    getfd = getfd or _GETFD
+    global _GETFD
+    if getfd is None:
+        if _GETFD is None:
+            _GETFD = PidfdGetfd()
+        getfd = _GETFD
     out: list[tuple[int, Optional[int]]] = []
     if not getfd.works:
         return ()
@@ -766,4 +773,5 @@ def std_socket_state(
     return tuple(out)
 
 
-_GETFD = PidfdGetfd()
+#: built at the first std_socket_state without its own (ctypes is imported then)
+_GETFD: Optional[PidfdGetfd] = None

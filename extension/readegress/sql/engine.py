@@ -414,26 +414,24 @@ class Engine:
                         self.db.execute(f'DROP TABLE IF EXISTS temp."{name}"')
         return names, rows
 
-    def query_json_text(self, sql: str) -> str | None:
-        """:meth:`query_json` as one text, each line ending in a newline. A full
-        scan (see the module notes) is encoded by the compiled accelerator when
-        it is there (``_speedups.json_lines``: what ``json_object`` writes, byte
-        for byte), else by SQLite."""
+    def query_json_utf8(self, sql: str) -> bytes | None:
+        """:meth:`query_json` as one UTF-8 text, each line ending in a newline. A
+        full scan (see the module notes) is encoded by the compiled accelerator
+        when it is there (``_speedups.json_lines``: what ``json_object`` writes,
+        byte for byte, straight into the bytes returned), else by SQLite."""
         scanned: Optional[tuple[str, Sequence[Sequence[Any]]]] = None
         if self.bulk and _native is not None:
             with self._lock, gc_paused():
                 got = self._scan_rows(sql)
                 if got is not None:
                     name, names, raw = got
-                    rows = sqlite_rows(raw, self._kinds[name])
-                    if rows is not None and len(set(names)) == len(names):
-                        text: Optional[str] = _native.json_lines(names, rows)
-                        if text is not None:
-                            self.last_bulk = self.last_direct = (name,)
-                            return text
+                    data: Optional[bytes] = _native.json_lines(names, raw, self._kinds[name])
+                    if data is not None:
+                        self.last_bulk = self.last_direct = (name,)
+                        return data
                     scanned = (name, raw)
         lines = self._query_json(sql, scanned)
-        return None if lines is None else "".join(line + "\n" for line in lines)
+        return None if lines is None else "".join(line + "\n" for line in lines).encode()
 
     def query_json(self, sql: str) -> list[str] | None:
         """Rows of one SELECT as JSON objects (one string per row), encoded by
