@@ -30,6 +30,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -312,14 +313,15 @@ static PyObject *socket_links(PyObject *self, PyObject *args) {
         if (got < 0) continue;
         readlinks++;
         unsigned long long ino = 0;
-        /* "socket:[" digits "]"; anything else is not a socket */
+        /* "socket:[" ASCII digits "]" below 2**64; anything else is not a socket */
         if (got > 9 && memcmp(link, "socket:[", 8) == 0 && link[got - 1] == ']') {
             for (ssize_t k = 8; k < got - 1; k++) {
-                if (link[k] < '0' || link[k] > '9' || ino > 100000000000000000ULL) {
+                unsigned d = (unsigned)(link[k] - '0');
+                if (link[k] < '0' || link[k] > '9' || ino > (ULLONG_MAX - d) / 10) {
                     ino = 0;
                     break;
                 }
-                ino = ino * 10 + (unsigned)(link[k] - '0');
+                ino = ino * 10 + d;
             }
         }
         PyObject *v = PyLong_FromUnsignedLongLong(ino);

@@ -3,12 +3,19 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 def parse_dump(
-    buf: bytes | bytearray | memoryview, end: int, seq: int, protocol: int, out: list[Any], cls: type[tuple[Any, ...]]
+    buf: bytes | bytearray | memoryview,
+    end: int,
+    seq: int,
+    protocol: int,
+    out: list[Any],
+    cls: type[tuple[Any, ...]],
 ) -> tuple[int, int]: ...
 def socket_links(
     dir_fd: int, names: list[str], cache: dict[str, int]
 ) -> tuple[int, list[tuple[int, int]]]: ...
-def sqlite_rows(rows: Sequence[tuple[Any, ...]], kinds: bytes) -> Optional[list[tuple[Any, ...]]]: ...
+def sqlite_rows(
+    rows: Sequence[tuple[Any, ...]], kinds: bytes
+) -> Optional[list[tuple[Any, ...]]]: ...
 def json_lines(
     names: list[str], rows: Sequence[tuple[Any, ...]], kinds: bytes
 ) -> Optional[bytes]: ...

@@ -603,12 +603,19 @@ class SocketInodeMap:
 
 
 def _socket_inode(link: str) -> int:
-    if link.startswith(_SOCKET_PREFIX):
-        try:
-            return int(link[8:-1])
-        except ValueError:
-            return _NOT_SOCKET
+    """N of a ``socket:[N]`` link (ASCII digits, below 2**64), else 0 (not a socket).
+
+    Strict on purpose: the compiled twin (``_speedups.socket_links``) parses
+    the same way, and the kernel writes nothing else."""
+    if link.startswith(_SOCKET_PREFIX) and link.endswith("]"):
+        digits = link[8:-1]
+        if digits.isascii() and digits.isdigit():
+            n = int(digits)
+            return n if n < _U64_LIMIT else _NOT_SOCKET
     return _NOT_SOCKET
+
+
+_U64_LIMIT = 1 << 64
 
 
 def socket_inodes_of(pid: int, proc_root: str = PROC_ROOT) -> dict[int, int]:

@@ -92,9 +92,7 @@ def affinity(declared: str) -> str:
     return "n"
 
 
-def _sqlite_rows_py(
-    rows: Sequence[Sequence[Any]], kinds: bytes
-) -> Optional[list[tuple[Any, ...]]]:
+def _sqlite_rows_py(rows: Sequence[Sequence[Any]], kinds: bytes) -> Optional[list[tuple[Any, ...]]]:
     """``rows`` as SQLite hands them back from a table with column affinities
     ``kinds`` (see :func:`affinity`), or None when SQLite would convert a value
     (then SQLite must). Bools become 0/1; an int must fit SQLite's 64 bits in
@@ -463,9 +461,7 @@ class Engine:
             pairs = ", ".join(f"{_sql_text(n)}, {_sql_name(n)}" for n in names)
             body = (info.first or sql).rstrip().rstrip(";")
             try:
-                _names, rows = self._query(
-                    f"SELECT json_object({pairs}) FROM ({body}\n)", scanned
-                )
+                _names, rows = self._query(f"SELECT json_object({pairs}) FROM ({body}\n)", scanned)
             except SQLError as e:
                 if "BLOB" in str(e):
                     return None
