@@ -14,6 +14,7 @@ failure; the pure-Python paths run either way (the rest of the suite).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -21,6 +22,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple, Optional
 
@@ -559,3 +561,129 @@ def test_the_monitor_module_uses_the_accelerator_by_default() -> None:
     assert monitor_mod._native is native
     with SocketMonitor(destroy_listener=False) as m:
         assert m.native_observe and m.fdmap.native_links
+
+
+# -- permission-held opens -----------------------------------------------------
+
+_META = struct.Struct("=IBBHQii")
+
+
+def _perm_record(mask: int, fd: int, pid: int, extra: bytes = b"") -> bytes:
+    return _META.pack(24 + len(extra), 3, 0, 24, mask, fd, pid) + extra
+
+
+def _batch_over_socketpair(
+    data: bytes, table: bytearray
+) -> tuple[tuple[bytes, int, int, int], bytes]:
+    """perm_batch reading ``data`` from one end of a socketpair (the "group"); the
+    responses it writes come out of the other end."""
+    assert native is not None
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b:
+        b.send(data or b"\0")
+        got = native.perm_batch(a.fileno(), 4096, os.getpid(), table, 1.0)
+        b.setblocking(False)
+        answers = b""
+        try:
+            while True:
+                answers += b.recv(64)
+        except BlockingIOError:
+            pass
+    return got, answers
+
+
+def test_perm_batch_allows_remembered_repeats_and_passes_the_rest_on() -> None:
+    assert native is not None
+    table = bytearray(4096 * 32)
+    repeat = os.open(os.devnull, os.O_RDONLY)
+    other = os.open("/proc/self/stat", os.O_RDONLY)
+    st = os.fstat(repeat)
+    pid = os.getpid() + 1  # an opener other than this process
+    native.perm_remember(table, pid, st.st_dev, st.st_ino, time.monotonic())
+    try:
+        first = _perm_record(0x10000, other, pid)  # not remembered: Python's
+        again = _perm_record(0x10000, repeat, pid)  # remembered: allowed here
+        notify = _perm_record(0x20, other, pid)  # not a permission event
+        mine = _perm_record(0x10000, other, os.getpid())  # this process's own open
+        (rest, allowed, _hold, read_ns), answers = _batch_over_socketpair(
+            first + again + notify + mine, table
+        )
+        assert allowed == 1 and read_ns > 0
+        assert rest == first + notify + mine
+        assert answers == struct.pack("=iI", repeat, 1)
+        with pytest.raises(OSError):
+            os.fstat(repeat)  # closed by perm_batch, as the Python path closes it
+        # Past the window: no longer a repeat.
+        repeat = os.open(os.devnull, os.O_RDONLY)
+        native.perm_remember(table, pid, st.st_dev, st.st_ino, 1.0)
+        (rest, allowed, _hold, _ns), answers = _batch_over_socketpair(
+            _perm_record(0x10000, repeat, pid), table
+        )
+        assert allowed == 0 and answers == b"" and rest == _perm_record(0x10000, repeat, pid)
+    finally:
+        for fd in (repeat, other):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.binary(min_size=1, max_size=600),
+    records=st.lists(
+        st.tuples(st.integers(0, 2**64 - 1), st.integers(-5, 3), st.integers(-(2**31), 2**31 - 1)),
+        max_size=4,
+    ),
+)
+def test_perm_batch_leaves_anything_it_does_not_answer_untouched(
+    data: bytes, records: list[tuple[int, int, int]]
+) -> None:
+    # An empty table answers nothing: every byte read comes back as it was, the
+    # unparsable ones included, and no descriptor is closed.
+    payload = b"".join(_perm_record(m, fd, pid) for m, fd, pid in records) + data
+    (rest, allowed, _hold, _ns), answers = _batch_over_socketpair(payload, bytearray(4096 * 32))
+    assert (rest, allowed, answers) == (payload, 0, b"")
+    os.fstat(0)  # stdin still open
+
+
+def test_held_reads_give_read_opener_the_same_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    from readegress.kernel import fanotify
+    from readegress.kernel.procfs import ProcFs
+
+    procfs = ProcFs()
+    with loopback.server(socket.AF_INET) as srv, loopback.client(srv) as cli:
+        # stdin/stdout of the peers are pipes: the pipe inodes are part of the identity.
+        for pid in (srv.pid, cli.pid, os.getpid()):
+            c = fanotify.read_opener(procfs, pid)
+            monkeypatch.setattr(fanotify, "_native", None)
+            py = fanotify.read_opener(procfs, pid)
+            monkeypatch.undo()
+            assert c == py and c.identified
+            assert c.stdin_pipe is not None or pid == os.getpid()
+    assert native is not None
+    gone = native.held_reads("/proc/999999999")
+    assert gone == (None, None, None, None, None)
+    assert fanotify.read_opener(procfs, 999_999_999) == fanotify.Opener(999_999_999)
+
+
+def test_a_socket_on_stdout_is_read_while_held_through_both_paths(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from readegress.kernel import fanotify
+    from readegress.kernel.procfs import ProcFs
+
+    with loopback.server(socket.AF_INET) as srv:
+        conn = socket.create_connection(("127.0.0.1", srv.port))
+        with conn:
+            child = subprocess.Popen(["sleep", "30"], stdout=conn.fileno())
+            try:
+                got = []
+                for pure in (False, True):
+                    if pure:
+                        monkeypatch.setattr(fanotify, "_native", None)
+                    got.append(fanotify.read_opener(ProcFs(), child.pid))
+                    monkeypatch.undo()
+                assert got[0] == got[1]
+                assert got[0].std_sockets and got[0].stdout_pipe is None
+            finally:
+                child.kill()
+                child.wait()

@@ -16,6 +16,10 @@
  *       (kernel/monitor.py SocketMonitor._observe)
  *   socket_rows(sockets, ...)                        socket_bytes rows
  *       (tables/socket_bytes.py SocketBytesTable.generate)
+ *   perm_batch(group_fd, ...), perm_remember(...)    repeat opens of held files
+ *       (kernel/fanotify.py FanotifyWatcher._perm_fast_repeat)
+ *   held_reads(base)                                 a held opener's identity
+ *       (kernel/fanotify.py read_opener)
  *   sqlite_rows(rows, kinds)                         rows as SQLite returns them
  *       (sql/engine.py _sqlite_rows_py)
  *   json_lines(names, rows, kinds)                   rows as SQLite json_object
@@ -36,6 +40,10 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <stdlib.h>
+#include <stdio.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef Py_NewRef /* CPython < 3.10 */
@@ -734,6 +742,256 @@ error:
     return NULL;
 }
 
+/* ------------------------------------------------------ permission events */
+
+#define FAN_META_LEN 24
+#define FAN_META_VERSION 3
+#define FAN_PERM_EVENTS 0x00070000ULL /* FAN_OPEN_PERM | FAN_ACCESS_PERM | FAN_OPEN_EXEC_PERM */
+#define FAN_ALLOW_ 0x01
+#define REPEAT_SLOT 32 /* int32 pid, pad, uint64 dev, uint64 ino, double seen */
+
+static size_t repeat_index(size_t slots, int32_t pid, uint64_t dev, uint64_t ino) {
+    uint64_t h = (uint64_t)(uint32_t)pid * 0x9E3779B97F4A7C15ULL ^ dev * 0xC2B2AE3D27D4EB4FULL ^
+                 ino * 0x165667B19E3779F9ULL;
+    h ^= h >> 29;
+    return (size_t)(h % slots);
+}
+
+/* perm_remember(table, pid, dev, ino, seen): table (a bytearray of 32-byte
+ * slots, one per FanotifyWatcher) remembers that pid was identified opening
+ * (dev, ino) at seen (time.monotonic()); one slot per key hash, a collision
+ * replaces the older key (it then takes the Python path, which knows it). */
+static PyObject *perm_remember(PyObject *self, PyObject *args) {
+    Py_buffer table;
+    int pid;
+    unsigned long long dev, ino;
+    double seen;
+    if (!PyArg_ParseTuple(args, "w*iKKd", &table, &pid, &dev, &ino, &seen)) return NULL;
+    size_t slots = (size_t)table.len / REPEAT_SLOT;
+    if (slots) {
+        unsigned char *slot = (unsigned char *)table.buf +
+                              repeat_index(slots, pid, dev, ino) * REPEAT_SLOT;
+        int32_t p = pid;
+        uint64_t d = dev, i = ino;
+        memcpy(slot, &p, 4);
+        memcpy(slot + 8, &d, 8);
+        memcpy(slot + 16, &i, 8);
+        memcpy(slot + 24, &seen, 8);
+    }
+    PyBuffer_Release(&table);
+    Py_RETURN_NONE;
+}
+
+/* perm_batch(group_fd, size, self_pid, table, window) -> (rest, allowed, max_hold_us, read_ns)
+ * One read(2) of up to size bytes from a permission group, with the GIL
+ * released: every permission record whose opener (not self_pid) was
+ * identified opening the same file (fstat of the event fd: st_dev, st_ino)
+ * less than window seconds ago (table, see perm_remember) is allowed and its
+ * fd closed here, without the GIL (FanotifyWatcher._perm_fast_repeat's
+ * work). rest: the other records, in order, for the Python path; a record
+ * it cannot parse and everything after it are left in rest untouched.
+ * read_ns: time.monotonic_ns() right after the read. b"" rest and 0 allowed
+ * when nothing was there (EAGAIN); OSError for other read errors. The
+ * caller holds the group's lock (no close can reuse the fd meanwhile). */
+static PyObject *perm_batch(PyObject *self, PyObject *args) {
+    int group_fd, self_pid;
+    Py_ssize_t size;
+    Py_buffer table;
+    double window;
+    if (!PyArg_ParseTuple(args, "iniw*d", &group_fd, &size, &self_pid, &table, &window))
+        return NULL;
+    if (size <= 0 || size > (1 << 20)) {
+        PyBuffer_Release(&table);
+        PyErr_SetString(PyExc_ValueError, "size out of range");
+        return NULL;
+    }
+    unsigned char *buf = PyMem_RawMalloc((size_t)size), *rest = PyMem_RawMalloc((size_t)size);
+    if (buf == NULL || rest == NULL) {
+        PyMem_RawFree(buf);
+        PyMem_RawFree(rest);
+        PyBuffer_Release(&table);
+        return PyErr_NoMemory();
+    }
+    size_t slots = (size_t)table.len / REPEAT_SLOT;
+    const unsigned char *tab = table.buf;
+    ssize_t n;
+    int err = 0;
+    long long allowed = 0, max_hold_ns = 0, read_ns = 0;
+    size_t kept = 0;
+    Py_BEGIN_ALLOW_THREADS
+    n = read(group_fd, buf, (size_t)size);
+    if (n < 0) err = errno;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    read_ns = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    double now = (double)read_ns / 1e9;
+    size_t off = 0, end = n > 0 ? (size_t)n : 0;
+    while (off + FAN_META_LEN <= end) {
+        const unsigned char *r = buf + off;
+        uint32_t event_len = rd32(r);
+        uint16_t meta_len = rd16(r + 6);
+        if (r[4] != FAN_META_VERSION || event_len < FAN_META_LEN || meta_len < FAN_META_LEN ||
+            off + event_len > end)
+            break; /* the Python parser reports it */
+        uint64_t mask = rd64(r + 8);
+        int32_t fd = (int32_t)rd32(r + 16), pid = (int32_t)rd32(r + 20);
+        int handled = 0;
+        struct stat st;
+        if ((mask & FAN_PERM_EVENTS) && fd >= 0 && pid != self_pid && slots &&
+            fstat(fd, &st) == 0) {
+            const unsigned char *slot =
+                tab + repeat_index(slots, pid, (uint64_t)st.st_dev, (uint64_t)st.st_ino) *
+                          REPEAT_SLOT;
+            int32_t sp;
+            uint64_t sd, si;
+            double seen;
+            memcpy(&sp, slot, 4);
+            memcpy(&sd, slot + 8, 8);
+            memcpy(&si, slot + 16, 8);
+            memcpy(&seen, slot + 24, 8);
+            if (sp == pid && sd == (uint64_t)st.st_dev && si == (uint64_t)st.st_ino && seen > 0 &&
+                now - seen < window) {
+                struct {
+                    int32_t fd;
+                    uint32_t response;
+                } answer = {fd, FAN_ALLOW_};
+                (void)!write(group_fd, &answer, sizeof answer); /* ENOENT: answered already */
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                long long hold = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec - read_ns;
+                if (hold > max_hold_ns) max_hold_ns = hold;
+                close(fd);
+                allowed++;
+                handled = 1;
+            }
+        }
+        if (!handled) {
+            memcpy(rest + kept, r, event_len);
+            kept += event_len;
+        }
+        off += event_len;
+    }
+    if (off < end) { /* an unparsable record: left to the Python parser, with what follows */
+        memcpy(rest + kept, buf + off, end - off);
+        kept += end - off;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&table);
+    PyMem_RawFree(buf);
+    PyObject *result = NULL;
+    if (n < 0 && err != EAGAIN && err != EWOULDBLOCK && err != EINTR) {
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+    } else {
+        result = Py_BuildValue("(y#LLL)", (const char *)rest, (Py_ssize_t)kept, allowed,
+                               max_hold_ns / 1000, read_ns);
+    }
+    PyMem_RawFree(rest);
+    return result;
+}
+
+/* One whole procfs file, as procfs.read_proc_file reads it (one read of
+ * 8 KiB; when that filled it, 64 KiB reads to the end); -1 with errno on
+ * failure. No GIL here: the bytes object is made by the caller. */
+static int slurp(const char *path, char **data, size_t *len) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    size_t cap = 8192, used = 0, want = 8192;
+    char *p = malloc(cap);
+    if (p == NULL) {
+        close(fd);
+        errno = ENOMEM;
+        return -1;
+    }
+    for (;;) {
+        if (used + want > cap) {
+            char *q = cap < (64u << 20) ? realloc(p, cap * 2 + want) : NULL;
+            if (q == NULL) {
+                free(p);
+                close(fd);
+                errno = ENOMEM;
+                return -1;
+            }
+            p = q;
+            cap = cap * 2 + want;
+        }
+        ssize_t got = read(fd, p + used, want);
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            int e = errno;
+            free(p);
+            close(fd);
+            errno = e;
+            return -1;
+        }
+        used += (size_t)got;
+        if (got == 0 || (want == 8192 && got < 8192)) break;
+        want = 65536;
+    }
+    close(fd);
+    *data = p;
+    *len = used;
+    return 0;
+}
+
+/* held_reads(base) -> (stat, cmdline, exe, fd0, fd1)
+ * What identifies a permission-held opener, read in one go with the GIL
+ * released once (not once per syscall: each release lets another thread
+ * take the interpreter while the opener waits): base/stat and base/cmdline
+ * (bytes), the links base/exe, base/fd/0, base/fd/1 (str, os.fsdecode'd).
+ * None for what could not be read; after a failed stat or cmdline nothing
+ * more is read (read_opener stops there). */
+static PyObject *held_reads(PyObject *self, PyObject *args) {
+    PyObject *base_obj;
+    if (!PyArg_ParseTuple(args, "O&", PyUnicode_FSConverter, &base_obj)) return NULL;
+    const char *base = PyBytes_AS_STRING(base_obj);
+    if (strlen(base) > 200) {
+        Py_DECREF(base_obj);
+        PyErr_SetString(PyExc_ValueError, "proc path too long");
+        return NULL;
+    }
+    char path[256];
+    char *files[2] = {NULL, NULL};
+    size_t flen[2] = {0, 0};
+    int fok[2] = {0, 0};
+    char links[3][4096];
+    ssize_t llen[3] = {-1, -1, -1};
+    static const char *file_names[2] = {"stat", "cmdline"};
+    static const char *link_names[3] = {"exe", "fd/0", "fd/1"};
+    Py_BEGIN_ALLOW_THREADS
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof path, "%s/%s", base, file_names[i]);
+        fok[i] = slurp(path, &files[i], &flen[i]) == 0;
+        if (!fok[i]) break;
+    }
+    if (fok[0] && fok[1]) {
+        for (int i = 0; i < 3; i++) {
+            snprintf(path, sizeof path, "%s/%s", base, link_names[i]);
+            llen[i] = readlink(path, links[i], sizeof links[i]);
+            if (llen[i] >= (ssize_t)sizeof links[i]) llen[i] = -1; /* truncated: unknown */
+        }
+    }
+    Py_END_ALLOW_THREADS
+    Py_DECREF(base_obj);
+    PyObject *items[5] = {NULL};
+    int ok = 1;
+    for (int i = 0; i < 2; i++) {
+        items[i] = fok[i] ? PyBytes_FromStringAndSize(files[i], (Py_ssize_t)flen[i])
+                          : Py_NewRef(Py_None);
+        free(files[i]);
+        ok &= items[i] != NULL;
+    }
+    for (int i = 0; i < 3; i++) {
+        items[2 + i] = llen[i] >= 0 ? PyUnicode_DecodeFSDefaultAndSize(links[i], llen[i])
+                                    : Py_NewRef(Py_None);
+        ok &= items[2 + i] != NULL;
+    }
+    if (!ok) {
+        for (int i = 0; i < 5; i++) Py_XDECREF(items[i]);
+        return NULL;
+    }
+    return Py_BuildValue("(NNNNN)", items[0], items[1], items[2], items[3], items[4]);
+}
+
 /* ------------------------------------------------------------ sqlite_rows */
 
 /* sqlite_rows(rows, kinds) -> list of tuples, or None.
@@ -1004,6 +1262,13 @@ static PyMethodDef methods[] = {
     {"observe", observe, METH_VARARGS,
      "observe(dumps, now, uptime, owners_index, old_seen, reuse, owners_of, observed_cls, "
      "tracked_cls, owner_cls) -> (observed, seen, unresolved)."},
+    {"perm_remember", perm_remember, METH_VARARGS,
+     "perm_remember(table, pid, dev, ino, seen): an identified opener of (dev, ino)."},
+    {"perm_batch", perm_batch, METH_VARARGS,
+     "perm_batch(group_fd, size, self_pid, table, window) -> (rest, allowed, max_hold_us, "
+     "read_ns): one read of a permission group, repeat opens allowed without the GIL."},
+    {"held_reads", held_reads, METH_VARARGS,
+     "held_reads(base) -> (stat, cmdline, exe, fd0, fd1): a held opener's identity reads."},
     {"sqlite_rows", sqlite_rows, METH_VARARGS,
      "sqlite_rows(rows, kinds) -> list of tuples or None: rows as SQLite returns them."},
     {"json_lines", json_lines, METH_VARARGS,

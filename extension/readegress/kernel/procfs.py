@@ -683,16 +683,29 @@ class StdFds(NamedTuple):
 
 def std_fds(pid: int, start_ticks: Optional[int], proc_root: str = PROC_ROOT) -> StdFds:
     """Pipe and socket inodes on fd 0 and fd 1 of ``pid`` (see :func:`std_pipes`)."""
-    pipes: list[Optional[int]] = []
-    sockets: list[tuple[int, int]] = []
+    links: list[Optional[str]] = []
     for fd in (0, 1):
         try:
-            link = os.readlink(f"{proc_root}/{pid}/fd/{fd}")
+            links.append(os.readlink(f"{proc_root}/{pid}/fd/{fd}"))
         except OSError:
-            pipes.append(None)
-            continue
+            links.append(None)
+    found = std_fds_of_links(links[0], links[1])
+    if found == StdFds():
+        return found
+    if start_ticks is not None and read_start_ticks(pid, proc_root) != start_ticks:
+        return StdFds()
+    return found
+
+
+def std_fds_of_links(fd0: Optional[str], fd1: Optional[str]) -> StdFds:
+    """:class:`StdFds` from the link texts of fd 0 and fd 1 (None: unreadable)."""
+    pipes: list[Optional[int]] = []
+    sockets: list[tuple[int, int]] = []
+    for fd, link in ((0, fd0), (1, fd1)):
         ino: Optional[int] = None
-        if link.startswith(_PIPE_PREFIX):
+        if link is None:
+            pass
+        elif link.startswith(_PIPE_PREFIX):
             try:
                 ino = int(link[6:-1])
             except ValueError:
@@ -702,10 +715,6 @@ def std_fds(pid: int, start_ticks: Optional[int], proc_root: str = PROC_ROOT) ->
             if sock:
                 sockets.append((fd, sock))
         pipes.append(ino)
-    if pipes == [None, None] and not sockets:
-        return StdFds()
-    if start_ticks is not None and read_start_ticks(pid, proc_root) != start_ticks:
-        return StdFds()
     return StdFds(pipes[0], pipes[1], tuple(sockets))
 
 
