@@ -354,6 +354,7 @@ _kinds = st.sampled_from(["i", "t", "r", "b", "n"])
 _value = st.one_of(
     st.none(),
     st.booleans(),
+    st.sampled_from(["\udcff", "a\ud800b", "é"]),
     st.integers(-(2**64), 2**64),
     st.integers(-5, 5),
     st.text(max_size=12),
@@ -389,7 +390,7 @@ def _sqlite_reference(kinds: bytes, rows: list[tuple[Any, ...]]) -> Optional[lis
     db.execute(f"CREATE TABLE t({cols})")
     try:
         db.executemany(f"INSERT INTO t VALUES ({', '.join('?' * len(kinds))})", rows)
-    except (OverflowError, apsw.Error, TypeError):
+    except (OverflowError, apsw.Error, TypeError, UnicodeEncodeError):
         return None
     return list(db.execute("SELECT * FROM t"))
 

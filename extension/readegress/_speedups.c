@@ -999,8 +999,8 @@ static PyObject *held_reads(PyObject *self, PyObject *args) {
  * are kinds (bytes, one per column: b'i' INTEGER, b't' TEXT, b'r' REAL,
  * anything else: no fast answer): bools become ints, every other value must
  * already be what the column keeps unchanged (an int within SQLite's 64 bits
- * in an INTEGER column, a str in a TEXT column, a float other than NaN and
- * -0.0 in a REAL column, None anywhere). None when any
+ * in an INTEGER column, a str with a UTF-8 form in a TEXT column, a float
+ * other than NaN and -0.0 in a REAL column, None anywhere). None when any
  * value is not: the caller then lets SQLite convert. */
 static PyObject *sqlite_rows(PyObject *self, PyObject *args) {
     PyObject *rows;
@@ -1038,6 +1038,12 @@ static PyObject *sqlite_rows(PyObject *self, PyObject *args) {
                     goto fallback;
                 }
             } else if (kinds[j] == 't' && PyUnicode_CheckExact(v)) {
+                /* text SQLite cannot hold (lone surrogates: no UTF-8) goes to SQLite */
+                if (!PyUnicode_IS_ASCII(v) && PyUnicode_AsUTF8AndSize(v, NULL) == NULL) {
+                    if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) goto error;
+                    PyErr_Clear();
+                    goto fallback;
+                }
                 Py_INCREF(v);
             } else if (kinds[j] == 'r' && PyFloat_CheckExact(v)) {
                 /* SQLite keeps a REAL as is, except NaN (stored as NULL) and

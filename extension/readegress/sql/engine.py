@@ -96,7 +96,7 @@ def _sqlite_rows_py(rows: Sequence[Sequence[Any]], kinds: bytes) -> Optional[lis
     """``rows`` as SQLite hands them back from a table with column affinities
     ``kinds`` (see :func:`affinity`), or None when SQLite would convert a value
     (then SQLite must). Bools become 0/1; an int must fit SQLite's 64 bits in
-    an INTEGER column, a str go in a TEXT column, a float (not NaN, not -0.0:
+    an INTEGER column, a str with a UTF-8 form go in a TEXT column, a float (not NaN, not -0.0:
     SQLite stores NULL and an integer 0 for them) in a REAL column; None
     anywhere. Column by column (``zip(*rows)``), so the per-value work is C
     builtins; ``_speedups.sqlite_rows`` is its compiled twin."""
@@ -124,6 +124,12 @@ def _sqlite_rows_py(rows: Sequence[Sequence[Any]], kinds: bytes) -> Optional[lis
         elif kind == 116:  # b"t"
             if types != {str}:
                 return None
+            if not all(map(str.isascii, values)):
+                try:  # text without a UTF-8 form (lone surrogates): SQLite refuses it
+                    for v in values:
+                        v.encode()
+                except UnicodeEncodeError:
+                    return None
         elif kind == 114:  # b"r"
             if types != {float} or any(map(math.isnan, values)):
                 return None
