@@ -573,29 +573,38 @@ def _perm_record(mask: int, fd: int, pid: int, extra: bytes = b"") -> bytes:
     return _META.pack(24 + len(extra), 3, 0, 24, mask, fd, pid) + extra
 
 
-def _batch_over_socketpair(
-    data: bytes, table: bytearray
-) -> tuple[tuple[bytes, int, int, int], bytes]:
-    """perm_batch reading ``data`` from one end of a socketpair (the "group"); the
-    responses it writes come out of the other end."""
+_TABLE = 64 + 4096 * 32
+
+
+def _wait_over_socketpair(
+    data: bytes, table: bytearray, then_stop: bool = True
+) -> tuple[tuple[bytes, int, bool], bytes]:
+    """perm_wait reading ``data`` from one end of a socketpair (the "group"); the
+    responses it writes come out of the other end. A stop pipe made readable
+    beforehand (``then_stop``) ends a wait that answered everything."""
     assert native is not None
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    with a, b:
-        b.send(data or b"\0")
-        got = native.perm_batch(a.fileno(), 4096, os.getpid(), table, 1.0)
-        b.setblocking(False)
-        answers = b""
-        try:
-            while True:
-                answers += b.recv(64)
-        except BlockingIOError:
-            pass
+    stop_r, stop_w = os.pipe()
+    try:
+        with a, b:
+            b.send(data)
+            got = native.perm_wait(a.fileno(), stop_r, 4096, os.getpid(), table, 1.0)
+            if then_stop and not got[2] and not got[0]:
+                raise AssertionError("returned without records and without stop")
+            b.setblocking(False)
+            answers = b""
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    answers += b.recv(64)
+    finally:
+        os.close(stop_r)
+        os.close(stop_w)
     return got, answers
 
 
-def test_perm_batch_allows_remembered_repeats_and_passes_the_rest_on() -> None:
+def test_perm_wait_allows_remembered_repeats_and_passes_the_rest_on() -> None:
     assert native is not None
-    table = bytearray(4096 * 32)
+    table = bytearray(_TABLE)
     repeat = os.open(os.devnull, os.O_RDONLY)
     other = os.open("/proc/self/stat", os.O_RDONLY)
     st = os.fstat(repeat)
@@ -606,25 +615,43 @@ def test_perm_batch_allows_remembered_repeats_and_passes_the_rest_on() -> None:
         again = _perm_record(0x10000, repeat, pid)  # remembered: allowed here
         notify = _perm_record(0x20, other, pid)  # not a permission event
         mine = _perm_record(0x10000, other, os.getpid())  # this process's own open
-        (rest, allowed, _hold, read_ns), answers = _batch_over_socketpair(
+        (rest, read_ns, stopped), answers = _wait_over_socketpair(
             first + again + notify + mine, table
         )
-        assert allowed == 1 and read_ns > 0
+        assert not stopped and read_ns > 0
         assert rest == first + notify + mine
         assert answers == struct.pack("=iI", repeat, 1)
+        assert struct.unpack_from("=QQ", table)[0] == 1  # the counter stats() reads
         with pytest.raises(OSError):
-            os.fstat(repeat)  # closed by perm_batch, as the Python path closes it
+            os.fstat(repeat)  # closed by perm_wait, as the Python path closes it
         # Past the window: no longer a repeat.
         repeat = os.open(os.devnull, os.O_RDONLY)
         native.perm_remember(table, pid, st.st_dev, st.st_ino, 1.0)
-        (rest, allowed, _hold, _ns), answers = _batch_over_socketpair(
+        (rest, _ns, _stopped), answers = _wait_over_socketpair(
             _perm_record(0x10000, repeat, pid), table
         )
-        assert allowed == 0 and answers == b"" and rest == _perm_record(0x10000, repeat, pid)
+        assert answers == b"" and rest == _perm_record(0x10000, repeat, pid)
     finally:
         for fd in (repeat, other):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def test_perm_wait_returns_when_stopped() -> None:
+    assert native is not None
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stop_r, stop_w = os.pipe()
+    try:
+        with a, b:
+            os.write(stop_w, b"x")
+            assert native.perm_wait(a.fileno(), stop_r, 4096, 0, bytearray(_TABLE), 1.0) == (
+                b"",
+                0,
+                True,
+            )
+    finally:
+        os.close(stop_r)
+        os.close(stop_w)
 
 
 @settings(max_examples=200, deadline=None)
@@ -635,14 +662,14 @@ def test_perm_batch_allows_remembered_repeats_and_passes_the_rest_on() -> None:
         max_size=4,
     ),
 )
-def test_perm_batch_leaves_anything_it_does_not_answer_untouched(
+def test_perm_wait_leaves_anything_it_does_not_answer_untouched(
     data: bytes, records: list[tuple[int, int, int]]
 ) -> None:
     # An empty table answers nothing: every byte read comes back as it was, the
     # unparsable ones included, and no descriptor is closed.
     payload = b"".join(_perm_record(m, fd, pid) for m, fd, pid in records) + data
-    (rest, allowed, _hold, _ns), answers = _batch_over_socketpair(payload, bytearray(4096 * 32))
-    assert (rest, allowed, answers) == (payload, 0, b"")
+    (rest, _ns, stopped), answers = _wait_over_socketpair(payload, bytearray(_TABLE))
+    assert (rest, stopped, answers) == (payload, False, b"")
     os.fstat(0)  # stdin still open
 
 

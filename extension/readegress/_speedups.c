@@ -16,7 +16,7 @@
  *       (kernel/monitor.py SocketMonitor._observe)
  *   socket_rows(sockets, ...)                        socket_bytes rows
  *       (tables/socket_bytes.py SocketBytesTable.generate)
- *   perm_batch(group_fd, ...), perm_remember(...)    repeat opens of held files
+ *   perm_wait(group_fd, ...), perm_remember(...)     repeat opens of held files
  *       (kernel/fanotify.py FanotifyWatcher._perm_fast_repeat)
  *   held_reads(base)                                 a held opener's identity
  *       (kernel/fanotify.py read_opener)
@@ -41,6 +41,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <time.h>
@@ -757,8 +758,16 @@ static size_t repeat_index(size_t slots, int32_t pid, uint64_t dev, uint64_t ino
     return (size_t)(h % slots);
 }
 
-/* perm_remember(table, pid, dev, ino, seen): table (a bytearray of 32-byte
- * slots, one per FanotifyWatcher) remembers that pid was identified opening
+/* The repeat table (a bytearray, one per FanotifyWatcher): a header of
+ * REPEAT_HEADER bytes (uint64 repeats allowed here, uint64 longest hold in
+ * µs: read by FanotifyWatcher.stats) and 32-byte slots. */
+#define REPEAT_HEADER 64
+
+static size_t repeat_slots(const Py_buffer *t) {
+    return t->len > REPEAT_HEADER ? (size_t)(t->len - REPEAT_HEADER) / REPEAT_SLOT : 0;
+}
+
+/* perm_remember(table, pid, dev, ino, seen): pid was identified opening
  * (dev, ino) at seen (time.monotonic()); one slot per key hash, a collision
  * replaces the older key (it then takes the Python path, which knows it). */
 static PyObject *perm_remember(PyObject *self, PyObject *args) {
@@ -767,9 +776,9 @@ static PyObject *perm_remember(PyObject *self, PyObject *args) {
     unsigned long long dev, ino;
     double seen;
     if (!PyArg_ParseTuple(args, "w*iKKd", &table, &pid, &dev, &ino, &seen)) return NULL;
-    size_t slots = (size_t)table.len / REPEAT_SLOT;
+    size_t slots = repeat_slots(&table);
     if (slots) {
-        unsigned char *slot = (unsigned char *)table.buf +
+        unsigned char *slot = (unsigned char *)table.buf + REPEAT_HEADER +
                               repeat_index(slots, pid, dev, ino) * REPEAT_SLOT;
         int32_t p = pid;
         uint64_t d = dev, i = ino;
@@ -782,27 +791,36 @@ static PyObject *perm_remember(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* perm_batch(group_fd, size, self_pid, table, window) -> (rest, allowed, max_hold_us, read_ns)
- * One read(2) of up to size bytes from a permission group, with the GIL
- * released: every permission record whose opener (not self_pid) was
- * identified opening the same file (fstat of the event fd: st_dev, st_ino)
- * less than window seconds ago (table, see perm_remember) is allowed and its
- * fd closed here, without the GIL (FanotifyWatcher._perm_fast_repeat's
- * work). rest: the other records, in order, for the Python path; a record
- * it cannot parse and everything after it are left in rest untouched.
- * read_ns: time.monotonic_ns() right after the read. b"" rest and 0 allowed
- * when nothing was there (EAGAIN); OSError for other read errors. The
- * caller holds the group's lock (no close can reuse the fd meanwhile). */
-static PyObject *perm_batch(PyObject *self, PyObject *args) {
-    int group_fd, self_pid;
+static long long monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* perm_wait(group_fd, stop_fd, size, self_pid, table, window) -> (rest, read_ns, stopped)
+ * The permission group's reader loop for repeat opens, without the GIL:
+ * poll the group and stop_fd, read up to size bytes, and allow at once every
+ * permission record whose opener (not self_pid) was identified opening the
+ * same file (fstat of the event fd: st_dev, st_ino) less than window seconds
+ * ago (see perm_remember), closing its fd (FanotifyWatcher._perm_fast_repeat's
+ * work); loop until a read leaves other records. Returns them (rest, in
+ * order; a record it cannot parse and everything after it untouched) with
+ * time.monotonic_ns() of that read, or stopped=True once stop_fd is readable
+ * (b"", 0). A run of repeat opens never waits for the interpreter. OSError
+ * for a read error other than EAGAIN/EINTR. group_fd is the caller's own dup
+ * of the group fd, closed by the caller after the call: a close of the group
+ * meanwhile cannot make it answer on a reused descriptor number. */
+static PyObject *perm_wait(PyObject *self, PyObject *args) {
+    int group_fd, stop_fd, self_pid;
     Py_ssize_t size;
     Py_buffer table;
     double window;
-    if (!PyArg_ParseTuple(args, "iniw*d", &group_fd, &size, &self_pid, &table, &window))
+    if (!PyArg_ParseTuple(args, "iiniw*d", &group_fd, &stop_fd, &size, &self_pid, &table,
+                          &window))
         return NULL;
-    if (size <= 0 || size > (1 << 20)) {
+    if (size <= 0 || size > (1 << 20) || table.len < REPEAT_HEADER) {
         PyBuffer_Release(&table);
-        PyErr_SetString(PyExc_ValueError, "size out of range");
+        PyErr_SetString(PyExc_ValueError, "size or table out of range");
         return NULL;
     }
     unsigned char *buf = PyMem_RawMalloc((size_t)size), *rest = PyMem_RawMalloc((size_t)size);
@@ -812,78 +830,102 @@ static PyObject *perm_batch(PyObject *self, PyObject *args) {
         PyBuffer_Release(&table);
         return PyErr_NoMemory();
     }
-    size_t slots = (size_t)table.len / REPEAT_SLOT;
-    const unsigned char *tab = table.buf;
-    ssize_t n;
-    int err = 0;
-    long long allowed = 0, max_hold_ns = 0, read_ns = 0;
+    unsigned char *tab = table.buf;
+    size_t slots = repeat_slots(&table);
+    int err = 0, stopped = 0;
+    long long read_ns = 0;
     size_t kept = 0;
     Py_BEGIN_ALLOW_THREADS
-    n = read(group_fd, buf, (size_t)size);
-    if (n < 0) err = errno;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    read_ns = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-    double now = (double)read_ns / 1e9;
-    size_t off = 0, end = n > 0 ? (size_t)n : 0;
-    while (off + FAN_META_LEN <= end) {
-        const unsigned char *r = buf + off;
-        uint32_t event_len = rd32(r);
-        uint16_t meta_len = rd16(r + 6);
-        if (r[4] != FAN_META_VERSION || event_len < FAN_META_LEN || meta_len < FAN_META_LEN ||
-            off + event_len > end)
-            break; /* the Python parser reports it */
-        uint64_t mask = rd64(r + 8);
-        int32_t fd = (int32_t)rd32(r + 16), pid = (int32_t)rd32(r + 20);
-        int handled = 0;
-        struct stat st;
-        if ((mask & FAN_PERM_EVENTS) && fd >= 0 && pid != self_pid && slots &&
-            fstat(fd, &st) == 0) {
-            const unsigned char *slot =
-                tab + repeat_index(slots, pid, (uint64_t)st.st_dev, (uint64_t)st.st_ino) *
-                          REPEAT_SLOT;
-            int32_t sp;
-            uint64_t sd, si;
-            double seen;
-            memcpy(&sp, slot, 4);
-            memcpy(&sd, slot + 8, 8);
-            memcpy(&si, slot + 16, 8);
-            memcpy(&seen, slot + 24, 8);
-            if (sp == pid && sd == (uint64_t)st.st_dev && si == (uint64_t)st.st_ino && seen > 0 &&
-                now - seen < window) {
-                struct {
-                    int32_t fd;
-                    uint32_t response;
-                } answer = {fd, FAN_ALLOW_};
-                (void)!write(group_fd, &answer, sizeof answer); /* ENOENT: answered already */
-                clock_gettime(CLOCK_MONOTONIC, &ts);
-                long long hold = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec - read_ns;
-                if (hold > max_hold_ns) max_hold_ns = hold;
-                close(fd);
-                allowed++;
-                handled = 1;
+    for (;;) {
+        struct pollfd pfd[2] = {{group_fd, POLLIN, 0}, {stop_fd, POLLIN, 0}};
+        int ready = poll(pfd, 2, -1);
+        if (ready < 0) {
+            if (errno == EINTR) continue;
+            err = errno;
+            break;
+        }
+        if (pfd[1].revents) {
+            stopped = 1;
+            break;
+        }
+        if (pfd[0].revents & (POLLERR | POLLNVAL)) {
+            err = EBADF;
+            break;
+        }
+        ssize_t n = read(group_fd, buf, (size_t)size);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) continue;
+            err = errno;
+            break;
+        }
+        read_ns = monotonic_ns();
+        double now = (double)read_ns / 1e9;
+        size_t off = 0, end = (size_t)n;
+        kept = 0;
+        while (off + FAN_META_LEN <= end) {
+            const unsigned char *r = buf + off;
+            uint32_t event_len = rd32(r);
+            uint16_t meta_len = rd16(r + 6);
+            if (r[4] != FAN_META_VERSION || event_len < FAN_META_LEN ||
+                meta_len < FAN_META_LEN || off + event_len > end)
+                break; /* the Python parser reports it */
+            uint64_t mask = rd64(r + 8);
+            int32_t fd = (int32_t)rd32(r + 16), pid = (int32_t)rd32(r + 20);
+            int handled = 0;
+            struct stat st;
+            if ((mask & FAN_PERM_EVENTS) && fd >= 0 && pid != self_pid && slots &&
+                fstat(fd, &st) == 0) {
+                const unsigned char *slot =
+                    tab + REPEAT_HEADER +
+                    repeat_index(slots, pid, (uint64_t)st.st_dev, (uint64_t)st.st_ino) *
+                        REPEAT_SLOT;
+                int32_t sp;
+                uint64_t sd, si;
+                double seen;
+                memcpy(&sp, slot, 4);
+                memcpy(&sd, slot + 8, 8);
+                memcpy(&si, slot + 16, 8);
+                memcpy(&seen, slot + 24, 8);
+                if (sp == pid && sd == (uint64_t)st.st_dev && si == (uint64_t)st.st_ino &&
+                    seen > 0 && now - seen < window) {
+                    struct {
+                        int32_t fd;
+                        uint32_t response;
+                    } answer = {fd, FAN_ALLOW_};
+                    (void)!write(group_fd, &answer, sizeof answer); /* ENOENT: answered */
+                    uint64_t hold_us = (uint64_t)(monotonic_ns() - read_ns) / 1000, count, max;
+                    close(fd);
+                    memcpy(&count, tab, 8);
+                    memcpy(&max, tab + 8, 8);
+                    count++;
+                    if (hold_us > max) max = hold_us;
+                    memcpy(tab, &count, 8);
+                    memcpy(tab + 8, &max, 8);
+                    handled = 1;
+                }
             }
+            if (!handled) {
+                memcpy(rest + kept, r, event_len);
+                kept += event_len;
+            }
+            off += event_len;
         }
-        if (!handled) {
-            memcpy(rest + kept, r, event_len);
-            kept += event_len;
+        if (off < end) { /* an unparsable record: left to the Python parser, with what follows */
+            memcpy(rest + kept, buf + off, end - off);
+            kept += end - off;
         }
-        off += event_len;
-    }
-    if (off < end) { /* an unparsable record: left to the Python parser, with what follows */
-        memcpy(rest + kept, buf + off, end - off);
-        kept += end - off;
+        if (kept) break;
     }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&table);
     PyMem_RawFree(buf);
     PyObject *result = NULL;
-    if (n < 0 && err != EAGAIN && err != EWOULDBLOCK && err != EINTR) {
+    if (err) {
         errno = err;
         PyErr_SetFromErrno(PyExc_OSError);
     } else {
-        result = Py_BuildValue("(y#LLL)", (const char *)rest, (Py_ssize_t)kept, allowed,
-                               max_hold_ns / 1000, read_ns);
+        result = Py_BuildValue("(y#LO)", (const char *)rest, (Py_ssize_t)(stopped ? 0 : kept),
+                               stopped ? 0LL : read_ns, stopped ? Py_True : Py_False);
     }
     PyMem_RawFree(rest);
     return result;
@@ -1270,9 +1312,9 @@ static PyMethodDef methods[] = {
      "tracked_cls, owner_cls) -> (observed, seen, unresolved)."},
     {"perm_remember", perm_remember, METH_VARARGS,
      "perm_remember(table, pid, dev, ino, seen): an identified opener of (dev, ino)."},
-    {"perm_batch", perm_batch, METH_VARARGS,
-     "perm_batch(group_fd, size, self_pid, table, window) -> (rest, allowed, max_hold_us, "
-     "read_ns): one read of a permission group, repeat opens allowed without the GIL."},
+    {"perm_wait", perm_wait, METH_VARARGS,
+     "perm_wait(group_fd, stop_fd, size, self_pid, table, window) -> (rest, read_ns, stopped): "
+     "the permission reader's loop, repeat opens allowed without the GIL."},
     {"held_reads", held_reads, METH_VARARGS,
      "held_reads(base) -> (stat, cmdline, exe, fd0, fd1): a held opener's identity reads."},
     {"sqlite_rows", sqlite_rows, METH_VARARGS,

@@ -161,6 +161,9 @@ METADATA_LEN = _METADATA.size  # 24
 _INFO_HEADER = struct.Struct("=BBH")
 _PIDFD_INFO = struct.Struct("=BBHi")
 _RESPONSE = struct.Struct("=iI")
+#: the compiled permission reader's table: header size, and its two counters
+_REPEAT_HEADER = 64
+_REPEAT_COUNTERS = struct.Struct("=QQ")
 _FSID = struct.Struct("=ii")
 _HANDLE_HEADER = struct.Struct("=Ii")
 _O_LARGEFILE = getattr(os, "O_LARGEFILE", 0o100000)
@@ -817,9 +820,10 @@ class FanotifyWatcher:
         # file by that pid was answered: later opens within
         # _PERM_REPEAT_SECONDS are allowed on an fstat, without a readlink.
         self._perm_repeat: dict[tuple[int, int, int], float] = {}
-        #: The same, for the compiled reader (``_speedups.perm_batch``): 4096
-        #: slots of 32 bytes; it allows those repeats without the GIL.
-        self._repeat_table = bytearray(4096 * 32)
+        #: The same, for the compiled reader (``_speedups.perm_wait``), which
+        #: allows those repeats without the GIL: a 64-byte header (repeats it
+        #: allowed, its longest hold in µs: see stats) and 4096 slots of 32 bytes.
+        self._repeat_table = bytearray(_REPEAT_HEADER + 4096 * 32)
         #: whether the permission reader is the compiled one (tests switch it off)
         self.native_perm = _native is not None
         self._pid = os.getpid()
@@ -964,6 +968,12 @@ class FanotifyWatcher:
         """A snapshot of the counters."""
         s = FanotifyStats(**self._stats.__dict__)
         s.mark_errors = dict(self._stats.mark_errors)
+        # Repeats the compiled reader allowed (its counters live in the table).
+        repeats, max_hold_us = _REPEAT_COUNTERS.unpack_from(self._repeat_table)
+        s.perm_events += repeats
+        s.perm_repeats += repeats
+        s.perm_answered += repeats
+        s.perm_max_hold_us = max(s.perm_max_hold_us, max_hold_us)
         return s
 
     # -- marks -----------------------------------------------------------
@@ -1290,36 +1300,36 @@ class FanotifyWatcher:
             group.close()
 
     def _read_perm_native(self, group: _Group) -> None:
-        """:meth:`_read_batches` for the permission group, each read made by
-        ``_speedups.perm_batch``: repeat opens (see :meth:`_perm_fast_repeat`)
-        are allowed there without the GIL, so an opener in a loop waits for no
-        Python thread; the rest goes to :meth:`_perm_batch` as before."""
+        """:meth:`_read_batches` for the permission group in C
+        (``_speedups.perm_wait``): it polls, reads and allows repeat opens (see
+        :meth:`_perm_fast_repeat`) in a loop without the GIL, so an opener in
+        a loop never waits for a Python thread; it returns what else it read,
+        which goes to :meth:`_perm_batch` as before, or when stopped. It works
+        on its own dup of the group fd, closed after each call: a close of the
+        group meanwhile never leaves it answering on a reused number, and the
+        stop pipe wakes it (then the dup is closed and the group released)."""
         assert _native is not None
-        poller = self._poller(group)
         size = PERM_BATCH_EVENTS * METADATA_LEN
-        batch = _native.perm_batch
+        wait = _native.perm_wait
         while not self._stopping:
-            poller.poll()
-            if self._stopping:
-                break
-            with group.lock:  # no close (and fd reuse) while it reads and answers
+            with group.lock:
                 if group.closed:
                     break
-                try:
-                    rest, allowed, max_hold_us, read_ns = batch(
-                        group.fd, size, self._pid, self._repeat_table, _PERM_REPEAT_SECONDS
-                    )
-                except OSError as e:
-                    self._stats.read_errors += 1
-                    log.debug("fanotify %s read: %s", group.name, e)
-                    continue
-            if allowed:
-                s = self._stats
-                s.perm_events += allowed
-                s.perm_repeats += allowed
-                s.perm_answered += allowed
-                if max_hold_us > s.perm_max_hold_us:
-                    s.perm_max_hold_us = max_hold_us
+                fd = os.dup(group.fd)
+            try:
+                rest, read_ns, stopped = wait(
+                    fd, self._stop_r, size, self._pid, self._repeat_table, _PERM_REPEAT_SECONDS
+                )
+            except OSError as e:
+                self._stats.read_errors += 1
+                log.debug("fanotify %s read: %s", group.name, e)
+                if e.errno == errno.EBADF:
+                    break
+                continue
+            finally:
+                os.close(fd)
+            if stopped:
+                break
             if rest:
                 # Repeats the table knew are answered; the Python dict's check
                 # still runs in _perm_event (a key the table lost to a collision).
