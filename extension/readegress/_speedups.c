@@ -632,47 +632,47 @@ static PyObject *observe(PyObject *self, PyObject *args) {
                     if (known != NULL) {
                         Py_DECREF(key);
                         PyObject *last_info = PyTuple_GET_ITEM(known, 1);
-                    if (last_info == Py_None) {
-                        owners = Py_NewRef(empty);
+                        if (last_info == Py_None) {
+                            owners = Py_NewRef(empty);
+                        } else {
+                            PyObject *owner = owner_t->tp_alloc(owner_t, 2);
+                            owners = owner ? PyTuple_New(1) : NULL;
+                            if (owners == NULL) {
+                                Py_XDECREF(owner);
+                                goto error;
+                            }
+                            PyTuple_SET_ITEM(owner, 0, Py_NewRef(last_info));
+                            PyTuple_SET_ITEM(owner, 1, Py_NewRef(PyTuple_GET_ITEM(one, 1)));
+                            PyTuple_SET_ITEM(owners, 0, owner);
+                        }
                     } else {
-                        PyObject *owner = owner_t->tp_alloc(owner_t, 2);
-                        owners = owner ? PyTuple_New(1) : NULL;
-                        if (owners == NULL) {
-                            Py_XDECREF(owner);
+                        owners = PyObject_CallOneArg(owners_of, holders);
+                        if (owners == NULL || !PyTuple_Check(owners)) {
+                            if (owners != NULL)
+                                PyErr_SetString(PyExc_TypeError, "owners_of must return a tuple");
+                            Py_XDECREF(owners);
+                            Py_XDECREF(key);
                             goto error;
                         }
-                        PyTuple_SET_ITEM(owner, 0, Py_NewRef(last_info));
-                        PyTuple_SET_ITEM(owner, 1, Py_NewRef(PyTuple_GET_ITEM(one, 1)));
-                        PyTuple_SET_ITEM(owners, 0, owner);
-                    }
-                    } else {
-                    owners = PyObject_CallOneArg(owners_of, holders);
-                    if (owners == NULL || !PyTuple_Check(owners)) {
-                        if (owners != NULL)
-                            PyErr_SetString(PyExc_TypeError, "owners_of must return a tuple");
-                        Py_XDECREF(owners);
-                        Py_XDECREF(key);
-                        goto error;
-                    }
-                    if (key != NULL && PyTuple_GET_SIZE(owners) <= 1) {
-                        PyObject *info = Py_None;
-                        if (PyTuple_GET_SIZE(owners) == 1) {
-                            PyObject *o = PyTuple_GET_ITEM(owners, 0);
-                            info = PyTuple_Check(o) && PyTuple_GET_SIZE(o) == 2
-                                       ? PyTuple_GET_ITEM(o, 0)
-                                       : NULL; /* not an (info, fd) pair: not memoised */
-                        }
-                        PyObject *entry =
-                            info ? PyTuple_Pack(2, PyTuple_GET_ITEM(one, 0), info) : NULL;
-                        if (info && (entry == NULL || PyDict_SetItem(memo, key, entry) < 0)) {
+                        if (key != NULL && PyTuple_GET_SIZE(owners) <= 1) {
+                            PyObject *info = Py_None;
+                            if (PyTuple_GET_SIZE(owners) == 1) {
+                                PyObject *o = PyTuple_GET_ITEM(owners, 0);
+                                info = PyTuple_Check(o) && PyTuple_GET_SIZE(o) == 2
+                                           ? PyTuple_GET_ITEM(o, 0)
+                                           : NULL; /* not an (info, fd) pair: not memoised */
+                            }
+                            PyObject *entry =
+                                info ? PyTuple_Pack(2, PyTuple_GET_ITEM(one, 0), info) : NULL;
+                            if (info && (entry == NULL || PyDict_SetItem(memo, key, entry) < 0)) {
+                                Py_XDECREF(entry);
+                                Py_DECREF(key);
+                                Py_DECREF(owners);
+                                goto error;
+                            }
                             Py_XDECREF(entry);
-                            Py_DECREF(key);
-                            Py_DECREF(owners);
-                            goto error;
                         }
-                        Py_XDECREF(entry);
-                    }
-                    Py_XDECREF(key);
+                        Py_XDECREF(key);
                     }
                 }
                 if (PyTuple_GET_SIZE(owners) == 0) unresolved++;
