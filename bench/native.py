@@ -961,6 +961,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="what the child times: wall time (default) or its own CPU time, which leaves"
         " out time descheduled by other load (and time blocked in held opens)",
     )
+    p.add_argument(
+        "--held-ab",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="only the held-open comparison: compiled vs pure-Python permission reader vs a"
+        " C floor, ROUNDS rounds (bench/held_readers.py)",
+    )
     p.add_argument("--idle-window", type=float, default=30.0, help="watch idle window, s (30)")
     p.add_argument("--busy-window", type=float, default=15.0, help="watch busy window, s (15)")
     p.add_argument("--warmup", type=float, default=5.0, help="watch start-up wait, s (5)")
@@ -999,6 +1007,14 @@ def main(argv: Sequence[str]) -> int:
             f" {files.secrets}/id_bench_* (class bench_keys, level high); same dir"
             f" {files.secrets}/notes_*; other dir {tmpdir}/plain/data_*"
         )
+        if args.held_ab > 0:
+            from bench import held_readers
+
+            rounds = min(args.held_ab, 50)
+            held_ops = min(held_ops, 3000)
+            ab = held_readers.measure(config, workload, files, rounds, 4, held_ops)
+            held_readers.print_ab(ab, rounds, 4, held_ops)
+            return 0
         modes: list[Mode] = [
             Mode(NONE),
             Mode(NONE_AA),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the deployable artefacts into dist/:
 #
-#   bash install/build.sh [--python PY] [--interpreter PATH] [--out DIR] [--no-deb]
+#   bash install/build.sh [--python PY] [--interpreter PATH] [--out DIR] [--no-deb] [--no-wheel]
 #
 # --python PY         the Python that runs pip and zipapp (default: .venv's, else python3)
 # --interpreter PATH  the .ext's shebang interpreter, run with -I (default /usr/bin/python3)
@@ -12,12 +12,21 @@
 #                                pure-Python dependencies vendored by `pip install
 #                                --target` (osquery's bindings, future, thrift, tomli);
 #                                needs only the host's python3 >= 3.9.
+# dist/readegress-<v>-<python>-<abi>-<platform>.whl
+#                                the package for pip, with the compiled accelerator
+#                                readegress._speedups built for PY (`pip wheel`; needs
+#                                gcc and PY's headers, e.g. python3-dev; without them
+#                                the wheel has no accelerator and readegress runs its
+#                                pure-Python code). Release wheels for every CPython
+#                                and manylinux are built by cibuildwheel (see README,
+#                                "Packaging"): a host never needs a compiler.
 # dist/readegress_<v>_all.deb    the .ext in /usr/lib/readegress, the default config
 #                                in /etc/readegress, an osquery flagfile fragment
 #                                and the extensions.load entry; built with dpkg-deb.
 #
 # Compiled parts: a zip cannot carry C extensions (zipimport loads .py only),
-# so the .ext vendors pure Python only. Thrift then uses its pure-Python binary
+# so the .ext vendors pure Python only (readegress._speedups is left out: the
+# socket tables run their pure-Python twins). Thrift then uses its pure-Python binary
 # protocol (fastbinary is dropped; readegress.osquery.protocol falls back to
 # it), and apsw (the embedded SQLite engine of `readegress query` and `packs
 # check`) is left out: the extension does not use it. psutil, duckdb and
@@ -27,14 +36,16 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 py="${PYTHON:-}"
 interpreter="/usr/bin/python3"
 deb=1
+wheel=1
 out=""
 while [ "$#" -gt 0 ]; do
   case "$1" in
     --python) py="$2"; shift 2 ;;
     --interpreter) interpreter="$2"; shift 2 ;;
     --no-deb) deb=0; shift ;;
+    --no-wheel) wheel=0; shift ;;
     --out) out="$2"; shift 2 ;;
-    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "build.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -81,7 +92,10 @@ mkdir -p "$stage"
 find "$stage" \( -name '*.so' -o -name '*.pyd' -o -name '__pycache__' \) -prune -exec rm -rf {} +
 rm -rf "$stage/bin"
 cp -r "$here/extension/readegress" "$stage/readegress"
-find "$stage/readegress" \( -name '__pycache__' -o -name '*.egg-info' \) -prune -exec rm -rf {} +
+# An in-place build of readegress._speedups (pip install -e) is left out with
+# its source: the .ext runs the pure-Python twins.
+find "$stage/readegress" \( -name '__pycache__' -o -name '*.egg-info' -o -name '*.so' \
+  -o -name '_speedups.c' -o -name '_speedups.pyi' \) -prune -exec rm -rf {} +
 mkdir -p "$stage/readegress/specs"
 cp "$here"/tables/*.toml "$stage/readegress/specs/"
 cat > "$stage/__main__.py" <<'PY'
@@ -96,6 +110,21 @@ PY
 chmod 0755 "$work/readegress.ext"
 mv -f "$work/readegress.ext" "$dist/readegress.ext"
 echo "built $dist/readegress.ext ($(stat -c %s "$dist/readegress.ext") bytes)"
+
+if [ "$wheel" = 1 ]; then
+  # From a copy of the sources: the build leaves nothing in the checkout.
+  src="$work/src"
+  mkdir -p "$src"
+  cp -r "$here/pyproject.toml" "$here/setup.py" "$here/README.md" "$here/tables" "$src/"
+  mkdir -p "$src/extension"
+  cp -r "$here/extension/readegress" "$src/extension/readegress"
+  find "$src" \( -name '__pycache__' -o -name '*.egg-info' -o -name '*.so' \) -prune -exec rm -rf {} +
+  "$py" -m pip wheel -q --disable-pip-version-check --no-deps -w "$work/wheel" "$src"
+  for w in "$work"/wheel/readegress-*.whl; do
+    mv -f "$w" "$dist/"
+    echo "built $dist/$(basename "$w")"
+  done
+fi
 
 [ "$deb" = 1 ] || exit 0
 command -v dpkg-deb >/dev/null || { echo "build.sh: dpkg-deb not found (apt-get install dpkg)" >&2; exit 2; }

@@ -23,6 +23,20 @@ command -v setpriv >/dev/null || need_pkgs+=(util-linux)
 command -v curl >/dev/null || need_pkgs+=(curl)
 # install/build.sh (tested in tests/test_deploy.py) builds the .deb with dpkg-deb.
 command -v dpkg-deb >/dev/null || need_pkgs+=(dpkg)
+# The compiled accelerator (readegress._speedups, built by pip install -e) needs a
+# C compiler and the Python headers; without them readegress runs its pure-Python
+# code, so as non-root they are only suggested.
+want_pkgs=()
+command -v gcc >/dev/null || want_pkgs+=(gcc)
+python3 -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null \
+  || want_pkgs+=(python3-dev)
+if [ "${#want_pkgs[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    need_pkgs+=("${want_pkgs[@]}")
+  else
+    echo "dev.sh: no ${want_pkgs[*]}: readegress._speedups is not built (pure-Python paths run)" >&2
+  fi
+fi
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "dev.sh: installing ${need_pkgs[*]}" >&2
@@ -40,7 +54,15 @@ extras="${READEGRESS_EXTRAS:-dev}"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$(cat "$stamp")" != "$extras" ]; then
+# Rebuild the accelerator in place when its source changed or it was never built
+# (a compiler installed since).
+speedups_so=$(ls extension/readegress/_speedups*.so 2>/dev/null | head -n 1 || true)
+if [ -f "$stamp" ] && command -v gcc >/dev/null \
+  && { [ -z "$speedups_so" ] || [ extension/readegress/_speedups.c -nt "$speedups_so" ]; }; then
+  rm -f "$stamp"
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
+  || [ "$(cat "$stamp")" != "$extras" ]; then
   "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]"
   echo "$extras" > "$stamp"
 fi

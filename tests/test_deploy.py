@@ -390,3 +390,31 @@ def test_real_osqueryd_autoloads_the_built_ext_and_doctor_agrees(
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
+
+
+# -- the wheel --------------------------------------------------------------------
+
+
+def test_wheel_carries_the_compiled_accelerator_and_it_loads(built: Path, tmp_path: Path) -> None:
+    wheels = list(built.glob("readegress-*.whl"))
+    assert len(wheels) == 1, sorted(p.name for p in built.iterdir())
+    names = zipfile.ZipFile(wheels[0]).namelist()
+    assert "readegress/cli.py" in names and "readegress/speedups.py" in names
+    assert not [n for n in names if n.endswith(".c")]
+    compiled = [n for n in names if n.startswith("readegress/_speedups") and n.endswith(".so")]
+    if not shutil.which("cc") and not shutil.which("gcc"):
+        pytest.skip("no C compiler here: the wheel was built without the accelerator")
+    assert compiled, names
+    # A platform wheel (the compiled module ties it to this Python and machine).
+    assert not wheels[0].name.endswith("-none-any.whl")
+    zipfile.ZipFile(wheels[0]).extractall(tmp_path)
+    r = run(
+        sys.executable,
+        "-c",
+        "import readegress.speedups as s, readegress._speedups as c;"
+        " print(s.native is c, c.__file__)",
+        env={"PYTHONPATH": str(tmp_path), "PATH": os.environ.get("PATH", "")},
+        cwd=str(tmp_path),
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("True " + str(tmp_path)), r.stdout

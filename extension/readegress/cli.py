@@ -103,12 +103,13 @@ def cmd_query(args: argparse.Namespace) -> int:
         _err(f"error: {e}")
         env.close()
         return EXIT_ERROR
-    lines: list[str] | None = None
+    data: bytes | None = None
     try:
         if args.json:
-            # SQLite encodes the objects itself (see Engine.query_json).
-            lines = engine.query_json(args.sql)
-        if lines is None:
+            # SQLite (or, for a full scan, the compiled accelerator) encodes
+            # the objects (see Engine.query_json_utf8).
+            data = engine.query_json_utf8(args.sql)
+        if data is None:
             names, rows = engine.query(args.sql)
     except SQLError as e:
         _err(f"error: {e}")
@@ -119,9 +120,13 @@ def cmd_query(args: argparse.Namespace) -> int:
             _err(f"warning: {w}")
         env.close()
     out = sys.stdout
-    if lines is not None:
-        if lines:
-            out.write("\n".join(lines) + "\n")
+    if data is not None:
+        raw = getattr(out, "buffer", None)
+        if raw is None:  # a text-only stream (tests): decode once
+            out.write(data.decode())
+        else:
+            out.flush()
+            raw.write(data)
     elif args.json:
         for r in rows:
             out.write(json.dumps(dict(zip(names, r)), default=_format_value) + "\n")

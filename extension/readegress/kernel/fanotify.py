@@ -83,12 +83,15 @@ from typing import Optional
 from readegress.kernel.procfs import (
     PROC_ROOT,
     ProcFs,
+    StdFds,
     parse_stat_fields,
     read_proc_file,
     real_uid,
     std_fds,
+    std_fds_of_links,
     std_socket_state,
 )
+from readegress.speedups import native as _native
 
 log = logging.getLogger("readegress.kernel.fanotify")
 
@@ -158,6 +161,9 @@ METADATA_LEN = _METADATA.size  # 24
 _INFO_HEADER = struct.Struct("=BBH")
 _PIDFD_INFO = struct.Struct("=BBHi")
 _RESPONSE = struct.Struct("=iI")
+#: the compiled permission reader's table: header size, and its two counters
+_REPEAT_HEADER = 64
+_REPEAT_COUNTERS = struct.Struct("=QQ")
 _FSID = struct.Struct("=ii")
 _HANDLE_HEADER = struct.Struct("=Ii")
 _O_LARGEFILE = getattr(os, "O_LARGEFILE", 0o100000)
@@ -506,27 +512,45 @@ def read_opener(
     """
     base = f"{procfs.root}/{pid}"
     try:
-        try:
-            st = parse_stat_fields(read_proc_file(base + "/stat"))
-        except (OSError, ValueError, IndexError):  # gone, or a zombie being reaped
-            return Opener(pid)
-        if alive is not None and not alive():
-            return Opener(pid)
-        ticks = st.start_ticks
-        if time.monotonic() > deadline:
-            return Opener(pid, start_ticks=ticks)
-        try:
-            cmdline = read_proc_file(base + "/cmdline")
-        except OSError:
-            return Opener(pid, start_ticks=ticks)
-        try:
-            path = os.readlink(base + "/exe")
-        except OSError:
-            path = ""  # another user's process without root, a kernel thread, a zombie
-        # While the opener is held: a pipeline's reader (cat, tar) or a
-        # `cat key > /dev/tcp/...` may exit a millisecond later, taking its
-        # stdin/stdout pipes and sockets with it. Checked by the final stat.
-        std = std_fds(pid, None, procfs.root)
+        if alive is None and _native is not None:
+            # The same reads in C, the GIL released once for all of them: a
+            # held opener then waits for no other Python thread (each
+            # syscall's release would let one run).
+            raw_stat, raw_cmdline, exe, link0, link1 = _native.held_reads(base)
+            if raw_stat is None:
+                return Opener(pid)
+            try:
+                st = parse_stat_fields(raw_stat)
+            except (ValueError, IndexError):
+                return Opener(pid)
+            ticks = st.start_ticks
+            if time.monotonic() > deadline or raw_cmdline is None:
+                return Opener(pid, start_ticks=ticks)
+            cmdline = raw_cmdline
+            path = exe or ""
+            std: StdFds = std_fds_of_links(link0, link1)
+        else:
+            try:
+                st = parse_stat_fields(read_proc_file(base + "/stat"))
+            except (OSError, ValueError, IndexError):  # gone, or a zombie being reaped
+                return Opener(pid)
+            if alive is not None and not alive():
+                return Opener(pid)
+            ticks = st.start_ticks
+            if time.monotonic() > deadline:
+                return Opener(pid, start_ticks=ticks)
+            try:
+                cmdline = read_proc_file(base + "/cmdline")
+            except OSError:
+                return Opener(pid, start_ticks=ticks)
+            try:
+                path = os.readlink(base + "/exe")
+            except OSError:
+                path = ""  # another user's process without root, a kernel thread, a zombie
+            # While the opener is held: a pipeline's reader (cat, tar) or a
+            # `cat key > /dev/tcp/...` may exit a millisecond later, taking its
+            # stdin/stdout pipes and sockets with it. Checked by the final stat.
+            std = std_fds(pid, None, procfs.root)
         sockets = std_socket_state(pid, std.sockets) if std.sockets else ()
     finally:
         if release is not None:
@@ -796,6 +820,12 @@ class FanotifyWatcher:
         # file by that pid was answered: later opens within
         # _PERM_REPEAT_SECONDS are allowed on an fstat, without a readlink.
         self._perm_repeat: dict[tuple[int, int, int], float] = {}
+        #: The same, for the compiled reader (``_speedups.perm_wait``), which
+        #: allows those repeats without the GIL: a 64-byte header (repeats it
+        #: allowed, its longest hold in µs: see stats) and 4096 slots of 32 bytes.
+        self._repeat_table = bytearray(_REPEAT_HEADER + 4096 * 32)
+        #: whether the permission reader is the compiled one (tests switch it off)
+        self.native_perm = _native is not None
         self._pid = os.getpid()
         #: Test hooks: a held permission event waits on ``_test_stall`` (while
         #: the opener is held) before its identity is read; with
@@ -938,6 +968,12 @@ class FanotifyWatcher:
         """A snapshot of the counters."""
         s = FanotifyStats(**self._stats.__dict__)
         s.mark_errors = dict(self._stats.mark_errors)
+        # Repeats the compiled reader allowed (its counters live in the table).
+        repeats, max_hold_us = _REPEAT_COUNTERS.unpack_from(self._repeat_table)
+        s.perm_events += repeats
+        s.perm_repeats += repeats
+        s.perm_answered += repeats
+        s.perm_max_hold_us = max(s.perm_max_hold_us, max_hold_us)
         return s
 
     # -- marks -----------------------------------------------------------
@@ -1253,15 +1289,57 @@ class FanotifyWatcher:
         group = self._perm
         assert group is not None
         try:
-            self._read_batches(group, PERM_BATCH_EVENTS * METADATA_LEN, self._perm_batch)
+            if self.native_perm and _native is not None:
+                self._read_perm_native(group)
+            else:
+                self._read_batches(group, PERM_BATCH_EVENTS * METADATA_LEN, self._perm_batch)
         finally:
             # Answer what was read, then closing the group makes the kernel
             # allow whatever is still queued unread.
             self._answer_all(shutdown=True)
             group.close()
 
-    def _perm_batch(self, data: bytes) -> None:
-        read_ns = time.monotonic_ns()
+    def _read_perm_native(self, group: _Group) -> None:
+        """:meth:`_read_batches` for the permission group in C
+        (``_speedups.perm_wait``): it polls, reads and allows repeat opens (see
+        :meth:`_perm_fast_repeat`) in a loop without the GIL, so an opener in
+        a loop never waits for a Python thread; it returns what else it read,
+        which goes to :meth:`_perm_batch` as before, or when stopped. It works
+        on its own dup of the group fd, closed after each call: a close of the
+        group meanwhile never leaves it answering on a reused number, and the
+        stop pipe wakes it (then the dup is closed and the group released)."""
+        assert _native is not None
+        size = PERM_BATCH_EVENTS * METADATA_LEN
+        wait = _native.perm_wait
+        while not self._stopping:
+            with group.lock:
+                if group.closed:
+                    break
+                fd = os.dup(group.fd)
+            try:
+                rest, read_ns, stopped = wait(
+                    fd, self._stop_r, size, self._pid, self._repeat_table, _PERM_REPEAT_SECONDS
+                )
+            except OSError as e:
+                self._stats.read_errors += 1
+                log.debug("fanotify %s read: %s", group.name, e)
+                if e.errno == errno.EBADF:
+                    break
+                continue
+            finally:
+                os.close(fd)
+            if stopped:
+                break
+            if rest:
+                # Repeats the table knew are answered; the Python dict's check
+                # still runs in _perm_event (a key the table lost to a collision).
+                self._perm_batch(rest, read_ns, repeats_checked=True)
+
+    def _perm_batch(
+        self, data: bytes, read_ns: Optional[int] = None, repeats_checked: bool = False
+    ) -> None:
+        if read_ns is None:
+            read_ns = time.monotonic_ns()
         wall = time.time()
         try:
             events = parse_events(data)
@@ -1269,7 +1347,7 @@ class FanotifyWatcher:
             events = e.events
             self._stats.internal_errors += 1
             log.error("%s", e)
-        if len(events) == 1 and self._perm_fast_repeat(events[0], read_ns):
+        if not repeats_checked and len(events) == 1 and self._perm_fast_repeat(events[0], read_ns):
             return
         deadline = read_ns / 1e9 + self.perm_budget
         with self._cond:
@@ -1386,6 +1464,8 @@ class FanotifyWatcher:
         self._perm_seen[(ev.pid, path)] = now
         if opener.identified and inode is not None:
             self._perm_repeat[(ev.pid, *inode)] = now
+            if _native is not None:
+                _native.perm_remember(self._repeat_table, ev.pid, inode[0], inode[1], now)
         if len(self._perm_seen) > 4096 or len(self._perm_repeat) > 4096:
             self._prune_perm_seen()
         self._emit(FanotifyEvent(wall, ev.mask, path, opener, size, True, hold, inode))

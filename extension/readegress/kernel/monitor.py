@@ -58,6 +58,7 @@ from readegress.kernel.sockdiag import (
     SockDiag,
     open_sock_diag_socket,
 )
+from readegress.speedups import native as _native
 
 log = logging.getLogger("readegress.kernel.monitor")
 
@@ -171,6 +172,8 @@ class SocketMonitor:
         # False for one poll after a process exec'd: owner tuples embed
         # ProcessInfo, so every one is rebuilt from the fresh infos.
         self._reuse_owners = True
+        #: the per-socket loop of a poll in C (``_speedups.observe``) when compiled
+        self.native_observe = _native is not None
         # The last poll, while any caller still holds it (a snapshot of 20k
         # sockets is megabytes: the monitor itself never keeps one alive).
         self._last: Optional[weakref.ref[MonitorSnapshot]] = None
@@ -280,6 +283,23 @@ class SocketMonitor:
         procfs = self.procfs
         # A socket cannot be older than the system: caps junk last-data ages.
         uptime = max(0.0, now - procfs.boot_time)
+        if self.native_observe:
+            assert _native is not None
+            # The loop below in C: the same records (see _speedups.c observe).
+            observed: list[ObservedSocket]
+            observed, seen_c, unresolved_c = _native.observe(
+                dumps,
+                now,
+                float(uptime),
+                owners_index,
+                old_seen,
+                reuse,
+                self._owners,
+                ObservedSocket,
+                _Tracked,
+                SocketOwner,
+            )
+            return observed, seen_c, unresolved_c
         seen: dict[int, _Tracked] = {}
         out: list[ObservedSocket] = []
         append = out.append

@@ -22,7 +22,6 @@ constructor argument only so tests can point at fake content.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import socket
@@ -33,6 +32,7 @@ from typing import NamedTuple, Optional
 
 from readegress.kernel.records import ProcessIdentity, ProcessInfo
 from readegress.kernel.sockdiag import read_tcp_info
+from readegress.speedups import native as _native
 
 PROC_ROOT = "/proc"
 PF_KTHREAD = 0x00200000
@@ -329,6 +329,8 @@ class SocketInodeMap:
         self._prev_live: Collection[int] = frozenset()
         self._searched: set[int] = set()
         self._refreshes = 0
+        #: readlinkat of many fds in C (``_speedups.socket_links``) when compiled
+        self.native_links = _native is not None
         #: inode -> ((identity, fd), ...) of every socket descriptor (any family).
         self.owners: dict[int, Holders] = {}
         #: processes whose fd directory could not be listed at the last refresh.
@@ -462,6 +464,16 @@ class SocketInodeMap:
                     except OSError:  # gone since the listing
                         fresh = []
                 try:
+                    if dir_fd is not None and self.native_links:
+                        assert _native is not None
+                        # The loop below in C: cache filled, (inode, fd) of sockets back.
+                        done, socks = _native.socket_links(dir_fd, fresh, cache)
+                        readlinks += done
+                        owners = self.owners
+                        for ino, fd in socks:
+                            held = owners.get(ino)
+                            owners[ino] = ((ident, fd),) if held is None else (*held, (ident, fd))
+                        fresh = []
                     for n in fresh:
                         try:
                             link = (
@@ -591,12 +603,19 @@ class SocketInodeMap:
 
 
 def _socket_inode(link: str) -> int:
-    if link.startswith(_SOCKET_PREFIX):
-        try:
-            return int(link[8:-1])
-        except ValueError:
-            return _NOT_SOCKET
+    """N of a ``socket:[N]`` link (ASCII digits, below 2**64), else 0 (not a socket).
+
+    Strict on purpose: the compiled twin (``_speedups.socket_links``) parses
+    the same way, and the kernel writes nothing else."""
+    if link.startswith(_SOCKET_PREFIX) and link.endswith("]"):
+        digits = link[8:-1]
+        if digits.isascii() and digits.isdigit():
+            n = int(digits)
+            return n if n < _U64_LIMIT else _NOT_SOCKET
     return _NOT_SOCKET
+
+
+_U64_LIMIT = 1 << 64
 
 
 def socket_inodes_of(pid: int, proc_root: str = PROC_ROOT) -> dict[int, int]:
@@ -627,6 +646,8 @@ class PidfdGetfd:
     """``pidfd_getfd(2)`` through libc's ``syscall`` (Python has no wrapper)."""
 
     def __init__(self) -> None:
+        import ctypes  # here: ~2 ms of imports a `readegress query` does not need
+
         self._syscall: Optional[Callable[..., int]] = None
         try:
             libc = ctypes.CDLL(None, use_errno=True)
@@ -638,6 +659,8 @@ class PidfdGetfd:
         self.works = self._syscall is not None and hasattr(os, "pidfd_open")
 
     def __call__(self, pidfd: int, fd: int) -> int:
+        import ctypes
+
         if self._syscall is None:
             raise OSError(errno.ENOSYS, "pidfd_getfd unavailable")
         r = self._syscall(
@@ -660,16 +683,29 @@ class StdFds(NamedTuple):
 
 def std_fds(pid: int, start_ticks: Optional[int], proc_root: str = PROC_ROOT) -> StdFds:
     """Pipe and socket inodes on fd 0 and fd 1 of ``pid`` (see :func:`std_pipes`)."""
-    pipes: list[Optional[int]] = []
-    sockets: list[tuple[int, int]] = []
+    links: list[Optional[str]] = []
     for fd in (0, 1):
         try:
-            link = os.readlink(f"{proc_root}/{pid}/fd/{fd}")
+            links.append(os.readlink(f"{proc_root}/{pid}/fd/{fd}"))
         except OSError:
-            pipes.append(None)
-            continue
+            links.append(None)
+    found = std_fds_of_links(links[0], links[1])
+    if found == StdFds():
+        return found
+    if start_ticks is not None and read_start_ticks(pid, proc_root) != start_ticks:
+        return StdFds()
+    return found
+
+
+def std_fds_of_links(fd0: Optional[str], fd1: Optional[str]) -> StdFds:
+    """:class:`StdFds` from the link texts of fd 0 and fd 1 (None: unreadable)."""
+    pipes: list[Optional[int]] = []
+    sockets: list[tuple[int, int]] = []
+    for fd, link in ((0, fd0), (1, fd1)):
         ino: Optional[int] = None
-        if link.startswith(_PIPE_PREFIX):
+        if link is None:
+            pass
+        elif link.startswith(_PIPE_PREFIX):
             try:
                 ino = int(link[6:-1])
             except ValueError:
@@ -679,10 +715,6 @@ def std_fds(pid: int, start_ticks: Optional[int], proc_root: str = PROC_ROOT) ->
             if sock:
                 sockets.append((fd, sock))
         pipes.append(ino)
-    if pipes == [None, None] and not sockets:
-        return StdFds()
-    if start_ticks is not None and read_start_ticks(pid, proc_root) != start_ticks:
-        return StdFds()
     return StdFds(pipes[0], pipes[1], tuple(sockets))
 
 
@@ -715,7 +747,11 @@ def std_socket_state(
     owner is waiting, so the duplicate is never its last reference). Any
     failure yields fewer entries, never an exception.
     """
-    getfd = getfd or _GETFD
+    global _GETFD
+    if getfd is None:
+        if _GETFD is None:
+            _GETFD = PidfdGetfd()
+        getfd = _GETFD
     out: list[tuple[int, Optional[int]]] = []
     if not getfd.works:
         return ()
@@ -753,4 +789,5 @@ def std_socket_state(
     return tuple(out)
 
 
-_GETFD = PidfdGetfd()
+#: built at the first std_socket_state without its own (ctypes is imported then)
+_GETFD: Optional[PidfdGetfd] = None

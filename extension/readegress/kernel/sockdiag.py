@@ -46,6 +46,7 @@ from collections.abc import Callable
 from typing import Optional
 
 from readegress.kernel.records import SocketInfo
+from readegress.speedups import native as _native
 
 log = logging.getLogger("readegress.kernel.sockdiag")
 
@@ -367,6 +368,9 @@ class SockDiag:
         # Learnt rtattr layouts (prefix bytes up to tcp_info, tcp_info length)
         # for IPv4 and IPv6; empty prefix = none learnt yet.
         self._layouts: tuple[bytes, int, bytes, int] = (b"", 0, b"", 0)
+        #: the reply parser: compiled when readegress._speedups is there (see
+        #: readegress.speedups), else the pure-Python reference
+        self.parse_dump = self._parse_dump if _native is None else self._parse_dump_native
 
     def close(self) -> None:
         self._view.release()
@@ -430,10 +434,11 @@ class SockDiag:
         self._inflight = seq
         recv_into = self.sock.recv_into
         buf, view = self._buf, self._view
+        parse = self.parse_dump
         while True:
             n = recv_into(buf)
             try:
-                done = self._parse_dump(buf, view, n, seq, protocol, out)
+                done = parse(buf, view, n, seq, protocol, out)
             except SockDiagError as e:
                 if e.errno != errno.EPROTO:
                     self._inflight = None  # an NLMSG_ERROR reply ends the dump
@@ -517,7 +522,7 @@ class SockDiag:
             else:
                 ln, typ, _flags, mseq, _pid = nlh_unpack(view, off)
             if ln < 16 or off + ln > end:
-                raise SockDiagError(errno.EPROTO, f"malformed netlink message (len {ln})")
+                raise parse_error(_MALFORMED, ln)
             if mseq != seq:  # left over from an earlier, aborted dump
                 off += (ln + 3) & ~3
                 continue
@@ -525,11 +530,13 @@ class SockDiag:
                 self._layouts = (prefix4, info_len4, prefix6, info_len6)
                 return True
             if typ == NLMSG_ERROR:
+                if ln < 20:  # no room for the error code
+                    raise parse_error(_MALFORMED, ln)
                 code = -_ERR.unpack_from(view, off + 16)[0]
                 if code == 0:  # an ACK, not an error
                     off += (ln + 3) & ~3
                     continue
-                raise SockDiagError(code, f"sock_diag request failed: {os.strerror(code)}")
+                raise parse_error(_FAILED, code)
             if ln < _MSG_LEN:
                 off += (ln + 3) & ~3
                 continue
@@ -611,6 +618,41 @@ class SockDiag:
             off += (ln + 3) & ~3
         self._layouts = (prefix4, info_len4, prefix6, info_len6)
         return False
+
+    def _parse_dump_native(
+        self,
+        buf: bytearray,
+        view: memoryview,
+        end: int,
+        seq: int,
+        protocol: int,
+        out: list[SocketInfo],
+    ) -> bool:
+        """:meth:`_parse_dump` in C (``_speedups.parse_dump``): the same records,
+        appended as they are parsed, and the same errors."""
+        assert _native is not None
+        status, value = _native.parse_dump(buf, end, seq, protocol, out, SocketInfo)
+        if status == _MORE:
+            return False
+        if status == _DONE:
+            return True
+        raise parse_error(status, value)
+
+
+# parse_dump outcomes (the C parser returns them with a value; the Python one raises).
+_MORE, _DONE, _MALFORMED, _FAILED = 0, 1, 2, 3
+
+
+def parse_error(kind: int, value: int) -> SockDiagError:
+    """The error of a dump reply: ``_MALFORMED`` (``value``: the message's
+    length field) or ``_FAILED`` (``value``: the kernel's errno)."""
+    if kind == _MALFORMED:
+        return SockDiagError(errno.EPROTO, f"malformed netlink message (len {value})")
+    try:
+        text = os.strerror(value)
+    except (ValueError, OverflowError):  # a code no C int holds (hostile reply)
+        text = f"Unknown error {value}"
+    return SockDiagError(value, f"sock_diag request failed: {text}")
 
 
 DestroyCallback = Callable[[SocketInfo], None]

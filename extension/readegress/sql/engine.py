@@ -23,19 +23,33 @@ with hidden or required columns always stay virtual (a plain table cannot
 hide a column from ``SELECT *``, and a required column needs its
 constraint), and so does every table a statement constrains (pushdown reaches
 the table as before).
+
+Full scans (``SELECT * FROM t``, nothing else, on the bulk engine): SQLite
+would only copy the rows in and hand the same values back (reading 520k
+values back into Python costs more than generating them), so the rows are
+answered without SQLite when every value is one SQLite keeps as it is in its
+column (:func:`sqlite_rows`: bools become 0/1, anything a column's affinity
+would convert sends the statement through SQLite as before). With the
+compiled accelerator, :meth:`Engine.query_json_text` writes such a scan's JSON
+lines itself, byte for byte what ``json_object`` writes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
+import operator
+import re
 import threading
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Protocol
+from functools import partial
+from typing import Any, NamedTuple, Optional, Protocol
 
 import apsw
 
 from readegress.kernel.memory import gc_paused
+from readegress.speedups import native as _native
 from readegress.tables.context import Constraint, QueryContext
 from readegress.tables.spec import REQUIRED as _REQUIRED
 from readegress.tables.spec import TableSpec
@@ -54,6 +68,80 @@ _PUSHABLE_OPS = frozenset(
         apsw.SQLITE_INDEX_CONSTRAINT_REGEXP,
     }
 )
+
+
+#: ``SELECT * FROM name`` and nothing else (an unqualified, plain or quoted name).
+_FULL_SCAN = re.compile(r'\s*SELECT\s+\*\s+FROM\s+(?:"(\w+)"|(\w+))\s*;?\s*', re.I | re.A)
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+_not_none = partial(operator.is_not, None)
+
+
+def affinity(declared: str) -> str:
+    """SQLite's column affinity of a declared type, as one letter: ``i``
+    INTEGER, ``t`` TEXT, ``b`` BLOB (none), ``r`` REAL, ``n`` NUMERIC (the
+    rules of section 3.1 of SQLite's datatype documentation, in their order)."""
+    t = declared.upper()
+    if "INT" in t:
+        return "i"
+    if "CHAR" in t or "CLOB" in t or "TEXT" in t:
+        return "t"
+    if "BLOB" in t or not t:
+        return "b"
+    if "REAL" in t or "FLOA" in t or "DOUB" in t:
+        return "r"
+    return "n"
+
+
+def _sqlite_rows_py(rows: Sequence[Sequence[Any]], kinds: bytes) -> Optional[list[tuple[Any, ...]]]:
+    """``rows`` as SQLite hands them back from a table with column affinities
+    ``kinds`` (see :func:`affinity`), or None when SQLite would convert a value
+    (then SQLite must). Bools become 0/1; an int must fit SQLite's 64 bits in
+    an INTEGER column, a str with a UTF-8 form go in a TEXT column, a float (not NaN, not -0.0:
+    SQLite stores NULL and an integer 0 for them) in a REAL column; None
+    anywhere. Column by column (``zip(*rows)``), so the per-value work is C
+    builtins; ``_speedups.sqlite_rows`` is its compiled twin."""
+    width = len(kinds)
+    if any(not isinstance(r, tuple) or len(r) != width for r in rows):
+        return None
+    if not rows or not width:
+        return [() for _ in rows]
+    cols = list(zip(*rows))
+    for j, kind in enumerate(kinds):
+        col = cols[j]
+        types = set(map(type, col))
+        types.discard(type(None))
+        if not types:
+            continue
+        values = list(filter(_not_none, col))
+        if kind == 105:  # b"i"
+            if not types <= {int, bool}:
+                return None
+            if bool in types:
+                col = cols[j] = tuple(None if v is None else int(v) for v in col)
+                values = list(map(int, values))
+            if min(values) < _INT64[0] or max(values) > _INT64[1]:
+                return None
+        elif kind == 116:  # b"t"
+            if types != {str}:
+                return None
+            if not all(map(str.isascii, values)):
+                try:  # text without a UTF-8 form (lone surrogates): SQLite refuses it
+                    for v in values:
+                        v.encode()
+                except UnicodeEncodeError:
+                    return None
+        elif kind == 114:  # b"r"
+            if types != {float} or any(map(math.isnan, values)):
+                return None
+            if 0.0 in values and any(math.copysign(1.0, v) < 0 for v in values if v == 0.0):
+                return None
+        else:
+            return None
+    return list(zip(*cols))
+
+
+#: rows as SQLite returns them (see :func:`_sqlite_rows_py`)
+sqlite_rows = _sqlite_rows_py if _native is None else _native.sqlite_rows
 
 
 class SQLError(RuntimeError):
@@ -196,8 +284,11 @@ class Engine:
         self.tables: dict[str, RowSource] = {}
         self.bulk = bulk
         self._planning = _Planning()
-        #: tables the last statement read through a bulk copy (tests look)
+        #: tables the last statement read through a bulk copy or a full scan (tests look)
         self.last_bulk: tuple[str, ...] = ()
+        #: full-scan tables the last statement answered without SQLite (tests look)
+        self.last_direct: tuple[str, ...] = ()
+        self._kinds: dict[str, bytes] = {}
 
     def register(self, source: RowSource) -> None:
         name = source.spec.name
@@ -251,10 +342,32 @@ class Engine:
             out[name] = seen.used.get(name, set())
         return out
 
-    def _copy_in(self, name: str, used: set[str]) -> None:
-        """Generate ``name`` once and copy its rows into ``temp."name"``."""
+    def _scan_rows(self, sql: str) -> Optional[tuple[str, list[str], Sequence[Sequence[Any]]]]:
+        """(table, column names, generated rows) when ``sql`` is ``SELECT * FROM
+        table`` of a registered table without hidden or required columns (what
+        :meth:`_bulk_candidates` would copy); None, without generating, otherwise."""
+        m = _FULL_SCAN.fullmatch(sql)
+        if m is None:
+            return None
+        name = (m.group(1) or m.group(2)).lower()
+        source = self.tables.get(name)
+        if source is None:
+            return None
+        spec = source.spec
+        if any(c.hidden or c.options & _REQUIRED for c in spec.columns):
+            return None
+        names = [c.name for c in spec.columns]
+        if name not in self._kinds:
+            self._kinds[name] = "".join(affinity(c.type) for c in spec.columns).encode()
+        return name, names, source.generate(QueryContext.of((), set(names)))
+
+    def _copy_in(
+        self, name: str, used: set[str], rows: Optional[Sequence[Sequence[Any]]] = None
+    ) -> None:
+        """Copy ``rows`` (generated here when None) into ``temp."name"``."""
         spec = self.tables[name].spec
-        rows = self.tables[name].generate(QueryContext.of((), used))
+        if rows is None:
+            rows = self.tables[name].generate(QueryContext.of((), used))
         cols = ", ".join(f'"{c.name}" {c.type}' for c in spec.columns)
         marks = ", ".join("?" * len(spec.columns))
         self.db.execute(f'CREATE TEMP TABLE "{name}"({cols})')
@@ -262,13 +375,31 @@ class Engine:
 
     def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run SQL; returns column names and rows. Errors become :class:`SQLError`."""
+        return self._query(sql, None)
+
+    def _query(
+        self, sql: str, scanned: Optional[tuple[str, Sequence[Sequence[Any]]]]
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """:meth:`query`; ``scanned``: (table, rows) already generated for this
+        statement (a full scan SQLite must convert), copied instead of generated."""
         with self._lock, gc_paused():
             copied: list[str] = []
+            self.last_direct = ()
             try:
+                if self.bulk and scanned is None:
+                    got = self._scan_rows(sql)
+                    if got is not None:
+                        name, names, raw = got
+                        rows = sqlite_rows(raw, self._kinds[name])
+                        if rows is not None:
+                            self.last_bulk = self.last_direct = (name,)
+                            return names, rows
+                        scanned = (name, raw)
                 if self.bulk:
                     for name, used in self._bulk_candidates(sql).items():
                         copied.append(name)
-                        self._copy_in(name, used)
+                        pre = scanned[1] if scanned is not None and scanned[0] == name else None
+                        self._copy_in(name, used, pre)
                 self.last_bulk = tuple(copied)
                 cur = self.db.cursor()
                 cur.execute(sql)
@@ -287,6 +418,25 @@ class Engine:
                         self.db.execute(f'DROP TABLE IF EXISTS temp."{name}"')
         return names, rows
 
+    def query_json_utf8(self, sql: str) -> bytes | None:
+        """:meth:`query_json` as one UTF-8 text, each line ending in a newline. A
+        full scan (see the module notes) is encoded by the compiled accelerator
+        when it is there (``_speedups.json_lines``: what ``json_object`` writes,
+        byte for byte, straight into the bytes returned), else by SQLite."""
+        scanned: Optional[tuple[str, Sequence[Sequence[Any]]]] = None
+        if self.bulk and _native is not None:
+            with self._lock, gc_paused():
+                got = self._scan_rows(sql)
+                if got is not None:
+                    name, names, raw = got
+                    data: Optional[bytes] = _native.json_lines(names, raw, self._kinds[name])
+                    if data is not None:
+                        self.last_bulk = self.last_direct = (name,)
+                        return data
+                    scanned = (name, raw)
+        lines = self._query_json(sql, scanned)
+        return None if lines is None else "".join(line + "\n" for line in lines).encode()
+
     def query_json(self, sql: str) -> list[str] | None:
         """Rows of one SELECT as JSON objects (one string per row), encoded by
         SQLite's ``json_object``: 20k rows cost ~25 ms, where reading them into
@@ -296,6 +446,11 @@ class Engine:
         unique column names, or a value is a BLOB (JSON cannot hold one): the
         caller then encodes rows itself. Errors become :class:`SQLError`.
         """
+        return self._query_json(sql, None)
+
+    def _query_json(
+        self, sql: str, scanned: Optional[tuple[str, Sequence[Sequence[Any]]]]
+    ) -> list[str] | None:
         with self._lock:
             try:
                 info = self._prepare(sql)
@@ -312,7 +467,7 @@ class Engine:
             pairs = ", ".join(f"{_sql_text(n)}, {_sql_name(n)}" for n in names)
             body = (info.first or sql).rstrip().rstrip(";")
             try:
-                _names, rows = self.query(f"SELECT json_object({pairs}) FROM ({body}\n)")
+                _names, rows = self._query(f"SELECT json_object({pairs}) FROM ({body}\n)", scanned)
             except SQLError as e:
                 if "BLOB" in str(e):
                     return None

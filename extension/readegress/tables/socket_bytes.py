@@ -14,6 +14,7 @@ from typing import NamedTuple, Optional
 
 from readegress.kernel.records import ObservedSocket
 from readegress.net.classify import class_name
+from readegress.speedups import native as _native
 from readegress.tables.base import TableEnv
 from readegress.tables.context import QueryContext
 
@@ -116,6 +117,8 @@ class SocketBytesTable:
 
     def __init__(self, env: TableEnv) -> None:
         self.env = env
+        #: rows built in C when the accelerator is there (tests switch it off)
+        self.native = _native is not None
 
     def generate(self, ctx: QueryContext) -> Iterator[SocketBytesRow]:
         """One row per (socket, owning descriptor); the per-row hot loop of the table.
@@ -132,6 +135,23 @@ class SocketBytesTable:
         directions = Directions(snap.sockets)
         listeners = directions._listeners
         listen_ports = directions._ports
+        if pids is None and self.native:
+            assert _native is not None
+            # The loop below in C (_speedups.socket_rows): the same rows, built
+            # a chunk at a time as this generator is consumed (the Thrift path
+            # converts and drops 1,000 rows at a time: never all 20k at once).
+            sockets = snap.sockets
+            for start in range(0, len(sockets), _NATIVE_CHUNK):
+                yield from _native.socket_rows(
+                    sockets[start : start + _NATIVE_CHUNK],
+                    listeners,
+                    listen_ports,
+                    _TCP_STATE_NAMES,
+                    _class_cache,
+                    _remember_class,
+                    SocketBytesRow,
+                )
+            return
         new = _new_tuple
         cls = SocketBytesRow
         tcp_names = _TCP_STATE_NAMES
@@ -201,6 +221,8 @@ class SocketBytesTable:
 
 
 _new_tuple = tuple.__new__
+#: sockets whose rows the compiled builder makes per call
+_NATIVE_CHUNK = 512
 _TCP_STATE_NAMES: dict[int, str] = dict(TCP_STATES)
 #: remote address -> class name, bounded (a host talks to few peers at a time).
 _class_cache: dict[str, str] = {}

@@ -224,6 +224,9 @@ def _bundled_spec_files() -> list[tuple[str, str]]:
     return [(e.name, e.read_text(encoding="utf-8")) for e in sorted(entries, key=lambda e: e.name)]
 
 
+_parsed: dict[tuple[str, str], TableSpec] = {}
+
+
 def load_specs(directory: Path | None = None) -> dict[str, TableSpec]:
     """Every ``*.toml`` spec in ``directory``, by table name, in file-name order.
 
@@ -241,7 +244,10 @@ def load_specs(directory: Path | None = None) -> dict[str, TableSpec]:
         texts = [(str(f), f.read_text(encoding="utf-8")) for f in files]
     specs: dict[str, TableSpec] = {}
     for where, text in texts:
-        spec = parse_spec(text, where)
+        # Parsed once per process (`readegress query` asks twice; specs are frozen).
+        spec = _parsed.get((where, text))
+        if spec is None:
+            spec = _parsed[(where, text)] = parse_spec(text, where)
         if spec.name in specs:
             raise SpecError(
                 f"{where}:1: table {spec.name!r} already declared in {specs[spec.name].path}"
