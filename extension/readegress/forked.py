@@ -3,11 +3,15 @@
 Fork (not spawn): a child starts with the parent's memory, so its input (rows,
 events, config) is never pickled, only its result. The children run Python
 only; the parent may hold other threads (DuckDB's), which a child never
-touches.
+touches: the objects that exist at the fork are frozen out of the cyclic
+collector first, so a child never runs the destructor of one (a DuckDB
+relation's would take locks that the parent's threads, absent in the child,
+may have held).
 """
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -26,13 +30,19 @@ def run_forked(calls: Sequence[Callable[[], T]], *, name: str, first_here: bool 
     conns = []
     procs = []
     start = 1 if first_here else 0
-    for k in range(start, len(calls)):
-        parent, child = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_child, args=(child, calls[k]), name=f"{name}-{k}", daemon=True)
-        proc.start()
-        child.close()
-        conns.append(parent)
-        procs.append(proc)
+    gc.freeze()
+    try:
+        for k in range(start, len(calls)):
+            parent, child = ctx.Pipe(duplex=False)
+            proc = ctx.Process(
+                target=_child, args=(child, calls[k]), name=f"{name}-{k}", daemon=True
+            )
+            proc.start()
+            child.close()
+            conns.append(parent)
+            procs.append(proc)
+    finally:
+        gc.unfreeze()
     out: list[T] = []
     try:
         if first_here and calls:
