@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
+from typing import Optional
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -152,23 +153,33 @@ def test_random_damage_never_crashes(
     assert fr.correlated.candidates == correlate_events(CONFIG, reference_events([str(path)]))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     lines=st.lists(
         st.binary(max_size=12).map(lambda b: b.replace(b"\n", b""))
-        | st.sampled_from([b"", b"\xff", b"caf\xc3\xa9", b"\xe2\x82", b'{"a":1}']),
+        | st.sampled_from([b"", b"\xff", b"caf\xc3\xa9", b"\xe2\x82", b'{"a":1}'])
+        | st.integers(0, 90).map(lambda n: b"y" * n),
         max_size=30,
     ),
     newline_at_end=st.booleans(),
     batch_bytes=st.integers(min_value=1, max_value=40),
+    big=st.none() | st.integers(min_value=1, max_value=16),
+    max_line=st.integers(min_value=20, max_value=60),
 )
 def test_line_batches_cut_every_line_once_whatever_the_chunk_size(
     lines: list[bytes],
     newline_at_end: bool,
     batch_bytes: int,
+    big: Optional[int],
+    max_line: int,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    """Batches are views into what was read: each line once, numbered, non-UTF-8 reported."""
+    """Batches are views into what was read: each line once, numbered, non-UTF-8 reported.
+
+    With ``big``, every line longer than it comes alone in a batch marked big,
+    and no other batch holds one; a line far over ``max_line`` is reported and
+    empty, and only a line over it is.
+    """
     from readegress.logs.lines import LineStats, line_batches
 
     body = b"\n".join(lines) + (b"\n" if newline_at_end and lines else b"")
@@ -179,18 +190,35 @@ def test_line_batches_cut_every_line_once_whatever_the_chunk_size(
     stats = LineStats()
     got: dict[int, str] = {}
     for b in line_batches(
-        [str(path)], lambda x: bad.append(str(x)), stats, batch_bytes=batch_bytes
+        [str(path)],
+        lambda x: bad.append(str(x)),
+        stats,
+        batch_bytes=batch_bytes,
+        big_line_bytes=big,
+        max_line_bytes=max_line,
     ):
         for i, text in enumerate(b.lines):
             assert b.first_line + i not in got
             got[b.first_line + i] = text
+            if big is not None and not b.big:
+                assert len(text.encode()) <= big
         assert len(b.lines) == b.count
+        if b.big:
+            assert b.count == 1 and big is not None and len(bytes(b.data)) > big
     expected_lines = body.split(b"\n")
     if expected_lines and expected_lines[-1] == b"":
         expected_lines.pop()  # a final newline ends the last line, it starts none
+    too_long = {int(x.split(":")[1]) for x in bad if "line over" in x}
     want: dict[int, str] = {}
     want_bad = []
     for n, raw in enumerate(expected_lines, start=1):
+        if len(raw) > max_line + 2 * batch_bytes:
+            assert n in too_long
+        if n in too_long:
+            assert len(raw) > max_line
+            want[n] = ""
+            want_bad.append(f"{path}:{n}: line over {max_line} bytes")
+            continue
         try:
             want[n] = raw.decode("utf-8")
         except UnicodeDecodeError as e:

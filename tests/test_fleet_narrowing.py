@@ -229,3 +229,54 @@ def test_hosts_fed_in_forked_jobs_give_what_one_process_gives(tmp_path: Path) ->
         results.append((out.candidates, out.events, out.hosts, out.row_errors, out.core, bad))
     assert results[0][0] and results[0][3] == 2
     assert results[1] == results[0] and results[2] == results[0]
+
+
+def test_long_lines_are_parsed_apart_and_read_the_same(tmp_path: Path) -> None:
+    """Lines over BIG_LINE (parsed in groups of their own) give what the per-row reader gives.
+
+    A chain whose exec line carries a long command line, a batch line whose
+    rows are long, and snapshot lines of the project's socket_bytes table, mixed
+    with ordinary lines: the detections are the reference's, every snapshot row
+    is a row, and the report's long-lived sockets come from the latest run.
+    """
+    import json
+
+    from readegress.fleet.duckdb_engine import BIG_LINE
+
+    pad = "x" * (BIG_LINE + 100)
+    exec_row = _proc(300, 50, T, "/usr/bin/openssl", "execve")
+    exec_row["cmdline"] = "openssl enc -aes-256-cbc -pass pass:" + pad
+    rows = [
+        _proc(300, 50, T, "/usr/bin/bash", "fork"),
+        exec_row,
+        _read(300, 50, T + 1, "/usr/bin/openssl", "/etc/shadow"),
+        _conn(300, T + 2, "/usr/bin/openssl"),
+    ]
+    lines = [
+        json.dumps({"name": "q", "hostIdentifier": "h1", "unixTime": T, "columns": r,
+                    "action": "added"})
+        for r in rows
+    ]  # fmt: skip
+    batch_rows = [
+        dict(_read(400 + i, 50, T + 3, "/usr/bin/cat", "/etc/shadow"), note=pad) for i in range(3)
+    ]
+    batch_rows.append(dict(_conn(401, T + 4, "/usr/bin/curl"), note=pad))
+    lines.append(json.dumps({"name": "q", "hostIdentifier": "h2", "unixTime": T,
+                             "diffResults": {"added": batch_rows, "removed": []}}))  # fmt: skip
+    sock = {"cookie": "1", "bytes_acked": "5", "pid": "9", "remote_address": "45.33.32.156",
+            "remote_port": "443", "direction": "outbound", "pad": pad}  # fmt: skip
+    for k in range(3):
+        snap = [dict(sock, cookie=str(i), age_seconds=str(7200 + k)) for i in range(4)]
+        lines.append(json.dumps({"name": "s", "hostIdentifier": "h1", "unixTime": T + 60 * k,
+                                 "snapshot": snap, "action": "snapshot"}))  # fmt: skip
+    path = tmp_path / "long.log"
+    path.write_text("\n".join(lines) + "\n")
+    assert sum(len(x) > BIG_LINE for x in lines) == 5
+    n = _check(str(path), CONFIGS[1])
+    assert n >= 2
+    fr = run([str(path)], CONFIGS[1], lambda b: None, progress=False)
+    assert fr.engine.fetch("SELECT count(*) FROM proj WHERE tbl = 'socket_bytes'") == [(12,)]
+    found = {(d.host, d.pid) for d in fr.correlated.candidates}
+    assert ("h1", 300) in found and any(h == "h2" for h, _ in found)
+    opener = next(d for d in fr.correlated.candidates if d.pid == 300)
+    assert "encryptor_in_chain" in opener.reasons

@@ -28,6 +28,12 @@ from readegress.fleet.sql import COLUMN_KEYS, DUCKDB, derived_sql, recognise_sql
 from readegress.logs.lines import LineBatch, LineStats, Progress, line_batches
 from readegress.logs.results import BadLine
 
+#: DuckDB reads and parses a vector of 2,048 rows at a time (JSON into an arena several
+#: times the text's size): lines up to BIG_LINE bytes are parsed (and their row arrays
+#: exploded) all in one statement; longer ones apart, in groups of at most GROUP_BYTES,
+#: so that no statement goes past the memory limit (40 snapshot lines of 10 MB did).
+BIG_LINE = 8 << 10
+GROUP_BYTES = 16 << 20
 #: Top-level fields of a line (extracted with the columns, in the same parse).
 TOP_KEYS = ("hostIdentifier", "hostname", "name", "unixTime", "action")
 #: json_type paths: the line, its row containers and host fields.
@@ -83,6 +89,34 @@ class DuckDBEngine:
     def create(self, name: str, select: str) -> None:
         self.con.execute(f"CREATE OR REPLACE TABLE {name} AS {select}")
 
+    @staticmethod
+    def _explode_sql(table: str, deco_names: str) -> str:
+        """One row per element of the row arrays of ``table``'s kept lines (``lines``' columns)."""
+        arrays = f"FROM {table} WHERE bad IS NULL AND keep IS NOT NULL AND tbl IS NULL"
+        # Only what the rows need: unnest repeats every other column once per row.
+        cols = f"file, line, host, qname, unix_time{deco_names}"
+        # A line that is not bad has diffResults absent or an object, and its
+        # arrays are lists: an absent or empty one unnests to no row.
+        return f"""
+            SELECT file, line, idx, host, qname, unix_time, act, r,
+              try(json_type(r)) AS rty{deco_names}
+            FROM (
+              SELECT * EXCLUDE (l), unnest(l) AS r, unnest(generate_series(1, len(l))) AS idx
+              FROM (
+                SELECT {cols}, 'added' AS act, json_extract(keep, '$.diffResults.added[*]') AS l
+                {arrays}
+                UNION ALL
+                SELECT {cols}, 'removed' AS act,
+                  json_extract(keep, '$.diffResults.removed[*]') AS l
+                {arrays}
+                UNION ALL
+                SELECT {cols}, 'snapshot' AS act,
+                  CASE WHEN json_type(keep, '$.diffResults') IS NULL
+                    THEN json_extract(keep, '$.snapshot[*]') END AS l
+                {arrays}
+              ) s
+            ) u"""
+
     def fetch(self, select: str) -> list[tuple[Any, ...]]:
         return self.con.execute(select).fetchall()
 
@@ -122,9 +156,14 @@ class DuckDBEngine:
             [("file", pa.int32()), ("first", pa.int64()), ("chunk", pa.large_string())]
         )
 
+        big_lines = _BigLines(self._dir)
+
         def batches() -> Iterator[pa.RecordBatch]:
-            for b in line_batches(paths, on_bad, stats, progress=progress):
-                yield _record_batch(pa, schema, b)
+            for b in line_batches(paths, on_bad, stats, progress=progress, big_line_bytes=BIG_LINE):
+                if b.big:
+                    big_lines.add(b)
+                else:
+                    yield _record_batch(pa, schema, b)
 
         self.con.register("stream", pa.RecordBatchReader.from_batches(schema, batches()))
         deco = list(decoration_keys)
@@ -145,59 +184,68 @@ class DuckDBEngine:
             f", COALESCE(v[{6 + i}], v[{6 + len(deco) + i}]) AS d_{i}" for i in range(len(deco))
         )
         fields = ", ".join(f"{cv[k]} AS c_{k}" for k in COLUMN_KEYS)
-        # One parse for every field (try(): a line that is not JSON is NULL, never
-        # an error); a second for the JSON types only where the fields cannot
-        # prove them (see _plain_event_line). The raw line is kept only when its
-        # rows sit in arrays (batch/snapshot) or belong to the project's tables.
-        per_line = f"""
-          SELECT file, line, 0 AS idx, {host} AS host, {_bad_sql(host)} AS bad,
-            v[3] AS qname, v[4] AS unix_time, v[5] AS action, {fields}{decos},
-            CASE WHEN ty[1] = 'OBJECT' AND ty[2] IS NULL
-                      AND (ty[3] IS NOT NULL OR ty[4] IS NOT NULL) THEN raw
-                 WHEN ty[2] = 'OBJECT' AND ({_project_test(cv)})
-                   THEN CAST(json_extract(raw, '$.columns') AS VARCHAR)
-            END AS keep
-          FROM (
-            SELECT file, line, raw, v,
-              CASE WHEN {_plain_event_line(cv)} THEN {_PLAIN_TYPES}
-                   ELSE try(json_type(raw, {type_paths})) END AS ty
-            FROM (
-              SELECT file, line, raw, try(json_extract_string(raw, {paths_sql})) AS v
+
+        def line_rows(source: str) -> str:
+            """Every line of ``source`` (``file, line, raw``) as a row of ``lines``."""
+            # One parse for every field (try(): a line that is not JSON is NULL, never
+            # an error); a second for the JSON types only where the fields cannot
+            # prove them (see _plain_event_line). The raw line is kept only when its
+            # rows sit in arrays (batch/snapshot) or belong to the project's tables.
+            per_line = f"""
+              SELECT file, line, 0 AS idx, {host} AS host, {_bad_sql(host)} AS bad,
+                v[3] AS qname, v[4] AS unix_time, v[5] AS action, {fields}{decos},
+                CASE WHEN ty[1] = 'OBJECT' AND ty[2] IS NULL
+                          AND (ty[3] IS NOT NULL OR ty[4] IS NOT NULL) THEN raw
+                     WHEN ty[2] = 'OBJECT' AND ({_project_test(cv)})
+                       THEN CAST(json_extract(raw, '$.columns') AS VARCHAR)
+                END AS keep
               FROM (
-                -- Lines are cut here, in parallel, from each batch's text.
-                SELECT file, first + i - 1 AS line, raw FROM (
-                  SELECT file, first, unnest(l) AS raw, unnest(range(1, len(l) + 1)) AS i
-                  FROM (SELECT file, first, string_split(chunk, chr(10)) AS l FROM stream) c
-                ) d
-              -- A blank line (spaces only) is skipped: it is never JSON, so no ty
-              -- test here (pushed down, it was a second json_type of every line),
-              -- and ltrim stops at the first other character.
-              ) e WHERE raw <> '' AND ltrim(raw) <> ''
-            ) a
-          ) b"""
-        recognised = f"SELECT r.*, {recognise_sql()} AS tbl FROM ({per_line}) r"
-        self.con.execute(f"CREATE OR REPLACE TABLE lines AS {derived_sql(DUCKDB, recognised)}")
+                SELECT file, line, raw, v,
+                  CASE WHEN {_plain_event_line(cv)} THEN {_PLAIN_TYPES}
+                       ELSE try(json_type(raw, {type_paths})) END AS ty
+                FROM (
+                  SELECT file, line, raw, try(json_extract_string(raw, {paths_sql})) AS v
+                  FROM ({source}) s
+                ) a
+              ) b"""
+            recognised = f"SELECT r.*, {recognise_sql()} AS tbl FROM ({per_line}) r"
+            return derived_sql(DUCKDB, recognised)
+
+        # Lines are cut here, in parallel, from each batch's text. A blank line
+        # (spaces only) is skipped: it is never JSON, so no ty test here (pushed
+        # down, it was a second json_type of every line), and ltrim stops at the
+        # first other character.
+        cut = """SELECT file, line, raw FROM (
+              SELECT file, first + i - 1 AS line, raw FROM (
+                SELECT file, first, unnest(l) AS raw, unnest(range(1, len(l) + 1)) AS i
+                FROM (SELECT file, first, string_split(chunk, chr(10)) AS l FROM stream) c
+              ) d
+            ) e WHERE raw <> '' AND ltrim(raw) <> ''"""
+        self.con.execute(f"CREATE OR REPLACE TABLE lines AS {line_rows(cut)}")
         self.con.unregister("stream")
         # Rows in arrays (batch and snapshot formats), one row each, numbered in the line.
-        arrays = "FROM lines WHERE bad IS NULL AND keep IS NOT NULL AND tbl IS NULL"
         self.con.execute(
-            f"""CREATE OR REPLACE TABLE exploded AS
-            SELECT file, line, idx, host, qname, unix_time, act, r,
-              try(json_type(r)) AS rty{deco_names}
-            FROM (
-              SELECT * EXCLUDE (idx), unnest(l) AS r, unnest(generate_series(1, len(l))) AS idx
-              FROM (
-                SELECT *, 'added' AS act, json_extract(keep, '$.diffResults.added[*]') AS l
-                {arrays} AND json_type(keep, '$.diffResults') = 'OBJECT'
-                UNION ALL
-                SELECT *, 'removed' AS act, json_extract(keep, '$.diffResults.removed[*]') AS l
-                {arrays} AND json_type(keep, '$.diffResults') = 'OBJECT'
-                UNION ALL
-                SELECT *, 'snapshot' AS act, json_extract(keep, '$.snapshot[*]') AS l
-                {arrays} AND json_type(keep, '$.diffResults') IS NULL
-              ) s WHERE len(l) > 0
-            ) u"""
+            f"CREATE OR REPLACE TABLE exploded AS {self._explode_sql('lines', deco_names)}"
         )
+        # The long lines, set apart in the pass, a group at a time: parsed into a
+        # table of their own, their arrays exploded from it, then their rows added
+        # to ``lines`` without the kept JSON of the arrays (a scan of a column
+        # reads 2,048 rows' values at once: 40 snapshot lines of 10 MB each kept
+        # in ``lines`` took DuckDB past its memory limit).
+        for group in big_lines.groups():
+            self.con.register(
+                "stream",
+                pa.Table.from_batches([_record_batch(pa, schema, b) for b in group], schema),
+            )
+            self.con.execute(f"CREATE OR REPLACE TABLE big AS {line_rows(cut)}")
+            self.con.unregister("stream")
+            self.con.execute(f"INSERT INTO exploded {self._explode_sql('big', deco_names)}")
+            self.con.execute(
+                "INSERT INTO lines SELECT * REPLACE"
+                " (CASE WHEN tbl IS NULL THEN NULL ELSE keep END AS keep) FROM big"
+            )
+            self.con.execute("DROP TABLE big")
+        big_lines.close()
         arow_fields = ", ".join(f"v[{i + 1}] AS c_{k}" for i, k in enumerate(COLUMN_KEYS))
         arow_select = f"""SELECT r.*, {recognise_sql()} AS tbl FROM (
             SELECT file, line, idx, host, CAST(NULL AS VARCHAR) AS bad, qname, unix_time,
@@ -311,6 +359,48 @@ def _project_test(cv: dict[str, str]) -> str:
         f" OR ({has('open_sockets')} AND {has('total_bytes_sent')})"
         f" OR ({has('cookie')} AND {has('bytes_acked')})"
     )
+
+
+class _BigLines:
+    """The lines over BIG_LINE of a pass, spilled to a file and read back in groups."""
+
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, "big-lines")
+        self.file: Optional[Any] = None
+        self.index: list[tuple[int, int, int, int]] = []  # file, line, offset, size
+        self.size = 0
+
+    def add(self, b: LineBatch) -> None:
+        if self.file is None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            self.file = os.fdopen(fd, "w+b")
+        data = bytes(b.data)
+        self.file.write(data)
+        self.index.append((b.file_index, b.first_line, self.size, len(data)))
+        self.size += len(data)
+
+    def groups(self) -> Iterator[list[LineBatch]]:
+        """Consecutive lines, at most GROUP_BYTES a group (a longer line alone)."""
+        if self.file is None:
+            return
+        self.file.flush()
+        group: list[LineBatch] = []
+        size = 0
+        for file_index, line, offset, n in self.index:
+            self.file.seek(offset)
+            group.append(LineBatch(file_index, line, self.file.read(n), 1, True))
+            size += n
+            if size >= GROUP_BYTES:
+                yield group
+                group, size = [], 0
+        if group:
+            yield group
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            os.unlink(self.path)
+            self.file = None
 
 
 def _record_batch(pa: Any, schema: Any, b: LineBatch) -> Any:

@@ -163,8 +163,16 @@ def build_report(
     # Extension rows: read_then_egress as logged by the packs.
     ext: list[dict[str, Any]] = []
     snapshots: dict[str, list[tuple[str, int, dict[str, Any]]]] = {}
+    # Of the snapshot tables only each host's latest run is used (_talkers): the
+    # others are not fetched (a fleet's socket_bytes runs are millions of rows).
+    # A superset of what _talkers keeps: its times are _int's, floor of the number.
     for host, tbl, unix_time, cols in engine.fetch(
-        "SELECT host, tbl, unix_time, cols FROM proj ORDER BY file, line, idx"
+        """SELECT host, tbl, unix_time, cols FROM (
+             SELECT *, FLOOR(TRY_CAST(unix_time AS DOUBLE)) AS ft,
+               MAX(FLOOR(TRY_CAST(unix_time AS DOUBLE))) OVER (PARTITION BY host, tbl) AS last
+             FROM proj) p
+           WHERE tbl = 'read_then_egress' OR ft IS NULL OR ft = last
+           ORDER BY file, line, idx"""
     ):
         try:
             row = json.loads(cols) if cols is not None else None

@@ -37,6 +37,10 @@ from typing import Optional, TextIO, Union
 from readegress.logs.results import BadLine, _open
 
 BATCH_BYTES = 8 << 20
+#: A longer line is reported and skipped (its bytes are not kept while it is read): a
+#: results-log line is one row or one run's rows, megabytes at most, and a line of
+#: hundreds of MB would take the engine past its memory limit.
+MAX_LINE_BYTES = 32 << 20
 
 
 def expand_inputs(inputs: Iterable[str]) -> list[str]:
@@ -65,6 +69,8 @@ class LineBatch:
     first_line: int
     data: Union[bytes, memoryview]
     count: int
+    #: One line longer than ``big_line_bytes`` (the engine parses those apart).
+    big: bool = False
 
     @property
     def text(self) -> str:
@@ -120,8 +126,16 @@ def line_batches(
     *,
     batch_bytes: int = BATCH_BYTES,
     progress: Optional[Progress] = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    big_line_bytes: Optional[int] = None,
 ) -> Iterator[LineBatch]:
-    """Numbered batches of the files' lines (file number = index in ``paths``)."""
+    """Numbered batches of the files' lines (file number = index in ``paths``).
+
+    With ``big_line_bytes``, a line longer than that comes as a batch of its
+    own, marked ``big`` (a chunk is split line by line only where a run of
+    half that many bytes has no newline, so the common chunk costs a few
+    ``find`` calls).
+    """
     for index, path in enumerate(paths):
         file = "<stdin>" if path == "-" else path
         try:
@@ -133,6 +147,10 @@ def line_batches(
         stats.files += 1
         lineno = 0
         carry = b""
+        pending: list[bytes] = []
+        pending_bytes = 0
+        too_long = False
+        big = big_line_bytes
         # read1: a gzip stream cut short raises at the break, and read() would
         # drop what it had decompressed of that call.
         read = getattr(stream, "read1", stream.read)
@@ -147,28 +165,50 @@ def line_batches(
                 # Whole lines only, without copying the chunk: the line the last
                 # chunk left unfinished (joined), then a view of the chunk's other
                 # whole lines; what follows its last newline waits for the next.
-                pieces: list[tuple[Union[bytes, memoryview], int]] = []
+                pieces: list[tuple[Union[bytes, memoryview], int, bool]] = []
                 ascii_chunk = True
                 if chunk:
                     stats.bytes += len(chunk)
                     last = chunk.rfind(b"\n")
                     if last < 0:
-                        carry += chunk
+                        # A line longer than a chunk: its parts are joined once,
+                        # at its end (joining at every chunk was quadratic).
+                        pending.append(chunk)
+                        pending_bytes += len(chunk)
+                        if pending_bytes > max_line_bytes:
+                            pending.clear()
+                            too_long = True
                     else:
                         first = chunk.find(b"\n")
-                        pieces.append((carry + chunk[:first], 1))
+                        head = b"".join([carry, *pending, chunk[:first]])
+                        pieces.append((head, 1, big is not None and len(head) > big))
+                        pending.clear()
+                        pending_bytes = 0
                         if last > first:
                             body = memoryview(chunk)[first + 1 : last]
-                            pieces.append((body, chunk.count(b"\n", first + 1, last) + 1))
+                            if big is not None and _has_long_run(
+                                chunk, first + 1, last, max(1, big // 2)
+                            ):
+                                pieces.extend(_split_long(bytes(body), big))
+                            else:
+                                n = chunk.count(b"\n", first + 1, last) + 1
+                                pieces.append((body, n, False))
                             ascii_chunk = chunk.isascii()
                         carry = chunk[last + 1 :]
-                elif carry:  # the last line, without its newline (or cut by a break)
-                    pieces.append((carry, 1))
+                elif carry or pending or too_long:  # the last line, without its newline
+                    tail = b"".join([carry, *pending])  # (or cut by a break)
+                    pieces.append((tail, 1, big is not None and len(tail) > big))
                     carry = b""
-                for data, n in pieces:
+                    pending.clear()
+                if too_long and pieces:  # the first piece is the end of that line
+                    on_bad(BadLine(file, lineno + 1, f"line over {max_line_bytes} bytes"))
+                    pieces[0] = (b"", 1, False)
+                    too_long = False
+                for data, n, alone in pieces:
                     if (isinstance(data, bytes) and not data.isascii()) or not ascii_chunk:
                         data = _valid(data, file, lineno, on_bad, stats)
-                    yield LineBatch(index, lineno + 1, data, n)
+                        alone = alone and len(data) > 0  # a long line that was not UTF-8
+                    yield LineBatch(index, lineno + 1, data, n, alone)
                     lineno += n
                     stats.lines += n
                 if pieces and progress is not None:
@@ -183,6 +223,31 @@ def line_batches(
                 stream.close()
     if progress is not None:
         progress.update(stats.bytes, stats.lines, final=True)
+
+
+def _has_long_run(data: bytes, start: int, end: int, step: int) -> bool:
+    """Is there a run of ``step`` bytes without a newline in ``data[start:end]``?
+
+    Every line of more than ``2 * step`` bytes holds one; a few ``find`` calls a chunk.
+    """
+    return any(data.find(b"\n", q, q + step) < 0 for q in range(start, end - step + 1, step))
+
+
+def _split_long(data: bytes, big: int) -> list[tuple[Union[bytes, memoryview], int, bool]]:
+    """``data``'s lines in pieces: runs of lines up to ``big`` bytes, and each longer one."""
+    out: list[tuple[Union[bytes, memoryview], int, bool]] = []
+    run: list[bytes] = []
+    for line in data.split(b"\n"):
+        if len(line) > big:
+            if run:
+                out.append((b"\n".join(run), len(run), False))
+                run = []
+            out.append((line, 1, True))
+        else:
+            run.append(line)
+    if run:
+        out.append((b"\n".join(run), len(run), False))
+    return out
 
 
 def _valid(
