@@ -276,6 +276,8 @@ def test_long_lines_are_parsed_apart_and_read_the_same(tmp_path: Path) -> None:
     assert n >= 2
     fr = run([str(path)], CONFIGS[1], lambda b: None, progress=False)
     assert fr.engine.fetch("SELECT count(*) FROM proj WHERE tbl = 'socket_bytes'") == [(12,)]
+    # A batch or snapshot line is not a row itself: 4 event rows, 4 batch rows, 12 snapshot rows.
+    assert fr.counts["rows"] == 20
     found = {(d.host, d.pid) for d in fr.correlated.candidates}
     assert ("h1", 300) in found and any(h == "h2" for h, _ in found)
     opener = next(d for d in fr.correlated.candidates if d.pid == 300)

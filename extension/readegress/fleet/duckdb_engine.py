@@ -229,9 +229,10 @@ class DuckDBEngine:
         )
         # The long lines, set apart in the pass, a group at a time: parsed into a
         # table of their own, their arrays exploded from it, then their rows added
-        # to ``lines`` without the kept JSON of the arrays (a scan of a column
+        # to ``lines`` with '' for the kept JSON of the arrays (a scan of a column
         # reads 2,048 rows' values at once: 40 snapshot lines of 10 MB each kept
-        # in ``lines`` took DuckDB past its memory limit).
+        # in ``lines`` took DuckDB past its memory limit; '' still marks a line
+        # whose rows are in ``arows``, not a row itself).
         for group in big_lines.groups():
             self.con.register(
                 "stream",
@@ -242,7 +243,8 @@ class DuckDBEngine:
             self.con.execute(f"INSERT INTO exploded {self._explode_sql('big', deco_names)}")
             self.con.execute(
                 "INSERT INTO lines SELECT * REPLACE"
-                " (CASE WHEN tbl IS NULL THEN NULL ELSE keep END AS keep) FROM big"
+                " (CASE WHEN keep IS NOT NULL AND tbl IS NULL THEN '' ELSE keep END AS keep)"
+                " FROM big"
             )
             self.con.execute("DROP TABLE big")
         big_lines.close()
