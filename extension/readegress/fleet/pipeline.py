@@ -78,6 +78,24 @@ class Correlated:
     row_errors: int = 0
     core: dict[str, int] = field(default_factory=dict)
 
+    def add_host(self, found: list[Detection], events: int, stats: dict[str, int]) -> None:
+        """One host's core: its candidates, how many events it was fed, its counters."""
+        self.candidates.extend(found)
+        self.events += events
+        self.hosts += 1
+        for name, count in stats.items():
+            self.core[name] = self.core.get(name, 0) + count
+
+    def merge(self, other: Correlated) -> None:
+        """Another set of hosts' results (candidates stay to be sorted)."""
+        self.candidates.extend(other.candidates)
+        self.events += other.events
+        self.hosts += other.hosts
+        self.fed_rows += other.fed_rows
+        self.row_errors += other.row_errors
+        for name, count in other.core.items():
+            self.core[name] = self.core.get(name, 0) + count
+
 
 def report_order(d: Detection) -> tuple[float, str, float, int, str]:
     return (d.egress_time, d.host, d.read_time, d.pid, d.id)
@@ -219,30 +237,15 @@ def correlate_hosts(
     calls = [functools.partial(_feed_group, config, by_host, g, files) for g in groups]
     parts = [calls[0]()] if n == 1 else run_forked(calls, name="readegress-feed", first_here=True)
     out = Correlated(candidates=[])
-    bad: list[tuple[int, BadLine]] = []
-    for part in parts:
-        out.candidates.extend(part.candidates)
-        out.events += part.events
-        out.hosts += part.hosts
-        out.row_errors += part.row_errors
-        bad.extend(part.bad)
-        for name, count in part.core.items():
-            out.core[name] = out.core.get(name, 0) + count
-    for _, b in sorted(bad, key=lambda x: (x[0], x[1].line)):
+    bad: list[BadLine] = []
+    for part, part_bad in parts:
+        out.merge(part)
+        bad.extend(part_bad)
+    names = {("<stdin>" if f == "-" else f): i for i, f in enumerate(files)}
+    for b in sorted(bad, key=lambda b: (names.get(b.file, len(files)), b.line)):
         on_bad(b)
     out.candidates.sort(key=report_order)
     return out
-
-
-@dataclass
-class _Part:
-    candidates: list[Detection]
-    events: int
-    hosts: int
-    row_errors: int
-    core: dict[str, int]
-    #: (file index, bad line) of the group's row errors.
-    bad: list[tuple[int, BadLine]]
 
 
 def _feed_group(
@@ -250,22 +253,17 @@ def _feed_group(
     by_host: dict[str, list[tuple[Any, ...]]],
     hosts: list[str],
     files: Sequence[str],
-) -> _Part:
-    part = _Part([], 0, 0, 0, {}, [])
+) -> tuple[Correlated, list[BadLine]]:
+    """The hosts' results and row errors (each host's in log order)."""
+    part = Correlated(candidates=[])
     bad: list[BadLine] = []
     for host in sorted(hosts):
         per_host, errors = events_of_rows(by_host[host], files, bad.append)
         part.row_errors += errors
         for evs in per_host.values():
             found, stats = feed_host(config, evs)
-            part.candidates.extend(found)
-            part.events += len(evs)
-            part.hosts += 1
-            for k, v in stats.items():
-                part.core[k] = part.core.get(k, 0) + v
-    names = {("<stdin>" if f == "-" else f): i for i, f in enumerate(files)}
-    part.bad = [(names.get(b.file, len(files)), b) for b in bad]
-    return part
+            part.add_host(found, len(evs), stats)
+    return part, bad
 
 
 def reference_events(

@@ -329,11 +329,7 @@ class SparkEngine:
                 bad_rows.append(obj)
                 continue
             _, n_events, found, stats = obj
-            out.candidates.extend(found)
-            out.events += n_events
-            out.hosts += 1
-            for k, v in stats.items():
-                out.core[k] = out.core.get(k, 0) + v
+            out.add_host(found, n_events, stats)
         for b in sorted(bad_rows, key=lambda b: (b.file, b.line)):
             out.row_errors += 1
             on_bad(b)
