@@ -13,7 +13,8 @@ setup(
     ext_modules=[
         Extension(
             "readegress._speedups",
-            sources=["extension/readegress/_speedups.c"],
+            sources=["extension/readegress/_speedups.c", "extension/readegress/_logscan.c"],
+            depends=["extension/readegress/_logscan.h"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=True,
         )

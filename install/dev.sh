@@ -58,7 +58,9 @@ fi
 # (a compiler installed since).
 speedups_so=$(ls extension/readegress/_speedups*.so 2>/dev/null | head -n 1 || true)
 if [ -f "$stamp" ] && command -v gcc >/dev/null \
-  && { [ -z "$speedups_so" ] || [ extension/readegress/_speedups.c -nt "$speedups_so" ]; }; then
+  && { [ -z "$speedups_so" ] || [ extension/readegress/_speedups.c -nt "$speedups_so" ] \
+    || [ extension/readegress/_logscan.c -nt "$speedups_so" ] \
+    || [ extension/readegress/_logscan.h -nt "$speedups_so" ]; }; then
   rm -f "$stamp"
 fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \

@@ -24,6 +24,8 @@
  *       (sql/engine.py _sqlite_rows_py)
  *   json_lines(names, rows, kinds)                   rows as SQLite json_object
  *       (sql/engine.py Engine.query_json)
+ *   scan_results(data, first_line, paths, ...)       results-log lines, split into fields
+ *       (_logscan.c; fleet/duckdb_engine.py _scan_py)
  *
  * Every read of outside bytes is bounds-checked against the buffer's length:
  * a truncated or hostile reply gives the same clean result or error as the
@@ -46,6 +48,8 @@
 #include <stdio.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "_logscan.h"
 
 #ifndef Py_NewRef /* CPython < 3.10 */
 static inline PyObject *Py_NewRef(PyObject *o) {
@@ -1321,6 +1325,9 @@ static PyMethodDef methods[] = {
      "sqlite_rows(rows, kinds) -> list of tuples or None: rows as SQLite returns them."},
     {"json_lines", json_lines, METH_VARARGS,
      "json_lines(names, rows, kinds) -> bytes or None: rows as SQLite json_object lines."},
+    {"scan_results", scan_results, METH_VARARGS,
+     "scan_results(data, first_line, paths, groups, host) -> (n_fast, fast_lines, fields, "
+     "n_slow, slow_lines, slow_offsets, slow_data): results-log lines, split (see _logscan.c)."},
     {NULL, NULL, 0, NULL},
 };
 

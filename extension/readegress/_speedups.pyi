@@ -47,3 +47,10 @@ def perm_wait(
 def held_reads(
     base: str,
 ) -> tuple[Optional[bytes], Optional[bytes], Optional[str], Optional[str], Optional[str]]: ...
+def scan_results(
+    data: bytes | bytearray | memoryview,
+    first_line: int,
+    paths: tuple[tuple[int, bytes], ...],
+    groups: tuple[tuple[int, ...], ...],
+    host: int,
+) -> tuple[int, bytes, list[tuple[bytes, bytes, bytes]], int, bytes, bytes, bytes]: ...

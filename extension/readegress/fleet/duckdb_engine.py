@@ -1,17 +1,24 @@
 """The embedded engine: DuckDB parses the lines of results logs and narrows them.
 
 Where the data comes from: :func:`readegress.logs.lines.line_batches` cuts the
-logs into numbered lines (gzip, stdin, directories; lines that are not UTF-8
-are reported there) and streams them to DuckDB as Arrow batches. DuckDB then
-parses every line once or twice (``json_extract_string`` with a list of paths
-parses a line once for all of them; ``json_type`` once more), on all cores,
-and never raises on a line: invalid JSON, nesting bombs and 12 MB lines come
-back as NULL under ``try()`` (DuckDB's parser, yyjson, is not recursive), and
-such a line is reported with its number and counted like every other bad line.
+logs into numbered batches of lines (gzip, stdin, directories; lines that are
+not UTF-8 are reported there). Each batch is split into lines by
+:func:`_scan` on a pool of threads: with the compiled accelerator
+(``readegress._speedups.scan_results``, ``_logscan.c``), a plain event line --
+most of a fleet's log -- comes out already split into the fields below, and
+every other line comes out whole; without it (``READEGRESS_PURE=1``, the
+``.ext``), every line comes out whole. DuckDB parses the whole lines itself,
+on all cores (``json_extract_string`` with a list of paths parses a line once
+for all of them; ``json_type`` once more), and never raises on a line: invalid
+JSON, nesting bombs and 12 MB lines come back as NULL under ``try()``
+(DuckDB's parser, yyjson, is not recursive), and such a line is reported with
+its number and counted like every other bad line. The scanner hands on to
+DuckDB every line it is not sure DuckDB would read as it does, so DuckDB
+stays the reference (the tests compare the two paths line by line).
 
 Why not ``read_json``: it rejects a whole file for one bad line, or with
 ``ignore_errors`` drops bad lines without saying which, and it gives no line
-numbers. Reading lines as text costs one pass of Python's ``bytes.split``.
+numbers.
 """
 
 from __future__ import annotations
@@ -21,10 +28,22 @@ import os
 import shutil
 import struct
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Optional
 
-from readegress.fleet.sql import COLUMN_KEYS, DUCKDB, derived_sql, recognise_sql
+from readegress import speedups
+from readegress.fleet.sql import (
+    COLUMN_KEYS,
+    DUCKDB,
+    EVENT_KEYS,
+    PROJECT_GROUPS,
+    RECOGNITION_KEYS,
+    TOP_KEYS,
+    derived_sql,
+    recognise_sql,
+)
 from readegress.logs.lines import LineBatch, LineStats, Progress, line_batches
 from readegress.logs.results import BadLine
 
@@ -34,8 +53,6 @@ from readegress.logs.results import BadLine
 #: so that no statement goes past the memory limit (40 snapshot lines of 10 MB did).
 BIG_LINE = 8 << 10
 GROUP_BYTES = 16 << 20
-#: Top-level fields of a line (extracted with the columns, in the same parse).
-TOP_KEYS = ("hostIdentifier", "hostname", "name", "unixTime", "action")
 #: json_type paths: the line, its row containers and host fields.
 TYPE_PATHS = (
     "$", "$.columns", "$.diffResults", "$.snapshot", "$.diffResults.added",
@@ -60,9 +77,17 @@ class DuckDBEngine:
 
     name = "duckdb"
 
-    def __init__(self, *, threads: Optional[int] = None, memory_limit: str = "600MB") -> None:
+    def __init__(
+        self,
+        *,
+        threads: Optional[int] = None,
+        memory_limit: str = "600MB",
+        compiled: bool = True,
+    ) -> None:
+        """``compiled=False``: every line whole to DuckDB, even with the accelerator."""
         import duckdb
 
+        self.compiled = compiled
         # A database file in a private temp dir rather than :memory:: DuckDB
         # compresses what it stores there and can evict it, so a 1 GB log does
         # not have to fit in memory_limit. Removed on close.
@@ -152,76 +177,89 @@ class DuckDBEngine:
         """
         import pyarrow as pa
 
-        schema = pa.schema(
-            [("file", pa.int32()), ("first", pa.int64()), ("chunk", pa.large_string())]
-        )
-
+        deco = list(decoration_keys)
+        deco_names = "".join(f", d_{i}" for i in range(len(deco)))
+        scanner = _Scanner(pa, deco, speedups.native if self.compiled else None)
         big_lines = _BigLines(self._dir)
 
         def batches() -> Iterator[pa.RecordBatch]:
-            for b in line_batches(paths, on_bad, stats, progress=progress, big_line_bytes=BIG_LINE):
-                if b.big:
-                    big_lines.add(b)
-                else:
-                    yield _record_batch(pa, schema, b)
+            # Batches are split on a pool of threads (the scanner lets go of the
+            # GIL), a few ahead of DuckDB, which pulls them from this generator.
+            workers = os.cpu_count() or 1
+            with ThreadPoolExecutor(workers, thread_name_prefix="readegress-scan") as pool:
+                ahead: deque[Future[list[pa.RecordBatch]]] = deque()
+                for b in line_batches(
+                    paths, on_bad, stats, progress=progress, big_line_bytes=BIG_LINE
+                ):
+                    if b.big:
+                        big_lines.add(b)
+                        continue
+                    ahead.append(pool.submit(scanner.scan, b))
+                    if len(ahead) > workers:
+                        yield from ahead.popleft().result()
+                while ahead:
+                    yield from ahead.popleft().result()
 
-        self.con.register("stream", pa.RecordBatchReader.from_batches(schema, batches()))
-        deco = list(decoration_keys)
-        deco_names = "".join(f", d_{i}" for i in range(len(deco)))
-        nested = ["$.decorations" + _json_path(k)[1:] for k in deco]
-        top_level = [_json_path(k) for k in deco]
-        top_paths = [_json_path(k) for k in TOP_KEYS] + nested + top_level
-        all_paths = top_paths + ["$.columns" + _json_path(k)[1:] for k in COLUMN_KEYS]
-        n_top = len(top_paths)
-        paths_sql = "[" + ", ".join(_lit(x) for x in all_paths) + "]"
-        type_paths = "[" + ", ".join(_lit(x) for x in TYPE_PATHS) + "]"
-        cv = {k: f"v[{n_top + i + 1}]" for i, k in enumerate(COLUMN_KEYS)}
+        n = len(scanner.paths)
+        x = [f"x_{i + 1}" for i in range(n)]
+        n_top = len(TOP_KEYS) + 2 * len(deco)
+        paths_sql = "[" + ", ".join(_lit(_scan_json_path(*p)) for p in scanner.str_paths) + "]"
+        type_paths = "[" + ", ".join(_lit(p) for p in TYPE_PATHS) + "]"
+        cv = {k: x[n_top + i] for i, k in enumerate(COLUMN_KEYS)}
         host = (
-            "CASE WHEN ty[7] = 'VARCHAR' AND v[1] <> '' THEN v[1]"
-            " WHEN ty[8] = 'VARCHAR' AND v[2] <> '' THEN v[2] END"
+            f"CASE WHEN ty[7] = 'VARCHAR' AND {x[0]} <> '' THEN {x[0]}"
+            f" WHEN ty[8] = 'VARCHAR' AND {x[1]} <> '' THEN {x[1]} END"
         )
         decos = "".join(
-            f", COALESCE(v[{6 + i}], v[{6 + len(deco) + i}]) AS d_{i}" for i in range(len(deco))
+            f", COALESCE({x[5 + i]}, {x[5 + len(deco) + i]}) AS d_{i}" for i in range(len(deco))
         )
         fields = ", ".join(f"{cv[k]} AS c_{k}" for k in COLUMN_KEYS)
+        # A scanned line's fields (f_j); a path that is not one (see _Scanner) is
+        # NULL for it, like v when raw is NULL.
+        either = ", ".join(
+            f"v[{i + 1}] AS {x[i]}"
+            if j is None
+            else f"CASE WHEN raw IS NULL THEN f_{j + 1} ELSE v[{i + 1}] END AS {x[i]}"
+            for i, j in enumerate(scanner.field_of)
+        )
 
-        def line_rows(source: str) -> str:
-            """Every line of ``source`` (``file, line, raw``) as a row of ``lines``."""
-            # One parse for every field (try(): a line that is not JSON is NULL, never
-            # an error); a second for the JSON types only where the fields cannot
-            # prove them (see _plain_event_line). The raw line is kept only when its
-            # rows sit in arrays (batch/snapshot) or belong to the project's tables.
+        def line_rows() -> str:
+            """Every line of ``stream`` as a row of ``lines``."""
+            # A scanned line (raw NULL) comes with its fields and is a plain event
+            # line (_PLAIN_TYPES). A whole line gets one parse for every field
+            # (try(): a line that is not JSON is NULL, never an error) and a second
+            # for the JSON types only where the fields cannot prove them (see
+            # _plain_event_line). A blank line (spaces only) is skipped: it is never
+            # JSON, and ltrim stops at the first other character. The raw line is
+            # kept only when its rows sit in arrays (batch/snapshot) or belong to
+            # the project's tables (the scanner leaves both whole).
             per_line = f"""
-              SELECT file, line, 0 AS idx, {host} AS host, {_bad_sql(host)} AS bad,
-                v[3] AS qname, v[4] AS unix_time, v[5] AS action, {fields}{decos},
+              SELECT file, line, 0 AS idx, {host} AS host, {_bad_sql(host, x)} AS bad,
+                {x[2]} AS qname, {x[3]} AS unix_time, {x[4]} AS action, {fields}{decos},
                 CASE WHEN ty[1] = 'OBJECT' AND ty[2] IS NULL
                           AND (ty[3] IS NOT NULL OR ty[4] IS NOT NULL) THEN raw
                      WHEN ty[2] = 'OBJECT' AND ({_project_test(cv)})
                        THEN CAST(json_extract(raw, '$.columns') AS VARCHAR)
                 END AS keep
               FROM (
-                SELECT file, line, raw, v,
-                  CASE WHEN {_plain_event_line(cv)} THEN {_PLAIN_TYPES}
+                SELECT *,
+                  CASE WHEN raw IS NULL OR {_plain_event_line(x[0], cv)} THEN {_PLAIN_TYPES}
                        ELSE try(json_type(raw, {type_paths})) END AS ty
                 FROM (
-                  SELECT file, line, raw, try(json_extract_string(raw, {paths_sql})) AS v
-                  FROM ({source}) s
+                  SELECT file, line, raw, {either}
+                  FROM (
+                    SELECT *, try(json_extract_string(raw, {paths_sql})) AS v FROM stream
+                    WHERE raw IS NULL OR (raw <> '' AND ltrim(raw) <> '')
+                  ) s
                 ) a
               ) b"""
             recognised = f"SELECT r.*, {recognise_sql()} AS tbl FROM ({per_line}) r"
-            return derived_sql(DUCKDB, recognised)
+            return (
+                f"SELECT * EXCLUDE ({_RECOGNITION_ONLY}) FROM ({derived_sql(DUCKDB, recognised)})"
+            )
 
-        # Lines are cut here, in parallel, from each batch's text. A blank line
-        # (spaces only) is skipped: it is never JSON, so no ty test here (pushed
-        # down, it was a second json_type of every line), and ltrim stops at the
-        # first other character.
-        cut = """SELECT file, line, raw FROM (
-              SELECT file, first + i - 1 AS line, raw FROM (
-                SELECT file, first, unnest(l) AS raw, unnest(range(1, len(l) + 1)) AS i
-                FROM (SELECT file, first, string_split(chunk, chr(10)) AS l FROM stream) c
-              ) d
-            ) e WHERE raw <> '' AND ltrim(raw) <> ''"""
-        self.con.execute(f"CREATE OR REPLACE TABLE lines AS {line_rows(cut)}")
+        self.con.register("stream", pa.RecordBatchReader.from_batches(scanner.schema, batches()))
+        self.con.execute(f"CREATE OR REPLACE TABLE lines AS {line_rows()}")
         self.con.unregister("stream")
         # Rows in arrays (batch and snapshot formats), one row each, numbered in the line.
         self.con.execute(
@@ -234,11 +272,9 @@ class DuckDBEngine:
         # in ``lines`` took DuckDB past its memory limit; '' still marks a line
         # whose rows are in ``arows``, not a row itself).
         for group in big_lines.groups():
-            self.con.register(
-                "stream",
-                pa.Table.from_batches([_record_batch(pa, schema, b) for b in group], schema),
-            )
-            self.con.execute(f"CREATE OR REPLACE TABLE big AS {line_rows(cut)}")
+            scanned = [rb for b in group for rb in scanner.scan(b)]
+            self.con.register("stream", pa.Table.from_batches(scanned, scanner.schema))
+            self.con.execute(f"CREATE OR REPLACE TABLE big AS {line_rows()}")
             self.con.unregister("stream")
             self.con.execute(f"INSERT INTO exploded {self._explode_sql('big', deco_names)}")
             self.con.execute(
@@ -249,14 +285,14 @@ class DuckDBEngine:
             self.con.execute("DROP TABLE big")
         big_lines.close()
         arow_fields = ", ".join(f"v[{i + 1}] AS c_{k}" for i, k in enumerate(COLUMN_KEYS))
-        arow_select = f"""SELECT r.*, {recognise_sql()} AS tbl FROM (
+        arow_select = f"""SELECT r.* EXCLUDE ({_RECOGNITION_ONLY}), {recognise_sql()} AS tbl FROM (
             SELECT file, line, idx, host, CAST(NULL AS VARCHAR) AS bad, qname, unix_time,
               act AS action, {arow_fields}{deco_names}, CAST(r AS VARCHAR) AS keep
             FROM (SELECT *, json_extract_string(r, {_path_list("$", COLUMN_KEYS)}) AS v
                   FROM exploded WHERE rty = 'OBJECT') x) r"""
         self.con.execute(f"CREATE OR REPLACE TABLE arows AS {derived_sql(DUCKDB, arow_select)}")
         keep_cols = ["file", "line", "idx", "host", "bad", "qname", "unix_time", "action"]
-        keep_cols += [f"c_{k}" for k in COLUMN_KEYS] + [f"d_{i}" for i in range(len(deco))]
+        keep_cols += [f"c_{k}" for k in EVENT_KEYS] + [f"d_{i}" for i in range(len(deco))]
         cols = ", ".join([*keep_cols, "keep", "tbl", *_DERIVED])
         # A batch/snapshot line is not a row itself: its rows are in arows.
         self.con.execute(
@@ -300,6 +336,9 @@ class DuckDBEngine:
         self.con.execute("DROP TABLE exploded")
 
 
+#: Columns that only recognise the project's tables: dropped once ``tbl`` is known.
+_RECOGNITION_ONLY = ", ".join(f"c_{k}" for k in RECOGNITION_KEYS)
+
 _DERIVED = ("t", "epid", "eppid", "ord", "sure", "odd", "o_exe", "o_uid", "o_auid", "kind")
 
 
@@ -310,8 +349,8 @@ _DERIVED = ("t", "epid", "eppid", "ord", "sure", "odd", "o_exe", "o_uid", "o_aui
 _PLAIN_TYPES = "['OBJECT', 'OBJECT', NULL, NULL, NULL, NULL, 'VARCHAR', NULL]"
 
 
-def _plain_event_line(cv: dict[str, str]) -> str:
-    """SQL: do the fields ``v`` alone prove the line's types are ``_PLAIN_TYPES``?
+def _plain_event_line(host: str, cv: dict[str, str]) -> str:
+    """SQL: do the fields alone (``host``: ``$.hostIdentifier``) prove the types ``_PLAIN_TYPES``?
 
     ``$.hostIdentifier`` found means the line is an object, and ``$.columns.pid``
     found that columns is one. json_extract_string gives a number, true or
@@ -320,20 +359,20 @@ def _plain_event_line(cv: dict[str, str]) -> str:
     line, json_type tells).
     """
     return (
-        "(v[1] <> '' AND NOT regexp_full_match(v[1], '[-+0-9.eE]*|true|false|[\\[{].*')"
+        f"({host} <> '' AND NOT regexp_full_match({host}, '[-+0-9.eE]*|true|false|[\\[{{].*')"
         f" AND {cv['pid']} IS NOT NULL)"
     )
 
 
-def _bad_sql(host: str) -> str:
-    """Why a line (types ``ty``, fields ``v``) is bad, or NULL: the results reader's reasons."""
+def _bad_sql(host: str, x: Sequence[str]) -> str:
+    """Why a line (types ``ty``, fields ``x``) is bad, or NULL: the results reader's reasons."""
     return f"""CASE
         WHEN ty IS NULL THEN 'not JSON'
         WHEN ty[1] <> 'OBJECT' THEN 'not a JSON object but ' || lower(ty[1])
         WHEN {host} IS NULL THEN 'no host (hostIdentifier or hostname)'
         WHEN ty[2] IS NOT NULL
-          AND COALESCE(v[5], '') NOT IN ('added', 'removed', 'snapshot')
-          THEN 'action ' || COALESCE('''' || v[5] || '''', 'None')
+          AND COALESCE({x[4]}, '') NOT IN ('added', 'removed', 'snapshot')
+          THEN 'action ' || COALESCE('''' || {x[4]} || '''', 'None')
             || ' is not added, removed or snapshot'
         WHEN ty[2] IS NOT NULL AND ty[2] <> 'OBJECT' THEN 'columns not an object'
         WHEN ty[2] IS NULL AND ty[3] IS NOT NULL AND ty[3] <> 'OBJECT'
@@ -352,14 +391,8 @@ def _bad_sql(host: str) -> str:
 def _project_test(cv: dict[str, str]) -> str:
     """SQL: do the extracted columns (``cv``: key -> expression) name a project table?"""
 
-    def has(k: str) -> str:
-        return f"{cv[k]} IS NOT NULL"
-
-    return (
-        f"({has('id')} AND {has('sensitive_class')} AND {has('reasons')})"
-        f" OR ({has('name')} AND {has('detail')} AND {has('fix')})"
-        f" OR ({has('open_sockets')} AND {has('total_bytes_sent')})"
-        f" OR ({has('cookie')} AND {has('bytes_acked')})"
+    return " OR ".join(
+        "(" + " AND ".join(f"{cv[k]} IS NOT NULL" for k in group) + ")" for group in PROJECT_GROUPS
     )
 
 
@@ -405,12 +438,111 @@ class _BigLines:
             self.file = None
 
 
-def _record_batch(pa: Any, schema: Any, b: LineBatch) -> Any:
-    # The text column is built over the batch's own bytes (no copy): one
-    # string, its offsets 0 and len.
-    offsets = pa.py_buffer(struct.pack("<qq", 0, len(b.data)))
-    text = pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(b.data)])
-    return pa.record_batch(
-        [pa.array([b.file_index], pa.int32()), pa.array([b.first_line], pa.int64()), text],
-        schema=schema,
-    )
+#: Scopes of the scanner's paths: a top-level key, a key of ``decorations``, of ``columns``.
+_TOP, _DECO, _COLS = 0, 1, 2
+_SCOPE_PREFIX = {_TOP: "$", _DECO: "$.decorations", _COLS: "$.columns"}
+
+
+def _scan_json_path(scope: int, key: str) -> str:
+    return _SCOPE_PREFIX[scope] + _json_path(key)[1:]
+
+
+class _Scanner:
+    """Batches of lines → Arrow record batches of ``file, line, raw, f_1 .. f_N``.
+
+    The paths, in the order of ``x_1 .. x_N`` in the line pass: TOP_KEYS, the
+    decorations nested, the decorations at the top level, COLUMN_KEYS. A row
+    has either its fields (``raw`` NULL: the compiled scanner proved it a plain
+    event line) or its ``raw`` line (fields NULL), which DuckDB parses.
+
+    Not every path is a field: ``hostname`` only stands in for an empty
+    ``hostIdentifier`` (never, on a scanned line) and RECOGNITION_KEYS only
+    recognise rows of the project's tables, which the scanner leaves whole
+    (``groups``); they are NULL on a scanned line (``field_of``: each path's
+    field number, or None). Fewer fields, less for DuckDB to take in.
+    """
+
+    def __init__(self, pa: Any, deco: Sequence[str], native: Optional[Any]) -> None:
+        self.pa = pa
+        self.str_paths: list[tuple[int, str]] = (
+            [(_TOP, k) for k in TOP_KEYS]
+            + [(_DECO, k) for k in deco]
+            + [(_TOP, k) for k in deco]
+            + [(_COLS, k) for k in COLUMN_KEYS]
+        )
+        # (by position: "hostname" may be a decoration at the top level too, a field)
+        skip = {TOP_KEYS.index("hostname")} | {
+            len(self.str_paths) - len(COLUMN_KEYS) + COLUMN_KEYS.index(k) for k in RECOGNITION_KEYS
+        }
+        outputs = [i not in skip for i in range(len(self.str_paths))]
+        self.paths = tuple((sc, k.encode(), out) for (sc, k), out in zip(self.str_paths, outputs))
+        fields = iter(range(len(self.paths)))
+        self.field_of: list[Optional[int]] = [next(fields) if out else None for out in outputs]
+        self.n_fields = sum(outputs)
+        first_col = len(self.paths) - len(COLUMN_KEYS)
+        self.groups = tuple(
+            tuple(first_col + COLUMN_KEYS.index(k) for k in g) for g in PROJECT_GROUPS
+        )
+        self.schema = pa.schema(
+            [("file", pa.int32()), ("line", pa.int64()), ("raw", pa.large_string())]
+            + [(f"f_{i + 1}", pa.string()) for i in range(self.n_fields)]
+        )
+        # The compiled scanner takes at most 256 paths (many decoration keys: whole lines).
+        self.native = native if len(self.paths) <= 256 else None
+
+    def scan(self, b: LineBatch) -> list[Any]:
+        pa = self.pa
+        if self.native is None:
+            return [self._whole(b)]
+        n_fast, fast_lines, fields, n_slow, slow_lines, slow_offsets, slow_data = (
+            self.native.scan_results(b.data, b.first_line, self.paths, self.groups, 0)
+        )
+        out = []
+        if n_fast:
+            out.append(
+                pa.record_batch(
+                    [
+                        self._file_column(b.file_index, n_fast),
+                        pa.Array.from_buffers(pa.int64(), n_fast, [None, pa.py_buffer(fast_lines)]),
+                        pa.nulls(n_fast, pa.large_string()),
+                    ]
+                    + [
+                        pa.Array.from_buffers(
+                            pa.string(), n_fast, [pa.py_buffer(v), pa.py_buffer(o), pa.py_buffer(d)]
+                        )
+                        for v, o, d in fields
+                    ],
+                    schema=self.schema,
+                )
+            )
+        if n_slow:
+            text = [None, pa.py_buffer(slow_offsets), pa.py_buffer(slow_data)]
+            raw = pa.Array.from_buffers(pa.large_string(), n_slow, text)
+            lines = pa.Array.from_buffers(pa.int64(), n_slow, [None, pa.py_buffer(slow_lines)])
+            out.append(self._batch(b.file_index, lines, raw))
+        return out
+
+    def _whole(self, b: LineBatch) -> Any:
+        """Every line whole: the pure-Python path (Arrow splits the text, in C, no copy)."""
+        import pyarrow.compute as pc
+
+        pa = self.pa
+        offsets = pa.py_buffer(struct.pack("<qq", 0, len(b.data)))
+        text = pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(b.data)])
+        raw = pc.split_pattern(text, pattern="\n").flatten()
+        lines = pa.array(range(b.first_line, b.first_line + len(raw)), pa.int64())
+        return self._batch(b.file_index, lines, raw)
+
+    def _file_column(self, file_index: int, n: int) -> Any:
+        # The file number, n times (pa.array of a list of n ints took a third of a scan).
+        data = self.pa.py_buffer(struct.pack("<i", file_index) * n)
+        return self.pa.Array.from_buffers(self.pa.int32(), n, [None, data])
+
+    def _batch(self, file_index: int, lines: Any, raw: Any) -> Any:
+        pa = self.pa
+        n = len(raw)
+        return pa.record_batch(
+            [self._file_column(file_index, n), lines, raw]
+            + [pa.nulls(n, pa.string())] * self.n_fields,
+            schema=self.schema,
+        )

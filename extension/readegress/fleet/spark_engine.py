@@ -36,11 +36,9 @@ from typing import Any, Optional
 
 from readegress.detect.config import Config
 from readegress.fleet.pipeline import Correlated, events_of_rows, feed_host
-from readegress.fleet.sql import COLUMN_KEYS, SPARK, derived_sql, recognise_sql
+from readegress.fleet.sql import COLUMN_KEYS, SPARK, TOP_KEYS, derived_sql, recognise_sql
 from readegress.logs.lines import LineStats, Progress
 from readegress.logs.results import BadLine
-
-TOP_KEYS = ("hostIdentifier", "hostname", "name", "unixTime", "action")
 
 
 def _lit(text: str) -> str:

@@ -28,6 +28,23 @@ COLUMN_KEYS = (
     "open_sockets", "total_bytes_sent", "cookie", "bytes_acked",
 )  # fmt: skip
 
+#: Top-level fields of a line (extracted with the columns, in the same parse).
+TOP_KEYS = ("hostIdentifier", "hostname", "name", "unixTime", "action")
+
+#: A row holding every column of one of these groups is a row of a project table
+#: (``recognise_sql``): the engines keep its columns' JSON.
+PROJECT_GROUPS = (
+    ("id", "sensitive_class", "reasons"),
+    ("name", "detail", "fix"),
+    ("open_sockets", "total_bytes_sent"),
+    ("cookie", "bytes_acked"),
+)
+
+#: The columns of COLUMN_KEYS that the event rows use (the others only recognise the
+#: project's tables: the engines drop them after the line pass).
+EVENT_KEYS = COLUMN_KEYS[: COLUMN_KEYS.index("id")]
+RECOGNITION_KEYS = COLUMN_KEYS[len(EVENT_KEYS) :]
+
 #: Tables a row is recognised as (by its columns, as
 #: :func:`readegress.sources.osquery_rows.recognise` does for the event tables).
 FILE, SOCKET, PROCESS = "file", "socket", "process"

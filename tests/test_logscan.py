@@ -1,0 +1,305 @@
+"""The compiled results-log scanner (``_logscan.c``) against DuckDB, its reference.
+
+The scanner splits a plain event line into fields itself and hands every
+other line to DuckDB whole; the engine's tables must come out the same
+either way, for every line DuckDB would read. These tests build the engine's
+tables both ways (``DuckDBEngine(compiled=False)`` sends every line whole) on
+realistic and hostile lines and compare them, and check the scanner alone on
+random bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from readegress import speedups
+from readegress.fleet.duckdb_engine import DuckDBEngine, _Scanner
+from readegress.logs.lines import LineStats
+from readegress.logs.results import BadLine
+from tests.fleet_logs import results_logs
+
+native = speedups.native
+pytestmark = pytest.mark.skipif(
+    native is None or not hasattr(native, "scan_results"),
+    reason="readegress._speedups is not built (or READEGRESS_PURE is set): nothing to compare",
+)
+
+DECORATIONS = ("role", "hostname")
+
+TABLES = {
+    "lines": "SELECT * FROM lines ORDER BY file, line",
+    "arows": "SELECT * FROM arows ORDER BY file, line, idx",
+    "bad": "SELECT * FROM bad ORDER BY file, line",
+    "proj": "SELECT * FROM proj ORDER BY file, line, idx",
+    "hostinfo": "SELECT host, row_count, event_rows, list_sort(run_times), d_0, d_1"
+    " FROM hostinfo ORDER BY host",
+}
+
+
+def _tables(path: Path, compiled: bool) -> tuple[dict[str, list[Any]], list[str], LineStats]:
+    engine = DuckDBEngine(compiled=compiled)
+    bad: list[BadLine] = []
+    stats = LineStats()
+    try:
+        engine.load([str(path)], bad.append, stats, decoration_keys=DECORATIONS)
+        return {k: engine.fetch(q) for k, q in TABLES.items()}, [str(b) for b in bad], stats
+    finally:
+        engine.close()
+
+
+def _assert_same(path: Path) -> None:
+    fast, fast_bad, fast_stats = _tables(path, True)
+    whole, whole_bad, whole_stats = _tables(path, False)
+    for name in TABLES:
+        assert fast[name] == whole[name], name
+    assert fast_bad == whole_bad
+    assert fast_stats == whole_stats
+
+
+# ----- hostile variants of real lines ------------------------------------------
+
+HOSTILE_VALUES: list[Any] = [
+    "", " 12", "a\"b", "back\\slash", "tab\there", "new\nline", "sl/ash", "caf\u00e9",
+    "\u2028", "\U0001f600", "\u0000", "-0", "true", "[1]", "{\"a\":1}",
+    0, -0, 7, -12, 123456789012345678, 1234567890123456789, 12345678901234567890,
+    1.5, 1.50, -0.0, 1e5, 2.5e-3, True, False, None, [1, "x"], {"k": "v"}, [], {},
+]  # fmt: skip
+RAW_NUMBERS = (
+    "-0", "-0.0", "0.10", "1E2", "1e+2", "-1e-0", "00", "123456789012345678901234",
+    "-9223372036854775809", "18446744073709551616", "9223372036854775807",
+    "999999999999999999", "-999999999999999999", "1.7976931348623157e309",
+)  # fmt: skip
+WANTED = (
+    "pid", "time", "ppid", "parent", "path", "operation", "action", "remote_address",
+    "remote_port", "status", "success", "family", "syscall", "cmdline", "executable", "uid",
+    "auid", "protocol", "id", "sensitive_class", "reasons", "name", "detail", "fix",
+    "cookie", "bytes_acked", "open_sockets", "total_bytes_sent", "score",
+)  # fmt: skip
+TOP = ("hostIdentifier", "hostname", "name", "unixTime", "action", "role", "columns",
+       "decorations", "snapshot", "diffResults")  # fmt: skip
+
+
+def _dump(obj: Any, rng: random.Random) -> str:
+    style = rng.randrange(4)
+    if style == 0:
+        return json.dumps(obj, separators=(",", ":"))
+    if style == 1:
+        return json.dumps(obj)  # ", " and ": ", \\u escapes for non-ASCII
+    if style == 2:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(obj, indent=None, separators=(" , ", " : "))
+
+
+def _mutate(line: str, rng: random.Random) -> str:
+    """One line of osquery's shape, changed the way a broken or odd writer would."""
+    obj = json.loads(line)
+    what = rng.randrange(12)
+    cols = obj.get("columns")
+    if what == 0 and isinstance(cols, dict):
+        cols[rng.choice(WANTED)] = rng.choice(HOSTILE_VALUES)
+    elif what == 1:
+        obj[rng.choice(TOP)] = rng.choice(HOSTILE_VALUES)
+    elif what == 2 and isinstance(obj.get("decorations"), dict):
+        obj["decorations"][rng.choice(DECORATIONS)] = rng.choice(HOSTILE_VALUES)
+    elif what == 3 and isinstance(cols, dict):
+        # A project table's row: its columns' JSON is kept, so the line goes whole.
+        cols.update({"id": "x1", "sensitive_class": "ssh_keys", "reasons": "r"})
+    elif what == 4:
+        obj["role"] = rng.choice(["top", None, 3])  # a decoration at the top level too
+    text = _dump(obj, rng)
+    if what == 5:  # a wanted key twice: DuckDB takes the first
+        key = rng.choice(["pid", "path", "hostIdentifier", "role", "columns"])
+        text = text[:-1] + f',"{key}":"dup"}}'
+    elif what == 6:  # cut short
+        text = text[: rng.randrange(len(text))]
+    elif what == 7:  # an escaped key that means a wanted one
+        text = text.replace('"pid"', '"p\\u0069d"', 1).replace('"path"', '"pa\\/th"', 1)
+    elif what == 8:  # whitespace around, CRLF
+        text = rng.choice([" ", "\t", ""]) + text + rng.choice(["\r", " ", "\t\r", ""])
+    elif what == 9:  # trailing garbage or comma
+        text = text + rng.choice(["x", ",", "}", " {}", "\x00"])
+    elif what == 10:  # a NUL or control byte inside a string
+        i = text.find('"path":"')
+        if i >= 0:
+            text = text[: i + 8] + rng.choice(["\x00", "\x01", "\x1f"]) + text[i + 8 :]
+    elif what == 11:  # an escape the scanner does not take (\u) or a bad one (\x)
+        text = text.replace("/etc/", rng.choice(["\\u002fetc/", "\\x2fetc/", "\\/etc\\/"]), 1)
+    return text
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(log=results_logs(), seed=st.integers(0, 2**32 - 1), share=st.sampled_from([0, 1, 2, 3]))
+def test_tables_are_the_same_scanned_or_parsed_whole(
+    log: str, seed: int, share: int, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    rng = random.Random(seed)
+    lines = [
+        _mutate(line, rng) if share and rng.randrange(share + 1) else line
+        for line in log.splitlines()
+    ]
+    path = tmp_path_factory.mktemp("scan") / "log"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _assert_same(path)
+
+
+def test_every_hostile_value_in_every_wanted_field(tmp_path: Path) -> None:
+    """Each hostile value in each wanted key, one line each, plus the plain line."""
+    base = {
+        "name": "pack_file_events", "hostIdentifier": "h1", "unixTime": 1700000000,
+        "decorations": {"role": "web"}, "action": "added",
+        "columns": {"operation": "open", "pid": "10", "ppid": "1", "time": "1700000000",
+                    "path": "/etc/shadow", "executable": "/usr/bin/cat", "uid": "0"},
+    }  # fmt: skip
+    lines = [json.dumps(base)]
+    for value in HOSTILE_VALUES:
+        for key in WANTED:
+            obj = json.loads(json.dumps(base))
+            obj["columns"][key] = value
+            lines.append(json.dumps(obj, separators=(",", ":")))
+        for key in TOP:
+            obj = json.loads(json.dumps(base))
+            obj[key] = value
+            lines.append(json.dumps(obj))
+    # A key twice (DuckDB takes the first; the scanner leaves such a line whole).
+    for key in ("hostIdentifier", "name", "unixTime", "role", "decorations", "columns"):
+        lines.append(lines[0][:-1] + f', "{key}": "dup"}}')
+    for key in ("pid", "path", "time", "id"):
+        lines.append(lines[0].replace('"columns": {', f'"columns": {{"{key}": "dup", ', 1))
+    lines.append(lines[0].replace('"decorations": {', '"decorations": {"role": "x", ', 1))
+    # Number spellings json.dumps never writes, which DuckDB prints its own way.
+    for raw in RAW_NUMBERS:
+        lines.append(lines[0].replace('"pid": "10"', f'"pid": {raw}'))
+        lines.append(lines[0].replace('"unixTime": 1700000000', f'"unixTime": {raw}'))
+    path = tmp_path / "log"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _assert_same(path)
+
+
+# ----- the scanner alone ---------------------------------------------------------
+
+
+def _scanner() -> _Scanner:
+    import pyarrow as pa
+
+    return _Scanner(pa, DECORATIONS, native)
+
+
+def _scan(data: bytes, first: int = 1) -> tuple[list[int], list[int], list[bytes]]:
+    """(fast line numbers, slow line numbers, slow lines)."""
+    s = _scanner()
+    assert native is not None
+    n_fast, fast, _fields, n_slow, slow, offsets, text = native.scan_results(
+        data, first, s.paths, s.groups, 0
+    )
+    offs = struct.unpack(f"<{n_slow + 1}q", offsets)
+    return (
+        list(struct.unpack(f"<{n_fast}q", fast)),
+        list(struct.unpack(f"<{n_slow}q", slow)),
+        [text[offs[i] : offs[i + 1]] for i in range(n_slow)],
+    )
+
+
+def test_plain_osquery_lines_are_scanned_and_the_rest_go_whole() -> None:
+    """The fast path is taken where it should be (else the speed-up silently vanishes)."""
+    event = (
+        '{"name":"pack_readegress_file_events","hostIdentifier":"web-00","calendarTime":"x",'
+        '"unixTime":1764300001,"epoch":0,"counter":3,"numerics":false,'
+        '"decorations":{"host_uuid":"4c4c","hostname":"web-00"},'
+        '"columns":{"auid":"0","operation":"open","path":"/etc/hosts","pid":"2",'
+        '"time":"1764300001","cmdline":"a \\"b\\" c\\\\d"},"action":"added"}'
+    )
+    numerics = event.replace('"pid":"2"', '"pid":2').replace('"auid":"0"', '"auid":-5')
+    lines = [
+        event,  # 1 fast
+        numerics,  # 2 fast
+        "",  # 3 blank: neither
+        '{"snapshot":[{"a":"1"}],"hostIdentifier":"h","action":"snapshot"}',  # 4 slow
+        event.replace('"pid":"2"', '"pid":1.5'),  # 5 slow: a float in a wanted field
+        event.replace('"epoch":0', '"epoch":1.5e3'),  # 6 fast: a float elsewhere
+        event.replace('"hostIdentifier":"web-00"', '"hostIdentifier":""'),  # 7 slow
+        event[:-1],  # 8 slow: cut short
+        event.replace('"path":"/etc/hosts"', '"path":"\\u0041"'),  # 9 slow: \u in a field
+        event.replace('"calendarTime":"x"', '"calendarTime":"\\u0041"'),  # 10 fast
+        "   ",  # 11 slow (DuckDB skips it as blank)
+        event.replace('"columns":{', '"columns":{"id":"1","sensitive_class":"c","reasons":"r",'),
+    ]
+    fast, slow, text = _scan("\n".join(lines).encode(), first=10)
+    assert fast == [10, 11, 15, 19]
+    assert slow == [13, 14, 16, 17, 18, 20, 21]
+    assert text[0].startswith(b'{"snapshot"') and text[-1].startswith(b"{")
+
+
+def test_fields_are_json_extract_strings() -> None:
+    import duckdb
+
+    s = _scanner()
+    line = (
+        '{"hostIdentifier":"h\\"1","name":"q","unixTime":17,"action":"added",'
+        '"decorations":{"role":"w\\/eb","hostname":null},"role":true,'
+        '"columns":{"pid":-3,"path":"/a\\tb","success":false,"cmdline":"x\\\\y\\n"}}'
+    )
+    assert native is not None
+    n_fast, _, fields, _, _, _, _ = native.scan_results(line.encode(), 1, s.paths, s.groups, 0)
+    assert n_fast == 1
+    con = duckdb.connect()
+    for (scope, key, output), j in zip(s.paths, s.field_of):
+        if not output:
+            continue
+        assert j is not None
+        validity, offsets, data = fields[j]
+        got: Optional[str] = None
+        if validity and validity[0] & 1:
+            start, end = struct.unpack("<2i", offsets)
+            got = data[start:end].decode()
+        prefix = {0: "$", 1: "$.decorations", 2: "$.columns"}[scope]
+        want = con.execute(
+            "SELECT json_extract_string(?, ?)", [line, prefix + "." + key.decode()]
+        ).fetchone()
+        assert want is not None and got == want[0], key
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    lines=st.lists(
+        st.binary(max_size=60).map(lambda b: b.replace(b"\n", b""))
+        | st.sampled_from(
+            [b"{", b'{"columns":{', b'{"hostIdentifier":"h","columns":{"pid":"1"}}', b"[" * 300,
+             b'{"a":' * 200, b'{"columns":{"pid":"\\', b'{"columns":{"pid":1e', b'"\\u12']
+        ),
+        max_size=12,
+    ),
+    first=st.integers(0, 2**40),
+)  # fmt: skip
+def test_random_bytes_never_crash_and_every_line_comes_out_once(
+    lines: list[bytes], first: int
+) -> None:
+    data = b"\n".join(lines)
+    fast, slow, text = _scan(data, first)
+    numbered = [(first + i, line) for i, line in enumerate(data.split(b"\n")) if line]
+    assert sorted(fast + slow) == [n for n, _ in numbered]
+    whole = dict(numbered)
+    assert text == [whole[n] for n in slow]
+
+
+def test_bad_arguments_raise() -> None:
+    assert native is not None
+    with pytest.raises(TypeError):
+        native.scan_results("text", 1, ((0, b"a", True),), (), 0)
+    with pytest.raises(ValueError):
+        native.scan_results(b"", 1, (), (), 0)
+    with pytest.raises(ValueError):
+        native.scan_results(b"", 1, ((3, b"a", True),), (), 0)
+    with pytest.raises(ValueError):
+        native.scan_results(b"", 1, ((0, b"a", True),), ((5,),), 0)
+    with pytest.raises(ValueError):
+        native.scan_results(b"", 1, ((2, b"a", True),), (), 0)  # host not top level
+    with pytest.raises(TypeError):
+        native.scan_results(b"", 1, ((0, "a", True),), (), 0)
