@@ -19,12 +19,12 @@ from typing import Any, Optional
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.fleet_logs import results_logs
 
 from readegress import speedups
 from readegress.fleet.duckdb_engine import DuckDBEngine, _Scanner
 from readegress.logs.lines import LineStats
 from readegress.logs.results import BadLine
-from tests.fleet_logs import results_logs
 
 native = speedups.native
 pytestmark = pytest.mark.skipif(
