@@ -35,6 +35,7 @@ from typing import Any, Optional
 
 from readegress import speedups
 from readegress.fleet.sql import (
+    CHEAP_VIEWS,
     COLUMN_KEYS,
     DUCKDB,
     EVENT_KEYS,
@@ -112,7 +113,8 @@ class DuckDBEngine:
 
     # ----- the Engine interface used by readegress.fleet.pipeline --------
     def create(self, name: str, select: str) -> None:
-        self.con.execute(f"CREATE OR REPLACE TABLE {name} AS {select}")
+        kind = "VIEW" if name in CHEAP_VIEWS else "TABLE"
+        self.con.execute(f"CREATE OR REPLACE {kind} {name} AS {select}")
 
     @staticmethod
     def _explode_sql(table: str, deco_names: str) -> str:

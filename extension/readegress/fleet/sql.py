@@ -141,6 +141,13 @@ FROM (
 ) q"""
 
 
+#: Relations of the statements below that an engine may leave as views: ``ev_n``
+#: is ``ev`` joined to two small tables, and DuckDB re-reads the few columns each
+#: statement wants faster than it writes all 17 once (1 GB log: narrowing 0.81 →
+#: 0.54 s, and no copy of every event row held).
+CHEAP_VIEWS = frozenset({"ev_n"})
+
+
 def narrowing_statements(window: float) -> list[tuple[str, str]]:
     """(table, SELECT) pairs, run in order after ``ev`` (event rows) and ``cat`` exist.
 
