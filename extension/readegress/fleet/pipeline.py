@@ -18,9 +18,11 @@ proven against.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
@@ -195,10 +197,29 @@ def correlate(
         out: Correlated = distributed(narrowed, config, files, on_bad)
         out.candidates.sort(key=report_order)
         return out
-    rows = engine.fetch(feed_select(FEED_COLUMNS, narrowed))
-    out = correlate_hosts(config, rows, files, on_bad, jobs=jobs)
+    with _cyclic_gc_paused():
+        rows = engine.fetch(feed_select(FEED_COLUMNS, narrowed))
+        out = correlate_hosts(config, rows, files, on_bad, jobs=jobs)
     out.fed_rows = len(rows)
     return out
+
+
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """No cyclic collection while the feed makes millions of objects that all live on.
+
+    Fetching the fed rows, their events and the cores' state allocate a few million
+    objects and free almost none, so each full collection the allocations trigger
+    walks them all for nothing (five on a 1 GB log: ~0.2 s). The few cycles the
+    cores drop are collected when the collector is back on, after the feed.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 #: Below this many rows to feed, the hosts are fed in this process (a fork costs more).
