@@ -303,3 +303,15 @@ def test_bad_arguments_raise() -> None:
         native.scan_results(b"", 1, ((2, b"a", True),), (), 0)  # host not top level
     with pytest.raises(TypeError):
         native.scan_results(b"", 1, ((0, "a", True),), (), 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.binary(max_size=200) | st.sampled_from([b"\n" * 100, b"", b"a\nb"]),
+    start=st.integers(0, 220),
+    end=st.integers(0, 220),
+)
+def test_count_newlines_is_bytes_count(data: bytes, start: int, end: int) -> None:
+    assert native is not None
+    assert native.count_newlines(data, start, end) == data.count(b"\n", start, end)
+    assert native.count_newlines(memoryview(data), start, end) == data.count(b"\n", start, end)

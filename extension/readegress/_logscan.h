@@ -4,5 +4,6 @@
 #include <Python.h>
 
 PyObject *scan_results(PyObject *self, PyObject *args);
+PyObject *count_newlines(PyObject *self, PyObject *args);
 
 #endif

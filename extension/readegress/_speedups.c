@@ -25,7 +25,9 @@
  *   json_lines(names, rows, kinds)                   rows as SQLite json_object
  *       (sql/engine.py Engine.query_json)
  *   scan_results(data, first_line, paths, ...)       results-log lines, split into fields
- *       (_logscan.c; fleet/duckdb_engine.py _scan_py)
+ *       (_logscan.c; fleet/duckdb_engine.py _Scanner._whole)
+ *   count_newlines(data, start, end)                 newlines of a chunk
+ *       (_logscan.c; logs/lines.py line_batches, bytes.count)
  *
  * Every read of outside bytes is bounds-checked against the buffer's length:
  * a truncated or hostile reply gives the same clean result or error as the
@@ -1325,6 +1327,8 @@ static PyMethodDef methods[] = {
      "sqlite_rows(rows, kinds) -> list of tuples or None: rows as SQLite returns them."},
     {"json_lines", json_lines, METH_VARARGS,
      "json_lines(names, rows, kinds) -> bytes or None: rows as SQLite json_object lines."},
+    {"count_newlines", count_newlines, METH_VARARGS,
+     "count_newlines(data, start, end) -> int: data.count(b'\\n', start, end) with memchr."},
     {"scan_results", scan_results, METH_VARARGS,
      "scan_results(data, first_line, paths, groups, host) -> (n_fast, fast_lines, fields, "
      "n_slow, slow_lines, slow_offsets, slow_data): results-log lines, split (see _logscan.c)."},
