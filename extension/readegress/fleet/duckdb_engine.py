@@ -250,7 +250,8 @@ class DuckDBEngine:
                 FROM (
                   SELECT file, line, raw, {either}
                   FROM (
-                    SELECT *, try(json_extract_string(raw, {paths_sql})) AS v FROM stream
+                    SELECT *, CASE WHEN raw IS NOT NULL
+                      THEN try(json_extract_string(raw, {paths_sql})) END AS v FROM stream
                     WHERE raw IS NULL OR (raw <> '' AND ltrim(raw) <> '')
                   ) s
                 ) a
