@@ -88,6 +88,11 @@ def recognise_sql() -> str:
     END"""
 
 
+#: Helper columns :func:`derived_sql` leaves in its output (each digit test made once a
+#: row; the regex is most of the derived fields' cost): engines drop them.
+DIGIT_TESTS = ("g_time", "g_pid", "g_ppid", "g_parent", "g_port", "g_family")
+
+
 def derived_sql(d: Dialect, inner: str) -> str:
     """Event fields of every row of ``inner`` (which has ``tbl`` and ``c_*``).
 
@@ -95,35 +100,38 @@ def derived_sql(d: Dialect, inner: str) -> str:
     makes of the row (NULL: no event); a connect is ``sure`` when it is an
     egress event whatever Python makes of its values, else it may be one.
     ``odd`` marks a row whose pid, time or parent SQL cannot read exactly as
-    Python does (not plain digits): its host is fed whole, unnarrowed.
+    Python does (not plain digits): its host is fed whole. The ``g_*`` columns
+    (DIGIT_TESTS) say whether a field is plain digits (NULL when absent).
     """
-
-    def dg(x: str) -> str:
-        return d.digits.format(x)
-
+    tests = ", ".join(
+        f"{d.digits.format(col)} AS {name}"
+        for col, name in zip(
+            ("c_time", "c_pid", "c_ppid", "c_parent", "c_remote_port", "c_family"), DIGIT_TESTS
+        )
+    )
     return f"""
 SELECT q.*,
-  CASE WHEN {dg("c_time")} THEN CAST(c_time AS BIGINT) END AS t,
-  CASE WHEN {dg("c_pid")} THEN CAST(c_pid AS BIGINT) END AS epid,
-  CASE WHEN kind = 'read' AND {dg("c_ppid")} THEN CAST(c_ppid AS BIGINT)
-       WHEN kind IN ('exec', 'fork') AND {dg("c_parent")} THEN CAST(c_parent AS BIGINT) END
+  CASE WHEN g_time THEN CAST(c_time AS BIGINT) END AS t,
+  CASE WHEN g_pid THEN CAST(c_pid AS BIGINT) END AS epid,
+  CASE WHEN kind = 'read' AND g_ppid THEN CAST(c_ppid AS BIGINT)
+       WHEN kind IN ('exec', 'fork') AND g_parent THEN CAST(c_parent AS BIGINT) END
     AS eppid,
   CASE kind WHEN 'fork' THEN 0 WHEN 'exec' THEN 1 WHEN 'read' THEN 2 ELSE 3 END AS ord,
   kind = 'conn'
     AND (c_status IN ('succeeded', 'in_progress')
          OR (COALESCE(c_status, '') = '' AND c_success IN ('1', 'true', 'True')))
     AND (COALESCE(c_family, '') = '' OR c_family IN ('2', '10'))
-    AND COALESCE(c_remote_address, '') <> '' AND {dg("c_remote_port")} AS sure,
+    AND COALESCE(c_remote_address, '') <> '' AND g_port AS sure,
   kind IS NOT NULL AND (
-    NOT {dg("COALESCE(c_pid, 'x')")} OR NOT {dg("COALESCE(c_time, 'x')")}
-    OR (kind = 'read' AND COALESCE(c_ppid, '') <> '' AND NOT {dg("c_ppid")})
-    OR (kind IN ('exec', 'fork') AND COALESCE(c_parent, '') <> '' AND NOT {dg("c_parent")})
+    NOT COALESCE(g_pid, FALSE) OR NOT COALESCE(g_time, FALSE)
+    OR (kind = 'read' AND COALESCE(c_ppid, '') <> '' AND NOT g_ppid)
+    OR (kind IN ('exec', 'fork') AND COALESCE(c_parent, '') <> '' AND NOT g_parent)
   ) AS odd,
   CASE WHEN kind = 'read' THEN COALESCE(c_executable, '') ELSE COALESCE(c_path, '') END AS o_exe,
   CASE WHEN kind = 'conn' THEN NULL ELSE NULLIF(c_uid, '') END AS o_uid,
   NULLIF(c_auid, '') AS o_auid
 FROM (
-  SELECT r.*,
+  SELECT g.*,
     CASE
       WHEN tbl = 'file' AND c_operation IN ('open', 'read') THEN 'read'
       WHEN tbl = 'socket' AND c_action = 'connect'
@@ -131,13 +139,13 @@ FROM (
         AND NOT (COALESCE(c_status, '') = '' AND c_success IS NOT NULL
                  AND c_success NOT IN ('1', 'true', 'True'))
         AND COALESCE(c_remote_address, '') <> '' AND COALESCE(c_remote_port, '') <> ''
-        AND NOT ({dg("COALESCE(c_family, 'x')")} AND c_family NOT IN ('2', '10'))
+        AND NOT (COALESCE(g_family, FALSE) AND c_family NOT IN ('2', '10'))
         THEN 'conn'
       WHEN tbl = 'process' AND COALESCE(NULLIF(c_syscall, ''), 'execve') IN ('execve', 'execveat')
         THEN 'exec'
       WHEN tbl = 'process' AND c_syscall IN ('fork', 'vfork', 'clone', 'clone3') THEN 'fork'
     END AS kind
-  FROM ({inner}) r
+  FROM (SELECT r.*, {tests} FROM ({inner}) r) g
 ) q"""
 
 
