@@ -82,6 +82,7 @@ typedef struct {
     int out[MAX_PATHS]; /* the paths that are fields, in order */
     path_t paths[MAX_PATHS];
     int heads[3][HASH_SLOTS];
+    uint64_t lengths[3]; /* length_bit of every key of the scope: most keys are rejected on it */
     int n_groups;
     int group_len[MAX_GROUPS];
     int groups[MAX_GROUPS][MAX_PATHS];
@@ -103,11 +104,14 @@ static void init_tables(void) {
     for (int c = 0; c < 256; c++) string_stop[c] = c < 0x20 || c == '"' || c == '\\';
 }
 
+/* Keys are short and few: their length and first two and last bytes tell them apart well
+ * enough (a slot's chain is compared in full). */
 static uint32_t key_hash(const unsigned char *s, Py_ssize_t n) {
-    uint32_t h = 2166136261u;
-    for (Py_ssize_t i = 0; i < n; i++) h = (h ^ s[i]) * 16777619u;
-    return h;
+    if (n == 0) return 0;
+    return (uint32_t)n * 131u + (uint32_t)s[0] * 31u + (uint32_t)s[n > 1] * 7u + s[n - 1];
 }
+
+static inline uint64_t length_bit(Py_ssize_t n) { return 1ull << (n < 63 ? n : 63); }
 
 static inline void skip_ws(line_t *L) {
     while (L->p < L->end && (*L->p == ' ' || *L->p == '\t' || *L->p == '\r' || *L->p == '\n'))
@@ -305,6 +309,7 @@ static int take_value(line_t *L, int first) {
 /* The first path of `scope` named s[0:n] (the others with that key follow it through
  * .same), or -1. */
 static int match(const spec_t *S, int scope, const unsigned char *s, Py_ssize_t n) {
+    if (!(S->lengths[scope] & length_bit(n))) return -1;
     uint32_t h = key_hash(s, n) & (HASH_SLOTS - 1);
     for (int i = S->heads[scope][h]; i >= 0; i = S->paths[i].hnext)
         if (S->paths[i].key_len == n && memcmp(S->paths[i].key, s, (size_t)n) == 0) return i;
@@ -416,6 +421,7 @@ static int parse_spec(PyObject *paths, PyObject *groups, int host, spec_t *S) {
     }
     S->n = (int)n;
     S->n_out = 0;
+    S->lengths[0] = S->lengths[1] = S->lengths[2] = 0;
     for (int s = 0; s < 3; s++)
         for (int h = 0; h < HASH_SLOTS; h++) S->heads[s][h] = -1;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -439,6 +445,7 @@ static int parse_spec(PyObject *paths, PyObject *groups, int host, spec_t *S) {
         p->key = key;
         p->key_len = key_len;
         p->same = p->hnext = -1;
+        S->lengths[scope] |= length_bit(key_len);
         /* the first path of this key is in the hash table; later ones are chained to it */
         int first = -1;
         for (Py_ssize_t j = 0; j < i && first < 0; j++) {
