@@ -3,7 +3,7 @@
 Where the data comes from: :func:`readegress.logs.lines.line_batches` cuts the
 logs into numbered batches of lines (gzip, stdin, directories; lines that are
 not UTF-8 are reported there). Each batch is split into lines by
-:func:`_scan` on a pool of threads: with the compiled accelerator
+:meth:`_Scanner.scan` on a pool of threads: with the compiled accelerator
 (``readegress._speedups.scan_results``, ``_logscan.c``), a plain event line --
 most of a fleet's log -- comes out already split into the fields below, and
 every other line comes out whole; without it (``READEGRESS_PURE=1``, the
