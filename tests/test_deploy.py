@@ -412,6 +412,7 @@ def test_wheel_carries_the_compiled_accelerator_and_it_loads(built: Path, tmp_pa
         sys.executable,
         "-c",
         "import readegress.speedups as s, readegress._speedups as c;"
+        " assert callable(c.scan_results) and callable(c.count_newlines);"
         " print(s.native is c, c.__file__)",
         env={"PYTHONPATH": str(tmp_path), "PATH": os.environ.get("PATH", "")},
         cwd=str(tmp_path),
