@@ -37,7 +37,6 @@ from readegress import speedups
 from readegress.fleet.sql import (
     CHEAP_VIEWS,
     COLUMN_KEYS,
-    DIGIT_TESTS,
     DUCKDB,
     EVENT_KEYS,
     PROJECT_GROUPS,
@@ -259,8 +258,7 @@ class DuckDBEngine:
               ) b"""
             recognised = f"SELECT r.*, {recognise_sql()} AS tbl FROM ({per_line}) r"
             return (
-                f"SELECT * EXCLUDE ({_RECOGNITION_ONLY}, {', '.join(DIGIT_TESTS)})"
-                f" FROM ({derived_sql(DUCKDB, recognised)})"
+                f"SELECT * EXCLUDE ({_RECOGNITION_ONLY}) FROM ({derived_sql(DUCKDB, recognised)})"
             )
 
         self.con.register("stream", pa.RecordBatchReader.from_batches(scanner.schema, batches()))
@@ -295,10 +293,7 @@ class DuckDBEngine:
               act AS action, {arow_fields}{deco_names}, CAST(r AS VARCHAR) AS keep
             FROM (SELECT *, json_extract_string(r, {_path_list("$", COLUMN_KEYS)}) AS v
                   FROM exploded WHERE rty = 'OBJECT') x) r"""
-        self.con.execute(
-            f"CREATE OR REPLACE TABLE arows AS SELECT * EXCLUDE ({', '.join(DIGIT_TESTS)})"
-            f" FROM ({derived_sql(DUCKDB, arow_select)})"
-        )
+        self.con.execute(f"CREATE OR REPLACE TABLE arows AS {derived_sql(DUCKDB, arow_select)}")
         keep_cols = ["file", "line", "idx", "host", "bad", "qname", "unix_time", "action"]
         keep_cols += [f"c_{k}" for k in EVENT_KEYS] + [f"d_{i}" for i in range(len(deco))]
         cols = ", ".join([*keep_cols, "keep", "tbl", *_DERIVED])

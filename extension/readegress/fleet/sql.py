@@ -66,10 +66,13 @@ class Dialect:
 
     #: ``{0}`` is a string expression: is it 1 to 15 ASCII digits?
     digits: str
+    #: Every column of relation ``{0}`` but the comma-separated ``{1}``, in a select
+    #: list. Spark SQL has no such star: it keeps them (its ``rows`` lists its columns).
+    all_but: str
 
 
-DUCKDB = Dialect(digits="regexp_full_match({0}, '[0-9]{{1,15}}')")
-SPARK = Dialect(digits="({0} RLIKE '^[0-9]{{1,15}}$')")
+DUCKDB = Dialect(digits="regexp_full_match({0}, '[0-9]{{1,15}}')", all_but="{0}.* EXCLUDE ({1})")
+SPARK = Dialect(digits="({0} RLIKE '^[0-9]{{1,15}}$')", all_but="{0}.*")
 
 
 def recognise_sql() -> str:
@@ -88,8 +91,8 @@ def recognise_sql() -> str:
     END"""
 
 
-#: Helper columns :func:`derived_sql` leaves in its output (each digit test made once a
-#: row; the regex is most of the derived fields' cost): engines drop them.
+#: Helper columns of :func:`derived_sql`: each digit test made once a row (the regex is
+#: most of the derived fields' cost), left out of its output where the dialect can.
 DIGIT_TESTS = ("g_time", "g_pid", "g_ppid", "g_parent", "g_port", "g_family")
 
 
@@ -101,7 +104,8 @@ def derived_sql(d: Dialect, inner: str) -> str:
     egress event whatever Python makes of its values, else it may be one.
     ``odd`` marks a row whose pid, time or parent SQL cannot read exactly as
     Python does (not plain digits): its host is fed whole. The ``g_*`` columns
-    (DIGIT_TESTS) say whether a field is plain digits (NULL when absent).
+    (DIGIT_TESTS) say whether a field is plain digits (NULL when absent); they are
+    not in the output but where the dialect cannot leave them out (Spark).
     """
     tests = ", ".join(
         f"{d.digits.format(col)} AS {name}"
@@ -110,7 +114,7 @@ def derived_sql(d: Dialect, inner: str) -> str:
         )
     )
     return f"""
-SELECT q.*,
+SELECT {d.all_but.format("q", ", ".join(DIGIT_TESTS))},
   CASE WHEN g_time THEN CAST(c_time AS BIGINT) END AS t,
   CASE WHEN g_pid THEN CAST(c_pid AS BIGINT) END AS epid,
   CASE WHEN kind = 'read' AND g_ppid THEN CAST(c_ppid AS BIGINT)
