@@ -412,10 +412,10 @@ class _BigLines:
         if self.file is None:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             self.file = os.fdopen(fd, "w+b")
-        data = bytes(b.data)
-        self.file.write(data)
-        self.index.append((b.file_index, b.first_line, self.size, len(data)))
-        self.size += len(data)
+        self.file.write(b.data)  # a view of the chunk read: written, not copied first
+        n = len(b.data)
+        self.index.append((b.file_index, b.first_line, self.size, n))
+        self.size += n
 
     def groups(self) -> Iterator[list[LineBatch]]:
         """Consecutive lines, at most GROUP_BYTES a group (a longer line alone)."""

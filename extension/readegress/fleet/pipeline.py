@@ -36,7 +36,7 @@ from readegress.fleet.sql import (
     narrowing_statements,
 )
 from readegress.forked import run_forked
-from readegress.logs.results import BadLine
+from readegress.logs.results import BadLine, display_name
 from readegress.sources.osquery_rows import (
     FILE_EVENTS,
     PROCESS_EVENTS,
@@ -153,7 +153,7 @@ def events_of_rows(
     errors = 0
     tbl_i, file_i, line_i, host_i = (_INDEX[c] for c in ("tbl", "file", "line", "host"))
     keys = {t: [(k, _INDEX["c_" + k]) for k in ks] for t, ks in _ROW_KEYS.items()}
-    names = ["<stdin>" if f == "-" else f for f in files]
+    names = [display_name(f) for f in files]
     for r in rows:
         tbl = r[tbl_i]
         row = {k: r[i] for k, i in keys[tbl] if r[i] is not None}
@@ -262,7 +262,7 @@ def correlate_hosts(
     for part, part_bad in parts:
         out.merge(part)
         bad.extend(part_bad)
-    names = {("<stdin>" if f == "-" else f): i for i, f in enumerate(files)}
+    names = {display_name(f): i for i, f in enumerate(files)}
     for b in sorted(bad, key=lambda b: (names.get(b.file, len(files)), b.line)):
         on_bad(b)
     out.candidates.sort(key=report_order)

@@ -10,7 +10,7 @@ from typing import Any, Optional
 from readegress.detect.config import Config
 from readegress.fleet.pipeline import Correlated, Engine, correlate
 from readegress.logs.lines import LineStats, Progress, expand_inputs, total_size
-from readegress.logs.results import BadLine
+from readegress.logs.results import BadLine, display_name
 
 ENGINES = ("duckdb", "spark")
 
@@ -109,8 +109,7 @@ def run(
     for file_index, line, reason in eng.fetch(
         "SELECT file, line, reason FROM bad ORDER BY file, line"
     ):
-        f = files[file_index]
-        count_bad(BadLine("<stdin>" if f == "-" else f, int(line), str(reason)))
+        count_bad(BadLine(display_name(files[file_index]), int(line), str(reason)))
     _, rows_n, removed_n, events_n = eng.counts
     correlated = correlate(eng, config, files, on_bad, narrowed=narrowed)
     return FleetRun(

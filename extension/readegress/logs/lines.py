@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Optional, TextIO, Union
 
-from readegress.logs.results import BadLine, _open
+from readegress.logs.results import BadLine, _open, display_name
 from readegress.speedups import native as _native
 
 BATCH_BYTES = 8 << 20
@@ -138,7 +138,7 @@ def line_batches(
     ``find`` calls).
     """
     for index, path in enumerate(paths):
-        file = "<stdin>" if path == "-" else path
+        file = display_name(path)
         try:
             stream = _open(path)
         except OSError as err:

@@ -72,7 +72,7 @@ from readegress.detect.config import Config
 from readegress.detect.core import Correlator, Detection
 from readegress.detect.events import Event, sort_key
 from readegress.forked import run_forked
-from readegress.logs.results import BadLine, ReadStats, ResultsReader
+from readegress.logs.results import BadLine, ReadStats, ResultsReader, display_name
 from readegress.sources.osquery_rows import RowError, event_from_row
 
 SOURCE = "osquery-log"
@@ -254,7 +254,7 @@ def replay(
     else:
         results = _run_jobs(paths, config, fast, max_lateness, flush_lines, n)
         if on_bad is not None:
-            order = {p if p != "-" else "<stdin>": i for i, p in enumerate(paths)}
+            order = {display_name(p): i for i, p in enumerate(paths)}
             bad = sorted(
                 (b for r in results for b in r.bad),
                 key=lambda b: (order.get(b.file, len(order)), b.line),

@@ -130,6 +130,11 @@ class LogRow(NamedTuple):
     unix_time: Optional[int]
 
 
+def display_name(path: str) -> str:
+    """A log's name in reports and BadLines: ``<stdin>`` for ``-``."""
+    return "<stdin>" if path == "-" else path
+
+
 class BadLine(NamedTuple):
     """A line (or, with line 0, a file) the reader could not use, and why."""
 
@@ -399,7 +404,7 @@ class ResultsReader:
         cut_every: int,
     ) -> Iterator[LogRow]:
         st = self.stats
-        file = "<stdin>" if path == "-" else path
+        file = display_name(path)
         try:
             stream = _open(path)
         except OSError as err:
