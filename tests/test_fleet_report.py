@@ -212,3 +212,27 @@ def test_duckdb_never_draws_its_progress_bar_on_stdout() -> None:
         assert con.execute("SELECT current_setting('enable_progress_bar')").fetchone() == (False,)
     finally:
         engine.close()
+
+
+def test_engine_run_leaves_pandas_unimported(fleet_log: tuple[str, LogInfo]) -> None:
+    """pyarrow's ``pa.array`` and ``pa.table`` import pandas (0.15 s, when it is installed)
+    to check their argument; the engine builds its Arrow arrays from buffers instead."""
+    pytest.importorskip("pandas")
+    path, info = fleet_log
+    code = (
+        "import sys\n"
+        "from readegress.cli import main\n"
+        "rc = main(['replay', sys.argv[1]])\n"
+        "assert 'pandas' not in sys.modules, 'pandas was imported'\n"
+        "sys.exit(rc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-c", code, path], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = {
+        (d["host"], d["pid"], d["remote_address"])
+        for d in map(json.loads, done.stdout.splitlines())
+    }
+    assert {(h, pid, dest) for h, pid, _, dest in info.chains} <= found
