@@ -46,6 +46,7 @@ from readegress.fleet.sql import (
     TOP_KEYS,
     derived_sql,
     recognise_sql,
+    rows_sql,
 )
 from readegress.logs.lines import LineBatch, LineStats, Progress, line_batches
 from readegress.logs.results import BadLine
@@ -176,7 +177,15 @@ class DuckDBEngine:
             ) u"""
 
     def fetch(self, select: str) -> list[tuple[Any, ...]]:
-        return self.con.execute(select).fetchall()
+        rel = self.con.sql(select)
+        if all(str(t) in _ARROW_EXACT for t in rel.types):
+            # By Arrow, a column at a time into Python objects, in C: about twice as
+            # fast as fetchall's value at a time (the 111k rows fed on a 1 GB log:
+            # 0.21 -> 0.12 s). Only for types it gives as fetchall does (a HUGEINT,
+            # what sum() of integers is, would come as a Decimal).
+            columns = [c.to_pylist() for c in rel.to_arrow_table().columns]
+            return list(zip(*columns))
+        return rel.fetchall()
 
     def register(
         self, name: str, columns: Sequence[tuple[str, str]], rows: list[tuple[Any, ...]]
@@ -329,13 +338,7 @@ class DuckDBEngine:
         self.con.execute(f"CREATE OR REPLACE TABLE arows AS {derived_sql(DUCKDB, arow_select)}")
         keep_cols = ["file", "line", "idx", "host", "bad", "qname", "unix_time", "action"]
         keep_cols += [f"c_{k}" for k in EVENT_KEYS] + [f"d_{i}" for i in range(len(deco))]
-        cols = ", ".join([*keep_cols, "keep", "tbl", *_DERIVED])
-        # A batch/snapshot line is not a row itself: its rows are in arows.
-        self.con.execute(
-            f"""CREATE OR REPLACE VIEW rows AS
-            SELECT {cols} FROM lines WHERE bad IS NULL AND NOT (keep IS NOT NULL AND tbl IS NULL)
-            UNION ALL SELECT {cols} FROM arows"""
-        )
+        self.con.execute(f"CREATE OR REPLACE VIEW rows AS {rows_sql(keep_cols)}")
         self.con.execute(
             """CREATE OR REPLACE VIEW ev AS
             SELECT * FROM rows WHERE kind IS NOT NULL AND action IN ('added', 'snapshot')"""
@@ -372,10 +375,11 @@ class DuckDBEngine:
         self.con.execute("DROP TABLE exploded")
 
 
+#: DuckDB types that come out of Arrow as the same Python values as out of fetchall.
+_ARROW_EXACT = frozenset({"VARCHAR", "BIGINT", "INTEGER", "BOOLEAN", "DOUBLE"})
+
 #: Columns that only recognise the project's tables: dropped once ``tbl`` is known.
 _RECOGNITION_ONLY = ", ".join(f"c_{k}" for k in RECOGNITION_KEYS)
-
-_DERIVED = ("t", "epid", "eppid", "ord", "sure", "odd", "o_exe", "o_uid", "o_auid", "kind")
 
 
 #: The JSON types (TYPE_PATHS) of a line _plain_event_line proves: an object whose

@@ -36,7 +36,14 @@ from typing import Any, Optional
 
 from readegress.detect.config import Config
 from readegress.fleet.pipeline import Correlated, events_of_rows, feed_host
-from readegress.fleet.sql import COLUMN_KEYS, SPARK, TOP_KEYS, derived_sql, recognise_sql
+from readegress.fleet.sql import (
+    COLUMN_KEYS,
+    SPARK,
+    TOP_KEYS,
+    derived_sql,
+    recognise_sql,
+    rows_sql,
+)
 from readegress.logs.lines import LineStats, Progress
 from readegress.logs.results import BadLine
 
@@ -232,13 +239,7 @@ class SparkEngine:
         self.create("arows", derived_sql(SPARK, arow_select))
         keep_cols = ["file", "line", "idx", "host", "bad", "qname", "unix_time", "action"]
         keep_cols += [f"c_{k}" for k in COLUMN_KEYS] + [f"d_{i}" for i in range(n)]
-        derived = ("t", "epid", "eppid", "ord", "sure", "odd", "o_exe", "o_uid", "o_auid", "kind")
-        cols = ", ".join([*keep_cols, "keep", "tbl", *derived])
-        self.spark.sql(
-            f"""SELECT {cols} FROM lines
-                WHERE bad IS NULL AND NOT (keep IS NOT NULL AND tbl IS NULL)
-                UNION ALL SELECT {cols} FROM arows"""
-        ).createOrReplaceTempView("rows")
+        self.spark.sql(rows_sql(keep_cols)).createOrReplaceTempView("rows")
         self.spark.sql(
             "SELECT * FROM rows WHERE kind IS NOT NULL AND action IN ('added', 'snapshot')"
         ).createOrReplaceTempView("ev")
