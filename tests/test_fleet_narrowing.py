@@ -282,3 +282,24 @@ def test_long_lines_are_parsed_apart_and_read_the_same(tmp_path: Path) -> None:
     assert ("h1", 300) in found and any(h == "h2" for h, _ in found)
     opener = next(d for d in fr.correlated.candidates if d.pid == 300)
     assert "encryptor_in_chain" in opener.reasons
+
+
+@pytest.mark.parametrize("in_memory", [True, False], ids=["in-memory", "stored"])
+def test_rows_in_arrays_read_the_same_in_memory_or_stored(
+    in_memory: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows of batch and snapshot lines go to in-memory tables while those lines are small
+    (ARRAYS_IN_MEMORY), else to stored ones: the same detections and bad lines either way."""
+    from readegress.fleet import duckdb_engine
+
+    if not in_memory:
+        monkeypatch.setattr(duckdb_engine, "ARRAYS_IN_MEMORY", 0)
+    found = 0
+    for p in sorted(FIXTURES.glob("*.log")):
+        found += _check(str(p), CONFIGS[1])
+        fr = run([str(p)], CONFIGS[1], lambda b: None, progress=False)
+        temporary = fr.engine.fetch(
+            "SELECT temporary FROM duckdb_tables() WHERE table_name = 'arows'"
+        )
+        assert temporary == [(in_memory,)]
+    assert found > 0
