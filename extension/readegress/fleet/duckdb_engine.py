@@ -141,6 +141,8 @@ class DuckDBEngine:
         # DuckDB draws a progress bar on stdout for statements over 2 s: on a
         # large log it landed in replay's JSON lines.
         self.con.execute("SET enable_progress_bar = false")
+        # The database is removed on close: no checkpoint written into it first.
+        self.con.execute("PRAGMA disable_checkpoint_on_shutdown")
 
     def close(self) -> None:
         self.con.close()
