@@ -146,6 +146,30 @@ def test_a_non_catalogue_read_that_changes_the_image_is_kept(tmp_path: Path) -> 
     _check(path, config)
 
 
+def test_a_row_naming_what_its_process_lacked_is_kept_one_naming_nothing_new_is_not(
+    tmp_path: Path,
+) -> None:
+    """curl's first rows are connects (osquery's socket rows carry no uid): the read that
+    then names its uid makes the 'user' relation to another process's shadow read. A
+    later read that leaves the uid out changes nothing, and is not fed."""
+    unset = "4294967295"
+    path = _log(tmp_path, [
+        dict(_read(300, 60, T, "/usr/bin/cat", "/etc/shadow"), uid="1000", auid=unset),
+        dict(_conn(400, T - 100, "/usr/bin/curl"), auid=unset),
+        {"operation": "open", "pid": "400", "time": str(T + 1), "executable": "/usr/bin/curl",
+         "path": "/etc/hosts", "uid": "1000", "auid": unset},
+        {"operation": "open", "pid": "400", "time": str(T + 1), "executable": "/usr/bin/curl",
+         "path": "/etc/resolv.conf", "uid": "", "auid": unset},  # nothing new: dropped
+        dict(_conn(400, T + 2, "/usr/bin/curl"), auid=unset),
+    ])  # fmt: skip
+    config = CONFIGS[0]
+    narrowed = run([path], config, lambda b: None, progress=False)
+    (d,) = narrowed.correlated.candidates
+    assert d.scope == "user" and d.pid == 400 and d.reader_pid == 300
+    assert narrowed.correlated.events == 4
+    _check(path, config)
+
+
 def test_a_pipeline_sibling_that_only_execs_is_kept(tmp_path: Path) -> None:
     """cat shadow | tar | curl: tar neither reads nor sends, yet makes the encoder reason."""
     path = _log(tmp_path, [

@@ -211,8 +211,12 @@ def narrowing_statements(window: float) -> list[tuple[str, str]]:
          1 s of each other): a superset of what the
          core's lineage and pipeline can reach -- except a read or sure egress
          that 1-3 do not need and whose process observation (parent,
-         executable, uid, auid) equals that of the previous event of its pid in
-         feed order: the core's view of the process is then unchanged by it.
+         executable, uid, auid) names nothing the previous event of its pid in
+         feed order did not (each field absent or equal; osquery's socket rows
+         have no parent or uid): the core fills only a field it lacks, sees reuse
+         only in another parent and appends only another image, so its view of
+         the process is unchanged by it. (On the 1 GB bench log: 111k rows fed
+         with equal observations only, 82k with this.)
     """
     w = float(window)
     width = w + 2.0  # bucket width: |dt| <= W + 1 spans at most two buckets
@@ -392,9 +396,11 @@ def final_statements() -> list[tuple[str, str]]:
                 -- previous event (Python may make no event of it)
                 WHERE need OR kind IN ('exec', 'fork') OR (kind = 'conn' AND NOT sure)
                    OR NOT COALESCE(p_sure, FALSE)
-                   OR NOT (eppid IS NOT DISTINCT FROM p_ppid AND o_exe = p_exe
-                           AND o_uid IS NOT DISTINCT FROM p_uid
-                           AND o_auid IS NOT DISTINCT FROM p_auid)
+                   -- a field the row leaves out (NULL, or no executable) changes nothing
+                   OR NOT ((eppid IS NULL OR eppid IS NOT DISTINCT FROM p_ppid)
+                           AND (o_exe = '' OR o_exe IS NOT DISTINCT FROM p_exe)
+                           AND (o_uid IS NULL OR o_uid IS NOT DISTINCT FROM p_uid)
+                           AND (o_auid IS NULL OR o_auid IS NOT DISTINCT FROM p_auid))
                 UNION SELECT {key} FROM needed
                 UNION SELECT e.file, e.line, e.idx FROM ev e
                   JOIN host_flags h ON e.host = h.host AND h.odd = 1""",
