@@ -194,7 +194,7 @@ class DuckDBEngine:
         rel = self.con.sql(select)
         if all(str(t) in _ARROW_EXACT for t in rel.types):
             # By Arrow, a column at a time into Python objects, in C: about twice as
-            # fast as fetchall's value at a time (the 111k rows fed on a 1 GB log:
+            # fast as fetchall's value at a time (111k rows fed on a 1 GB log:
             # 0.21 -> 0.12 s). Only for types it gives as fetchall does (a HUGEINT,
             # what sum() of integers is, would come as a Decimal).
             columns = [c.to_pylist() for c in rel.to_arrow_table().columns]
