@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -236,3 +238,34 @@ def test_engine_run_leaves_pandas_unimported(fleet_log: tuple[str, LogInfo]) -> 
         for d in map(json.loads, done.stdout.splitlines())
     }
     assert {(h, pid, dest) for h, pid, _, dest in info.chains} <= found
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stopped_run_removes_its_database(
+    fleet_log: tuple[str, LogInfo], tmp_path: Path, sig: int, code: int
+) -> None:
+    """SIGTERM (a timeout, a service manager) or Ctrl-C mid-run: the exit code says so, no
+    traceback, and the engine's database (hundreds of MB on a large log) is removed. Python's
+    default for SIGTERM ended the process on the spot and left it behind."""
+    path, _ = fleet_log
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(Path(cli.__file__).parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "readegress.cli", "replay", "-"],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stderr is not None
+    with open(path, "rb") as f:
+        proc.stdin.write(f.read(1 << 20))  # part of the log: the run waits for the rest
+    proc.stdin.flush()
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("readegress-fleet-*/run.duckdb")):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(sig)
+    time.sleep(0.3)
+    proc.stdin.close()  # a read of stdin blocks until there is more, or its end
+    assert proc.wait(timeout=60) == code
+    err = proc.stderr.read().decode()
+    assert "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []

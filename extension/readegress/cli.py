@@ -285,12 +285,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _replay_engine(args: argparse.Namespace, config: Any) -> int:
-    from readegress.fleet.run import EngineUnavailable, run
+    from readegress.fleet.run import EngineUnavailable, run, stopped_by_signals
     from readegress.logs.replay import detection_json_line
 
     on_bad = _BadLinePrinter(args.max_errors)
     try:
-        fr = run(args.logs, config, on_bad, engine=args.engine, master=args.master)
+        with stopped_by_signals():
+            fr = run(args.logs, config, on_bad, engine=args.engine, master=args.master)
+            fr.engine.close()  # the detections are out of it
     except EngineUnavailable as e:
         _err(f"error: {e} (or --engine python)")
         return EXIT_USAGE
@@ -335,28 +337,32 @@ def _parse_time(text: str) -> float:
 def _fleet_run(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """(config, run, report) or (None, None, exit code)."""
     from readegress.fleet.report import build_report
-    from readegress.fleet.run import EngineUnavailable, run
+    from readegress.fleet.run import EngineUnavailable, run, stopped_by_signals
 
     config = _load_log_config(args)
     if config is None:
         return None, None, EXIT_USAGE
     on_bad = _BadLinePrinter(args.max_errors)
-    try:
-        fr = run(args.logs, config, on_bad, engine=args.engine, master=args.master)
-    except EngineUnavailable as e:
-        _err(f"error: {e}")
-        return None, None, EXIT_USAGE
-    on_bad.tail("fleet")
-    report = build_report(
-        fr.engine,
-        config,
-        fr.correlated,
-        decoration_keys=fr.decoration_keys,
-        since=args.since,
-        until=args.until,
-        silent_intervals=args.silent_intervals,
-        summary=fr.summary(),
-    )
+    with stopped_by_signals():
+        try:
+            fr = run(args.logs, config, on_bad, engine=args.engine, master=args.master)
+        except EngineUnavailable as e:
+            _err(f"error: {e}")
+            return None, None, EXIT_USAGE
+        try:
+            on_bad.tail("fleet")
+            report = build_report(
+                fr.engine,
+                config,
+                fr.correlated,
+                decoration_keys=fr.decoration_keys,
+                since=args.since,
+                until=args.until,
+                silent_intervals=args.silent_intervals,
+                summary=fr.summary(),
+            )
+        finally:
+            fr.engine.close()
     return config, fr, report
 
 

@@ -44,6 +44,7 @@ def run_forked(calls: Sequence[Callable[[], T]], *, name: str, first_here: bool 
     finally:
         gc.unfreeze()
     out: list[T] = []
+    done = False
     try:
         if first_here and calls:
             out.append(calls[0]())
@@ -56,9 +57,12 @@ def run_forked(calls: Sequence[Callable[[], T]], *, name: str, first_here: bool 
             if isinstance(got, BaseException):
                 raise got
             out.append(got)
+        done = True
     finally:
         for conn, proc in zip(conns, procs):
             conn.close()
+            if not done:
+                proc.kill()  # stopping (an error, a signal): its result is not wanted
             proc.join(timeout=10)
             if proc.is_alive():
                 proc.kill()

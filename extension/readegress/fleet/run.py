@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -17,6 +20,41 @@ ENGINES = ("duckdb", "spark")
 
 class EngineUnavailable(RuntimeError):
     """The engine's optional dependency is not installed (the message says which extra)."""
+
+
+@contextlib.contextmanager
+def stopped_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT stop a run as exceptions, so that its engine's files are removed.
+
+    Python's default for SIGTERM ends the process on the spot: a fleet run stopped by a
+    timeout or a service manager left its DuckDB database (hundreds of MB) in the temp
+    directory. Inside this, SIGTERM raises SystemExit(143) and SIGINT KeyboardInterrupt.
+    DuckDB polls for signals and answers either by interrupting its statement with a
+    RuntimeError ("Query interrupted") that hides the signal's exception: an error raised
+    after a signal is turned back into the signal's. Main thread only (the one Python
+    runs handlers in); elsewhere it changes nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        got.append(signum)
+        raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except Exception:
+        if not got:
+            raise
+        if got[0] == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        raise SystemExit(128 + got[0]) from None
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 @dataclass
@@ -89,6 +127,22 @@ def run(
     """Load the logs into the engine, narrow, and correlate per host."""
     files = expand_inputs(inputs)
     eng: Any = open_engine(engine, master=master)
+    try:
+        return _run(eng, files, config, on_bad, narrowed=narrowed, progress=progress)
+    except BaseException:
+        eng.close()  # its files (DuckDB's database: hundreds of MB) go with it
+        raise
+
+
+def _run(
+    eng: Any,
+    files: list[str],
+    config: Config,
+    on_bad: Callable[[BadLine], None],
+    *,
+    narrowed: bool,
+    progress: Optional[bool],
+) -> FleetRun:
     show = sys.stderr.isatty() if progress is None else progress
     stats = LineStats()
     bad = [0]
