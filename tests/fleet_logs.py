@@ -24,6 +24,7 @@ ADDRESSES = ("45.33.32.156", "140.82.112.3", "10.0.0.7", "127.0.0.53", "2a00:145
 STATUSES = ("succeeded", "in_progress", "failed", "")
 PIDS = st.integers(min_value=100, max_value=106)
 PARENTS = st.sampled_from([1, 50, 51, 100, 101, 102])
+AUID_UNSET = 4294967295
 
 
 @st.composite
@@ -39,17 +40,22 @@ def event_rows(draw: Any) -> tuple[str, dict[str, Any]]:
     uid = (0, 1000, 1001)[pid % 3] if stable else draw(st.sampled_from([0, 1000, 1001]))
     exe = EXES[pid % len(EXES)] if draw(st.integers(0, 3)) > 0 else draw(st.sampled_from(EXES))
     parent = (50, 51, 100, 101, 1)[pid % 5] if stable else draw(PARENTS)
+    # The login uid, or unset (a daemon's process): then the core relates a reader to a
+    # sender by uid alone, which osquery's socket rows leave out (they carry no uid).
+    auid = uid if pid % 2 == 0 else AUID_UNSET
+    if not stable and draw(st.booleans()):
+        auid = draw(st.sampled_from([uid, AUID_UNSET]))
     if kind == "read":
         cols: dict[str, Any] = {
             "operation": draw(st.sampled_from(["open", "read", "open", "close", "write"])),
             "pid": pid, "ppid": parent, "time": t, "executable": exe,
-            "path": draw(st.sampled_from(PATHS)), "uid": uid, "auid": uid, "eid": 1,
+            "path": draw(st.sampled_from(PATHS)), "uid": uid, "auid": auid, "eid": 1,
         }  # fmt: skip
     elif kind == "conn":
         status = draw(st.sampled_from(STATUSES))
         cols = {
             "action": draw(st.sampled_from(["connect", "connect", "connect", "bind", "accept"])),
-            "pid": pid, "path": exe, "auid": uid, "family": draw(st.sampled_from([2, 10, 1])),
+            "pid": pid, "path": exe, "auid": auid, "family": draw(st.sampled_from([2, 10, 1])),
             "remote_address": draw(st.sampled_from(ADDRESSES)),
             "remote_port": draw(st.sampled_from([443, 8443, 22, 4444])), "time": t,
             "success": draw(st.sampled_from([1, 0])), "status": status,
@@ -63,10 +69,17 @@ def event_rows(draw: Any) -> tuple[str, dict[str, Any]]:
         syscall = draw(st.sampled_from(["execve", "fork", "clone", "vfork", ""]))
         cols = {
             "pid": pid, "parent": parent, "path": exe, "cmdline": f"{exe} x",
-            "uid": uid, "auid": uid, "time": t, "syscall": syscall,
+            "uid": uid, "auid": auid, "time": t, "syscall": syscall,
         }  # fmt: skip
     else:
         cols = {"name": "x", "value": draw(st.integers(0, 9))}
+    if kind in ("read", "exec") and draw(st.integers(0, 4)) == 0:
+        # A field left out (or empty): the row names less of its process than others do.
+        gone = draw(st.sampled_from(["ppid" if kind == "read" else "parent", "uid", "auid"]))
+        if draw(st.booleans()):
+            del cols[gone]
+        else:
+            cols[gone] = ""
     if draw(st.integers(0, 30)) == 0:  # an odd value now and then
         cols["pid" if "pid" in cols else "time"] = draw(st.sampled_from([f" {pid}", f"{t}.0", ""]))
     if draw(st.booleans()):  # --logger_numerics off: every value a string

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Optional
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from readegress.detect.config import Config, load_config
 from readegress.net.classify import DestinationClass
@@ -168,6 +170,65 @@ def test_a_row_naming_what_its_process_lacked_is_kept_one_naming_nothing_new_is_
     assert d.scope == "user" and d.pid == 400 and d.reader_pid == 300
     assert narrowed.correlated.events == 4
     _check(path, config)
+
+
+_SENDER_EVENTS = st.lists(
+    st.tuples(
+        st.sampled_from(["conn", "read", "read", "exec"]),
+        st.integers(-3, 8),  # seconds after the shadow read
+        st.sampled_from([None, "", "60", "61"]),  # parent
+        st.sampled_from([None, "", "1000", "1001"]),  # uid
+        st.sampled_from([None, "", "1000", "4294967295"]),  # auid
+        st.sampled_from(["", "/usr/bin/curl", "/usr/bin/tar"]),  # image
+    ),
+    min_size=1,
+    max_size=7,
+)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    events=_SENDER_EVENTS,
+    reader_auid=st.sampled_from(["1000", "4294967295"]),
+    sender_auid=st.sampled_from([None, "4294967295"]),
+)
+def test_observations_of_one_sender_narrowed_equal_full(
+    events: list[tuple[str, int, Optional[str], Optional[str], Optional[str], str]],
+    reader_auid: str,
+    sender_auid: Optional[str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A reader of /etc/shadow and one other process that sends: the sender's rows name its
+    parent, uid, auid and image or leave them out, in any order. Whatever the narrowing
+    drops of them, the detections are those of every row (random logs rarely make a
+    detection hang on one such field: the relation to the reader does here)."""
+    rows: list[dict[str, object]] = [
+        dict(_read(300, 60, T, "/usr/bin/cat", "/etc/shadow"), uid="1000", auid=reader_auid)
+    ]
+    for kind, dt, parent, uid, auid, exe in events:
+        if kind == "conn":
+            row: dict[str, object] = dict(_conn(400, T + dt, exe))
+            del row["auid"]
+        elif kind == "read":
+            row = {"operation": "open", "pid": "400", "time": str(T + dt), "executable": exe,
+                   "path": "/etc/hosts"}  # fmt: skip
+            if parent is not None:
+                row["ppid"] = parent
+        else:
+            row = {"pid": "400", "path": exe, "cmdline": exe, "time": str(T + dt),
+                   "syscall": "execve", "parent": parent if parent is not None else ""}  # fmt: skip
+        for key, value in (("uid", uid), ("auid", auid)):
+            if value is not None and not (kind == "conn" and key == "uid"):
+                row[key] = value
+        rows.append(row)
+    last = dict(_conn(400, T + 9, "/usr/bin/curl"))
+    del last["auid"]
+    if sender_auid is not None:
+        last["auid"] = sender_auid
+    rows.append(last)
+    path = _log(tmp_path_factory.mktemp("obs"), rows)
+    for config in CONFIGS:
+        _check(path, config)
 
 
 def test_a_pipeline_sibling_that_only_execs_is_kept(tmp_path: Path) -> None:
