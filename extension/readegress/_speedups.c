@@ -25,7 +25,7 @@
  *   json_lines(names, rows, kinds)                   rows as SQLite json_object
  *       (sql/engine.py Engine.query_json)
  *   scan_results(data, first_line, paths, ...)       results-log lines, split into fields
- *       (_logscan.c; fleet/duckdb_engine.py _Scanner._whole)
+ *       (_logscan.c; fleet/duckdb_engine.py _Scanner.scan)
  *   count_newlines(data, start, end)                 newlines of a chunk
  *       (_logscan.c; logs/lines.py line_batches, bytes.count)
  *

@@ -45,7 +45,6 @@ from readegress.fleet.sql import (
     RECOGNITION_KEYS,
     TOP_KEYS,
     derived_sql,
-    recognise_sql,
     rows_sql,
 )
 from readegress.logs.lines import LineBatch, LineStats, Progress, line_batches
@@ -312,10 +311,7 @@ class DuckDBEngine:
                   ) s
                 ) a
               ) b"""
-            recognised = f"SELECT r.*, {recognise_sql()} AS tbl FROM ({per_line}) r"
-            return (
-                f"SELECT * EXCLUDE ({_RECOGNITION_ONLY}) FROM ({derived_sql(DUCKDB, recognised)})"
-            )
+            return _event_rows(per_line)
 
         self.con.register("stream", pa.RecordBatchReader.from_batches(scanner.schema, batches()))
         self.con.execute(f"CREATE OR REPLACE TABLE lines AS {line_rows()}")
@@ -351,12 +347,12 @@ class DuckDBEngine:
             self.con.execute("DROP TABLE big")
         big_lines.close()
         arow_fields = ", ".join(f"v[{i + 1}] AS c_{k}" for i, k in enumerate(COLUMN_KEYS))
-        arow_select = f"""SELECT r.* EXCLUDE ({_RECOGNITION_ONLY}), {recognise_sql()} AS tbl FROM (
+        arow_select = f"""
             SELECT file, line, idx, host, CAST(NULL AS VARCHAR) AS bad, qname, unix_time,
               act AS action, {arow_fields}{deco_names}, CAST(r AS VARCHAR) AS keep
             FROM (SELECT *, json_extract_string(r, {_path_list("$", COLUMN_KEYS)}) AS v
-                  FROM exploded WHERE rty = 'OBJECT') x) r"""
-        self.con.execute(f"CREATE OR REPLACE {arrays} arows AS {derived_sql(DUCKDB, arow_select)}")
+                  FROM exploded WHERE rty = 'OBJECT') x"""
+        self.con.execute(f"CREATE OR REPLACE {arrays} arows AS {_event_rows(arow_select)}")
         keep_cols = ["file", "line", "idx", "host", "bad", "qname", "unix_time", "action"]
         keep_cols += [f"c_{k}" for k in EVENT_KEYS] + [f"d_{i}" for i in range(len(deco))]
         self.con.execute(f"CREATE OR REPLACE VIEW rows AS {rows_sql(keep_cols)}")
@@ -401,6 +397,11 @@ _ARROW_EXACT = frozenset({"VARCHAR", "BIGINT", "INTEGER", "BOOLEAN", "DOUBLE"})
 
 #: Columns that only recognise the project's tables: dropped once ``tbl`` is known.
 _RECOGNITION_ONLY = ", ".join(f"c_{k}" for k in RECOGNITION_KEYS)
+
+
+def _event_rows(inner: str) -> str:
+    """The rows of ``inner`` as ``lines`` and ``arows`` store them: table, event fields."""
+    return f"SELECT * EXCLUDE ({_RECOGNITION_ONLY}) FROM ({derived_sql(DUCKDB, inner)})"
 
 
 #: The JSON types (TYPE_PATHS) of a line _plain_event_line proves: an object whose

@@ -41,7 +41,6 @@ from readegress.fleet.sql import (
     SPARK,
     TOP_KEYS,
     derived_sql,
-    recognise_sql,
     rows_sql,
 )
 from readegress.logs.lines import LineStats, Progress
@@ -206,8 +205,7 @@ class SparkEngine:
                     WHERE raw <> '' AND trim(raw) <> '') a
             ) b
           ) d"""
-        recognised = f"SELECT r.*, {recognise_sql()} AS tbl FROM ({per_line}) r"
-        self.create("lines", derived_sql(SPARK, recognised))
+        self.create("lines", derived_sql(SPARK, per_line))
         deco_names = "".join(f", d_{i}" for i in range(n))
         arrays = "FROM lines WHERE bad IS NULL AND keep IS NOT NULL AND tbl IS NULL"
         self.create(
@@ -232,10 +230,10 @@ class SparkEngine:
         afields = ", ".join(
             f"variant_get(r, {_lit(_path(k))}, 'string') AS c_{k}" for k in COLUMN_KEYS
         )
-        arow_select = f"""SELECT r2.*, {recognise_sql()} AS tbl FROM (
+        arow_select = f"""
             SELECT file, line, idx, host, CAST(NULL AS STRING) AS bad, qname, unix_time,
               act AS action, {afields}{deco_names}, CAST(r AS STRING) AS keep
-            FROM exploded WHERE rty = 'OBJECT') r2"""
+            FROM exploded WHERE rty = 'OBJECT'"""
         self.create("arows", derived_sql(SPARK, arow_select))
         keep_cols = ["file", "line", "idx", "host", "bad", "qname", "unix_time", "action"]
         keep_cols += [f"c_{k}" for k in COLUMN_KEYS] + [f"d_{i}" for i in range(n)]

@@ -97,7 +97,8 @@ DIGIT_TESTS = ("g_time", "g_pid", "g_ppid", "g_parent", "g_port", "g_family")
 
 
 def derived_sql(d: Dialect, inner: str) -> str:
-    """Event fields (:data:`DERIVED`) of every row of ``inner`` (which has ``tbl`` and ``c_*``).
+    """Every row of ``inner`` (which has the ``c_*`` columns) with its table ``tbl``
+    (:func:`recognise_sql`) and its event fields (:data:`DERIVED`).
 
     ``kind`` is what :func:`~readegress.sources.osquery_rows.event_from_row`
     makes of the row (NULL: no event); a connect is ``sure`` when it is an
@@ -146,7 +147,7 @@ FROM (
         THEN 'exec'
       WHEN tbl = 'process' AND c_syscall IN ('fork', 'vfork', 'clone', 'clone3') THEN 'fork'
     END AS kind
-  FROM (SELECT r.*, {tests} FROM ({inner}) r) g
+  FROM (SELECT r.*, {recognise_sql()} AS tbl, {tests} FROM ({inner}) r) g
 ) q"""
 
 
