@@ -373,8 +373,9 @@ def test_long_lines_are_parsed_apart_and_read_the_same(tmp_path: Path) -> None:
 def test_rows_in_arrays_read_the_same_in_memory_or_stored(
     in_memory: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Rows of batch and snapshot lines go to in-memory tables while those lines are small
-    (ARRAYS_IN_MEMORY), else to stored ones: the same detections and bad lines either way."""
+    """Rows of batch and snapshot lines that DuckDB parses go to in-memory tables while those
+    lines are small (ARRAYS_IN_MEMORY), else to stored ones: the same detections and bad
+    lines either way."""
     from readegress.fleet import duckdb_engine
 
     if not in_memory:
@@ -384,7 +385,7 @@ def test_rows_in_arrays_read_the_same_in_memory_or_stored(
         found += _check(str(p), CONFIGS[1])
         fr = run([str(p)], CONFIGS[1], lambda b: None, progress=False)
         temporary = fr.engine.fetch(
-            "SELECT temporary FROM duckdb_tables() WHERE table_name = 'arows'"
+            "SELECT temporary FROM duckdb_tables() WHERE table_name = 'arows_raw'"
         )
         assert temporary == [(in_memory,)]
     assert found > 0

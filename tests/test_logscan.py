@@ -34,14 +34,26 @@ pytestmark = pytest.mark.skipif(
 
 DECORATIONS = ("role", "hostname")
 
+#: Each table, with the kept JSON (keep, cols) last: the scanner keeps a row's JSON as the
+#: log spells it, DuckDB as it re-serialises it, so it is compared parsed (_parsed); a
+#: line whose rows are its arrays' keeps '' once its rows are out (DuckDB: the line).
 TABLES = {
-    "lines": "SELECT * FROM lines ORDER BY file, line",
-    "arows": "SELECT * FROM arows ORDER BY file, line, idx",
+    "lines": "SELECT * EXCLUDE (keep), CASE WHEN keep IS NOT NULL AND tbl IS NULL THEN ''"
+    " ELSE keep END FROM lines ORDER BY file, line",
+    "arows": "SELECT * EXCLUDE (keep), keep FROM arows ORDER BY file, line, action, idx",
     "bad": "SELECT * FROM bad ORDER BY file, line",
     "proj": "SELECT * FROM proj ORDER BY file, line, idx",
     "hostinfo": "SELECT host, row_count, event_rows, list_sort(run_times), d_0, d_1"
     " FROM hostinfo ORDER BY host",
 }
+KEPT_LAST = ("lines", "arows", "proj")
+
+
+def _parsed(text: Any) -> Any:
+    try:
+        return json.dumps(json.loads(text), sort_keys=True)
+    except (TypeError, ValueError):
+        return text
 
 
 def _tables(path: Path, compiled: bool) -> tuple[dict[str, list[Any]], list[str], LineStats]:
@@ -50,7 +62,10 @@ def _tables(path: Path, compiled: bool) -> tuple[dict[str, list[Any]], list[str]
     stats = LineStats()
     try:
         engine.load([str(path)], bad.append, stats, decoration_keys=DECORATIONS)
-        return {k: engine.fetch(q) for k, q in TABLES.items()}, [str(b) for b in bad], stats
+        got = {k: engine.fetch(q) for k, q in TABLES.items()}
+        for k in KEPT_LAST:
+            got[k] = [(*r[:-1], _parsed(r[-1])) for r in got[k]]
+        return got, [str(b) for b in bad], stats
     finally:
         engine.close()
 
@@ -71,6 +86,9 @@ HOSTILE_VALUES: list[Any] = [
     "\u2028", "\U0001f600", "\u0000", "-0", "true", "[1]", "{\"a\":1}",
     0, -0, 7, -12, 123456789012345678, 1234567890123456789, 12345678901234567890,
     1.5, 1.50, -0.0, 1e5, 2.5e-3, True, False, None, [1, "x"], {"k": "v"}, [], {},
+    # the words and numbers the event fields are computed from (derive_row)
+    "open", "read", "connect", "succeeded", "in_progress", "failed", "1", "True", "2", "10",
+    "execve", "execveat", "fork", "clone3", "0123", "123456789012345", "1234567890123456",
 ]  # fmt: skip
 RAW_NUMBERS = (
     "-0", "-0.0", "0.10", "1E2", "1e+2", "-1e-0", "00", "123456789012345678901234",
@@ -101,8 +119,13 @@ def _dump(obj: Any, rng: random.Random) -> str:
 def _mutate(line: str, rng: random.Random) -> str:
     """One line of osquery's shape, changed the way a broken or odd writer would."""
     obj = json.loads(line)
-    what = rng.randrange(12)
+    what = rng.randrange(15)
     cols = obj.get("columns")
+    arrays = [
+        a
+        for a in (obj.get("snapshot"), *(obj.get("diffResults") or {}).values())
+        if isinstance(a, list) and a
+    ]
     if what == 0 and isinstance(cols, dict):
         cols[rng.choice(WANTED)] = rng.choice(HOSTILE_VALUES)
     elif what == 1:
@@ -114,6 +137,23 @@ def _mutate(line: str, rng: random.Random) -> str:
         cols.update({"id": "x1", "sensitive_class": "ssh_keys", "reasons": "r"})
     elif what == 4:
         obj["role"] = rng.choice(["top", None, 3])  # a decoration at the top level too
+    elif what == 12 and arrays:  # a hostile value in a row of an array
+        row = rng.choice(rng.choice(arrays))
+        if isinstance(row, dict):
+            row[rng.choice(WANTED)] = rng.choice(HOSTILE_VALUES)
+    elif what == 13 and arrays:  # a row that is not an object, or a project table's
+        rows = rng.choice(arrays)
+        i = rng.randrange(len(rows))
+        if rng.randrange(2) and isinstance(rows[i], dict):
+            rows[i].update({"cookie": "7", "bytes_acked": 12})
+        else:
+            rows[i] = rng.choice(HOSTILE_VALUES)
+    elif what == 14:  # row containers of the wrong type, or both kinds
+        key = rng.choice(["diffResults", "snapshot"])
+        if key == "diffResults" and isinstance(obj.get(key), dict) and rng.randrange(2):
+            obj[key][rng.choice(["added", "removed"])] = rng.choice(HOSTILE_VALUES)
+        else:
+            obj[key] = rng.choice([*HOSTILE_VALUES, [{"pid": "9", "path": "/x"}]])
     text = _dump(obj, rng)
     if what == 5:  # a wanted key twice: DuckDB takes the first
         key = rng.choice(["pid", "path", "hostIdentifier", "role", "columns"])
@@ -150,20 +190,50 @@ def test_tables_are_the_same_scanned_or_parsed_whole(
     _assert_same(path)
 
 
+#: A row of each event table (the scanner computes their event fields): a read, a
+#: connect, an exec, a fork, a connect with success and no status.
+EVENT_COLUMNS = (
+    {"operation": "open", "pid": "10", "ppid": "1", "time": "1700000000",
+     "path": "/etc/shadow", "executable": "/usr/bin/cat", "uid": "0"},
+    {"action": "connect", "status": "succeeded", "family": "2", "remote_address": "10.0.0.1",
+     "remote_port": "443", "pid": "10", "time": "1700000000", "path": "/usr/bin/curl",
+     "auid": "1000", "protocol": "6", "success": "1"},
+    {"syscall": "execve", "pid": "10", "parent": "1", "time": "1700000000",
+     "path": "/usr/bin/curl", "cmdline": "curl x", "uid": "0", "auid": "1000"},
+    {"syscall": "clone", "pid": "11", "parent": "10", "time": "1700000001",
+     "path": "/usr/bin/bash", "cmdline": "", "uid": "0"},
+    {"action": "connect", "success": "1", "remote_address": "::1", "remote_port": "22",
+     "pid": "10", "time": "1700000000", "path": "/usr/bin/ssh"},
+)  # fmt: skip
+
+
 def test_every_hostile_value_in_every_wanted_field(tmp_path: Path) -> None:
-    """Each hostile value in each wanted key, one line each, plus the plain line."""
-    base = {
-        "name": "pack_file_events", "hostIdentifier": "h1", "unixTime": 1700000000,
-        "decorations": {"role": "web"}, "action": "added",
-        "columns": {"operation": "open", "pid": "10", "ppid": "1", "time": "1700000000",
-                    "path": "/etc/shadow", "executable": "/usr/bin/cat", "uid": "0"},
-    }  # fmt: skip
-    lines = [json.dumps(base)]
+    """Each hostile value in each wanted key of a row of each event table, one line each."""
+    lines = []
+    for columns in EVENT_COLUMNS:
+        base = {
+            "name": "pack_events", "hostIdentifier": "h1", "unixTime": 1700000000,
+            "decorations": {"role": "web"}, "action": "added", "columns": columns,
+        }  # fmt: skip
+        lines.append(json.dumps(base))
+        for value in HOSTILE_VALUES:
+            for n, key in enumerate(WANTED):
+                obj = json.loads(json.dumps(base))
+                obj["columns"][key] = value
+                lines.append(json.dumps(obj, separators=(",", ":")))
+                # the same row in a batch line, then in a snapshot line
+                row = obj.pop("columns")
+                if n % 2:
+                    obj["diffResults"] = {"added": [columns, row], "removed": [row]}
+                else:
+                    obj["snapshot"] = [row, columns]
+                lines.append(json.dumps(obj, separators=(",", ":")))
+            for key in (*WANTED, "status", "success"):
+                obj = json.loads(json.dumps(base))
+                obj["columns"].pop(key, None)  # a field left out
+                lines.append(json.dumps(obj, separators=(",", ":")))
+    base = json.loads(lines[0])
     for value in HOSTILE_VALUES:
-        for key in WANTED:
-            obj = json.loads(json.dumps(base))
-            obj["columns"][key] = value
-            lines.append(json.dumps(obj, separators=(",", ":")))
         for key in TOP:
             obj = json.loads(json.dumps(base))
             obj[key] = value
@@ -196,8 +266,8 @@ def _scan(data: bytes, first: int = 1) -> tuple[list[int], list[int], list[bytes
     """(fast line numbers, slow line numbers, slow lines)."""
     s = _scanner()
     assert native is not None
-    n_fast, fast, _fields, n_slow, slow, offsets, text = native.scan_results(
-        data, first, s.paths, s.groups, 0
+    n_fast, fast, _fields, n_slow, slow, offsets, text, _derived = native.scan_results(
+        data, first, s.paths, s.groups, 0, s.derive
     )
     offs = struct.unpack(f"<{n_slow + 1}q", offsets)
     return (
@@ -218,23 +288,35 @@ def test_plain_osquery_lines_are_scanned_and_the_rest_go_whole() -> None:
     )
     numerics = event.replace('"pid":"2"', '"pid":2').replace('"auid":"0"', '"auid":-5')
     lines = [
-        event,  # 1 fast
-        numerics,  # 2 fast
-        "",  # 3 blank: neither
-        '{"snapshot":[{"a":"1"}],"hostIdentifier":"h","action":"snapshot"}',  # 4 slow
-        event.replace('"pid":"2"', '"pid":1.5'),  # 5 slow: a float in a wanted field
-        event.replace('"epoch":0', '"epoch":1.5e3'),  # 6 fast: a float elsewhere
-        event.replace('"hostIdentifier":"web-00"', '"hostIdentifier":""'),  # 7 slow
-        event[:-1],  # 8 slow: cut short
-        event.replace('"path":"/etc/hosts"', '"path":"\\u0041"'),  # 9 slow: \u in a field
-        event.replace('"calendarTime":"x"', '"calendarTime":"\\u0041"'),  # 10 fast
-        "   ",  # 11 slow (DuckDB skips it as blank)
+        event,  # 10 fast
+        numerics,  # 11 fast
+        "",  # 12 blank: neither
+        '{"snapshot":[{"a":"1"}],"hostIdentifier":"h","action":"snapshot"}',  # 13 fast: 2 rows
+        event.replace('"pid":"2"', '"pid":1.5'),  # 14 slow: a float in a wanted field
+        event.replace('"epoch":0', '"epoch":1.5e3'),  # 15 fast: a float elsewhere
+        event.replace('"hostIdentifier":"web-00"', '"hostIdentifier":""'),  # 16 slow
+        event[:-1],  # 17 slow: cut short
+        event.replace('"path":"/etc/hosts"', '"path":"\\u0041"'),  # 18 slow: \u in a field
+        event.replace('"calendarTime":"x"', '"calendarTime":"\\u0041"'),  # 19 fast
+        "   ",  # 20 slow (DuckDB skips it as blank)
+        # 21 fast: a project table's row (its columns' JSON kept)
         event.replace('"columns":{', '"columns":{"id":"1","sensitive_class":"c","reasons":"r",'),
+        event.replace('"action":"added"', '"action":"changed"'),  # 22 slow: DuckDB reports it
+        event.replace('"action":"added"', '"action":"snapshot"'),  # 23 fast
+        # 24 fast, 3 rows (the snapshot is not read when there is a diffResults)
+        '{"hostIdentifier":"h","diffResults":{"added":[{"pid":"1"}],"removed":[{"pid":"2"}]},'
+        '"snapshot":[{"pid":"3"}]}',
+        '{"hostIdentifier":"h","snapshot":[{"pid":"1"},2]}',  # 25 slow: a row not an object
+        '{"hostIdentifier":"h","diffResults":null}',  # 26 slow: DuckDB reports it
+        '{"hostIdentifier":"h","diffResults":{"added":[{"pid":{"x":1}}]}}',  # 27 slow: nested
+        '{"hostIdentifier":"h","name":"q"}',  # 28 slow: no rows
+        event.replace('"calendarTime":"x"', '"calendarTime":"\\ud800"'),  # 29 slow: lone surrogate
+        event.replace('"calendarTime":"x"', '"calendarTime":"\\ud83d\\ude00"'),  # 30 fast
     ]
     fast, slow, text = _scan("\n".join(lines).encode(), first=10)
-    assert fast == [10, 11, 15, 19]
-    assert slow == [13, 14, 16, 17, 18, 20, 21]
-    assert text[0].startswith(b'{"snapshot"') and text[-1].startswith(b"{")
+    assert fast == [10, 11, 13, 13, 15, 19, 21, 23, 24, 24, 24, 30]
+    assert slow == [14, 16, 17, 18, 20, 22, 25, 26, 27, 28, 29]
+    assert text[0].startswith(b"{") and text[-1].startswith(b"{")
 
 
 def test_fields_are_json_extract_strings() -> None:
@@ -247,7 +329,9 @@ def test_fields_are_json_extract_strings() -> None:
         '"columns":{"pid":-3,"path":"/a\\tb","success":false,"cmdline":"x\\\\y\\n"}}'
     )
     assert native is not None
-    n_fast, _, fields, _, _, _, _ = native.scan_results(line.encode(), 1, s.paths, s.groups, 0)
+    n_fast, _, fields, _, _, _, _, _ = native.scan_results(
+        line.encode(), 1, s.paths, s.groups, 0, s.derive
+    )
     assert n_fast == 1
     con = duckdb.connect()
     for (scope, key, output), j in zip(s.paths, s.field_of):
@@ -303,6 +387,19 @@ def test_bad_arguments_raise() -> None:
         native.scan_results(b"", 1, ((2, b"a", True),), (), 0)  # host not top level
     with pytest.raises(TypeError):
         native.scan_results(b"", 1, ((0, "a", True),), (), 0)
+    s = _scanner()
+    inputs, tables = s.derive
+    for derive in (
+        (inputs[:-1], tables),  # 15 indices
+        ((inputs[1], *inputs[1:]), tables),  # the first one top level
+        ((0, *(999,) * 14), tables),  # in range
+        (inputs, tables[:-1]),  # a table for each group
+        (inputs,),
+    ):
+        with pytest.raises(ValueError):
+            native.scan_results(b"", 1, s.paths, s.groups, 0, derive)
+    with pytest.raises(TypeError):
+        native.scan_results(b"", 1, s.paths, s.groups, 0, (inputs, ("t",) * len(tables)))
 
 
 @settings(max_examples=300, deadline=None)

@@ -53,5 +53,8 @@ def scan_results(
     paths: tuple[tuple[int, bytes], ...],
     groups: tuple[tuple[int, ...], ...],
     host: int,
-) -> tuple[int, bytes, list[tuple[bytes, bytes, bytes]], int, bytes, bytes, bytes]: ...
+    derive: Optional[tuple[tuple[int, ...], tuple[bytes, ...]]] = None,
+) -> tuple[
+    int, bytes, list[tuple[bytes, bytes, bytes]], int, bytes, bytes, bytes, Optional[Any]
+]: ...
 def count_newlines(data: bytes | bytearray | memoryview, start: int, end: int) -> int: ...

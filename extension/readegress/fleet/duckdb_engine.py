@@ -4,10 +4,11 @@ Where the data comes from: :func:`readegress.logs.lines.line_batches` cuts the
 logs into numbered batches of lines (gzip, stdin, directories; lines that are
 not UTF-8 are reported there). Each batch is split into lines by
 :meth:`_Scanner.scan` on a pool of threads: with the compiled accelerator
-(``readegress._speedups.scan_results``, ``_logscan.c``), a plain event line --
-most of a fleet's log -- comes out already split into the fields below, and
-every other line comes out whole; without it (``READEGRESS_PURE=1``, the
-``.ext``), every line comes out whole. DuckDB parses the whole lines itself,
+(``readegress._speedups.scan_results``, ``_logscan.c``), a line it can read --
+event, batch and snapshot lines of osquery's shape, most of a fleet's log --
+comes out as rows ready to store (their fields and event fields: no SQL on
+them), and every other line comes out whole; without it (``READEGRESS_PURE=1``,
+the ``.ext``), every line comes out whole. DuckDB parses the whole lines itself,
 on all cores (``json_extract_string`` with a list of paths parses a line once
 for all of them; ``json_type`` once more), and never raises on a line: invalid
 JSON, nesting bombs and 12 MB lines come back as NULL under ``try()``
@@ -42,6 +43,7 @@ from readegress.fleet.sql import (
     DUCKDB,
     EVENT_KEYS,
     PROJECT_GROUPS,
+    PROJECT_TABLES,
     RECOGNITION_KEYS,
     TOP_KEYS,
     derived_sql,
@@ -63,6 +65,7 @@ GROUP_BYTES = 16 << 20
 #: while those lines' JSON is under this many bytes (0.20 -> 0.08 s for 20k rows);
 #: past it, they are stored compressed like ``lines``.
 ARRAYS_IN_MEMORY = 64 << 20
+
 #: json_type paths: the line, its row containers and host fields.
 TYPE_PATHS = (
     "$", "$.columns", "$.diffResults", "$.snapshot", "$.diffResults.added",
@@ -227,10 +230,12 @@ class DuckDBEngine:
     ) -> None:
         """Parse the logs into ``ev`` (event rows), ``proj``, ``hostinfo`` and ``bad``.
 
-        One pass over the lines builds ``lines`` (one row a line: its fields,
-        event fields and ``kind``, no list columns); the rows of batch and
-        snapshot lines (kept raw) are exploded into ``arows`` after it. ``ev``
-        is a view over both.
+        One pass over the lines stores what the scanner gives (``stage``: the
+        rows of the lines it read, and the other lines whole); the whole lines
+        are then parsed into ``lines_raw`` (one row a line: its fields, event
+        fields and ``kind``) and the rows of their arrays (batch and snapshot
+        lines, kept raw) exploded into ``arows_raw``. ``lines`` and ``arows``
+        are views over both; ``rows`` and ``ev`` over those.
         """
         import pyarrow as pa
 
@@ -242,20 +247,30 @@ class DuckDBEngine:
         def batches() -> Iterator[pa.RecordBatch]:
             # Batches are split on a pool of threads (the scanner lets go of the
             # GIL), a few ahead of DuckDB, which pulls them from this generator.
+            # The compiled scanner takes long lines as well (it sets apart those it
+            # leaves whole); without it, they are set apart as they are read.
             workers = os.cpu_count() or 1
+            big_bytes = None if scanner.native is not None else BIG_LINE
             with ThreadPoolExecutor(workers, thread_name_prefix="readegress-scan") as pool:
-                ahead: deque[Future[list[pa.RecordBatch]]] = deque()
+                ahead: deque[Future[tuple[list[pa.RecordBatch], list[LineBatch]]]] = deque()
+
+                def done() -> Iterator[pa.RecordBatch]:
+                    got, big = ahead.popleft().result()
+                    for line in big:
+                        big_lines.add(line)
+                    yield from got
+
                 for b in line_batches(
-                    paths, on_bad, stats, progress=progress, big_line_bytes=BIG_LINE
+                    paths, on_bad, stats, progress=progress, big_line_bytes=big_bytes
                 ):
                     if b.big:
                         big_lines.add(b)
                         continue
                     ahead.append(pool.submit(scanner.scan, b))
                     if len(ahead) > workers:
-                        yield from ahead.popleft().result()
+                        yield from done()
                 while ahead:
-                    yield from ahead.popleft().result()
+                    yield from done()
 
         n = len(scanner.paths)
         x = [f"x_{i + 1}" for i in range(n)]
@@ -271,25 +286,16 @@ class DuckDBEngine:
             f", COALESCE({x[5 + i]}, {x[5 + len(deco) + i]}) AS d_{i}" for i in range(len(deco))
         )
         fields = ", ".join(f"{cv[k]} AS c_{k}" for k in COLUMN_KEYS)
-        # A scanned line's fields (f_j); a path that is not one (see _Scanner) is
-        # NULL for it, like v when raw is NULL.
-        either = ", ".join(
-            f"v[{i + 1}] AS {x[i]}"
-            if j is None
-            else f"CASE WHEN raw IS NULL THEN f_{j + 1} ELSE v[{i + 1}] END AS {x[i]}"
-            for i, j in enumerate(scanner.field_of)
-        )
+        values = ", ".join(f"v[{i + 1}] AS {x[i]}" for i in range(n))
 
-        def line_rows() -> str:
-            """Every line of ``stream`` as a row of ``lines``."""
-            # A scanned line (raw NULL) comes with its fields and is a plain event
-            # line (_PLAIN_TYPES). A whole line gets one parse for every field
-            # (try(): a line that is not JSON is NULL, never an error) and a second
-            # for the JSON types only where the fields cannot prove them (see
-            # _plain_event_line). A blank line (spaces only) is skipped: it is never
-            # JSON, and ltrim stops at the first other character. The raw line is
-            # kept only when its rows sit in arrays (batch/snapshot) or belong to
-            # the project's tables (the scanner leaves both whole).
+        def line_rows(source: str) -> str:
+            """Every whole line (``raw`` set) of ``source`` as a row of ``lines``."""
+            # One parse for every field (try(): a line that is not JSON is NULL, never
+            # an error) and a second for the JSON types only where the fields cannot
+            # prove them (see _plain_event_line). A blank line (spaces only) is
+            # skipped: it is never JSON, and ltrim stops at the first other
+            # character. The raw line is kept only when its rows sit in arrays
+            # (batch/snapshot) or belong to the project's tables.
             per_line = f"""
               SELECT file, line, 0 AS idx, {host} AS host, {_bad_sql(host, x)} AS bad,
                 {x[2]} AS qname, {x[3]} AS unix_time, {x[4]} AS action, {fields}{decos},
@@ -300,47 +306,80 @@ class DuckDBEngine:
                 END AS keep
               FROM (
                 SELECT *,
-                  CASE WHEN raw IS NULL OR {_plain_event_line(x[0], cv)} THEN {_PLAIN_TYPES}
+                  CASE WHEN {_plain_event_line(x[0], cv)} THEN {_PLAIN_TYPES}
                        ELSE try(json_type(raw, {type_paths})) END AS ty
                 FROM (
-                  SELECT file, line, raw, {either}
+                  SELECT file, line, raw, {values}
                   FROM (
-                    SELECT *, CASE WHEN raw IS NOT NULL
-                      THEN try(json_extract_string(raw, {paths_sql})) END AS v FROM stream
-                    WHERE raw IS NULL OR (raw <> '' AND ltrim(raw) <> '')
+                    SELECT file, line, raw, try(json_extract_string(raw, {paths_sql})) AS v
+                    FROM {source} WHERE raw IS NOT NULL AND raw <> '' AND ltrim(raw) <> ''
                   ) s
                 ) a
               ) b"""
             return _event_rows(per_line)
 
+        compiled = scanner.native is not None
         self.con.register("stream", pa.RecordBatchReader.from_batches(scanner.schema, batches()))
-        self.con.execute(f"CREATE OR REPLACE TABLE lines AS {line_rows()}")
-        self.con.unregister("stream")
+        if compiled:
+            # The scanned lines come as lines' rows (fields and event fields): stored
+            # as they come, with no SQL (a 1 GB log's line pass: 1.7 -> 1.2 s); the
+            # whole lines among them are parsed from there. Stored compressed: in
+            # memory (a TEMP table) it would be written faster, but it takes about
+            # half the log's size (25 sparse string columns), past the memory limit
+            # for logs over 1 GB, and the narrowing's joins ran slower on it.
+            self.con.execute("CREATE OR REPLACE TABLE stage AS SELECT * FROM stream")
+            self.con.unregister("stream")
+            self.con.execute(f"CREATE OR REPLACE TABLE lines_raw AS {line_rows('stage')}")
+            # A scanned row is a line's (idx 0) or, in batch and snapshot lines, an
+            # element's of its arrays (idx from 1: a row of arows).
+            f = [None if j is None else f"f_{j + 1}" for j in scanner.field_of]
+            n_deco = len(deco)
+            scanned = ", ".join(
+                ["file", "line", "{idx}", f"{f[0]} AS host", "CAST(NULL AS VARCHAR) AS bad"]
+                + [f"{f[2]} AS qname", f"{f[3]} AS unix_time", f"{f[4]} AS action"]
+                + [f"{f[n_top + COLUMN_KEYS.index(k)]} AS c_{k}" for k in EVENT_KEYS]
+                + [f"COALESCE({f[5 + i]}, {f[5 + n_deco + i]}) AS d_{i}" for i in range(n_deco)]
+                + [name for name, _ in _SCANNED_DERIVED if name != "idx"]
+            )
+            self.con.execute(
+                f"""CREATE OR REPLACE VIEW lines AS
+                SELECT {scanned.format(idx="0 AS idx")} FROM stage WHERE raw IS NULL AND idx = 0
+                UNION ALL BY NAME SELECT * FROM lines_raw"""
+            )
+            scanned_arows = (
+                f"SELECT {scanned.format(idx='idx')} FROM stage WHERE raw IS NULL AND idx > 0"
+            )
+        else:
+            self.con.execute(f"CREATE OR REPLACE TABLE lines_raw AS {line_rows('stream')}")
+            self.con.unregister("stream")
+            self.con.execute("CREATE OR REPLACE VIEW lines AS SELECT * FROM lines_raw")
+            scanned_arows = None
         # Rows in arrays (batch and snapshot formats), one row each, numbered in the
         # line: in memory when their lines are small (see ARRAYS_IN_MEMORY).
         got = self.con.execute(
-            "SELECT COALESCE(sum(length(keep)), 0) FROM lines"
+            "SELECT COALESCE(sum(length(keep)), 0) FROM lines_raw"
             " WHERE bad IS NULL AND keep IS NOT NULL AND tbl IS NULL"
         ).fetchone()
         array_bytes = (got[0] if got is not None else 0) + big_lines.size
         arrays = "TEMP TABLE" if array_bytes < ARRAYS_IN_MEMORY else "TABLE"
         self.con.execute(
-            f"CREATE OR REPLACE {arrays} exploded AS {self._explode_sql('lines', deco_names)}"
+            f"CREATE OR REPLACE {arrays} exploded AS {self._explode_sql('lines_raw', deco_names)}"
         )
-        # The long lines, set apart in the pass, a group at a time: parsed into a
-        # table of their own, their arrays exploded from it, then their rows added
-        # to ``lines`` with '' for the kept JSON of the arrays (a scan of a column
-        # reads 2,048 rows' values at once: 40 snapshot lines of 10 MB each kept
-        # in ``lines`` took DuckDB past its memory limit; '' still marks a line
-        # whose rows are in ``arows``, not a row itself).
+        # The long whole lines, set apart in the pass, a group at a time: parsed into
+        # a table of their own, their arrays exploded from it, then their rows added
+        # to ``lines_raw`` with ''
+        # for the kept JSON of the arrays (a scan of a column reads 2,048 rows'
+        # values at once: 40 snapshot lines of 10 MB each kept in ``lines`` took
+        # DuckDB past its memory limit; '' still marks a line whose rows are in
+        # ``arows``, not a row itself).
         for group in big_lines.groups():
-            scanned = [rb for b in group for rb in scanner.scan(b)]
-            self.con.register("stream", pa.Table.from_batches(scanned, scanner.schema))
-            self.con.execute(f"CREATE OR REPLACE TEMP TABLE big AS {line_rows()}")
+            whole = [scanner.whole(b) for b in group]
+            self.con.register("stream", pa.Table.from_batches(whole, scanner.schema))
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE big AS {line_rows('stream')}")
             self.con.unregister("stream")
             self.con.execute(f"INSERT INTO exploded {self._explode_sql('big', deco_names)}")
             self.con.execute(
-                "INSERT INTO lines SELECT * REPLACE"
+                "INSERT INTO lines_raw SELECT * REPLACE"
                 " (CASE WHEN keep IS NOT NULL AND tbl IS NULL THEN '' ELSE keep END AS keep)"
                 " FROM big"
             )
@@ -352,7 +391,17 @@ class DuckDBEngine:
               act AS action, {arow_fields}{deco_names}, CAST(r AS VARCHAR) AS keep
             FROM (SELECT *, json_extract_string(r, {_path_list("$", COLUMN_KEYS)}) AS v
                   FROM exploded WHERE rty = 'OBJECT') x"""
-        self.con.execute(f"CREATE OR REPLACE {arrays} arows AS {_event_rows(arow_select)}")
+        # A row's JSON is kept for the project's tables only (proj reads it).
+        projects = ", ".join(_lit(t) for t in PROJECT_TABLES)
+        self.con.execute(
+            f"""CREATE OR REPLACE {arrays} arows_raw AS
+            SELECT * REPLACE (CASE WHEN tbl IN ({projects}) THEN keep END AS keep)
+            FROM ({_event_rows(arow_select)}) a"""
+        )
+        arows = "SELECT * FROM arows_raw"
+        if scanned_arows is not None:
+            arows = f"{scanned_arows} UNION ALL BY NAME {arows}"
+        self.con.execute(f"CREATE OR REPLACE VIEW arows AS {arows}")
         keep_cols = ["file", "line", "idx", "host", "bad", "qname", "unix_time", "action"]
         keep_cols += [f"c_{k}" for k in EVENT_KEYS] + [f"d_{i}" for i in range(len(deco))]
         self.con.execute(f"CREATE OR REPLACE VIEW rows AS {rows_sql(keep_cols)}")
@@ -500,6 +549,19 @@ class _BigLines:
             self.file = None
 
 
+#: The columns whose values the compiled scanner computes a fast row's event fields
+#: from (``derive_row`` in ``_logscan.c``, in this order, after the line's action).
+DERIVE_INPUTS = (
+    "operation", "pid", "ppid", "time", "path", "action", "remote_address", "remote_port",
+    "status", "success", "family", "cmdline", "parent", "syscall",
+)  # fmt: skip
+#: The event fields of a fast row (sql.DERIVED, and its table) and their Arrow types.
+_SCANNED_DERIVED = (
+    ("tbl", "string"), ("kind", "string"), ("keep", "string"), ("t", "int64"),
+    ("epid", "int64"), ("eppid", "int64"), ("idx", "int64"), ("sure", "bool_"),
+    ("odd", "bool_"),
+)  # fmt: skip
+
 #: Scopes of the scanner's paths: a top-level key, a key of ``decorations``, of ``columns``.
 _TOP, _DECO, _COLS = 0, 1, 2
 _SCOPE_PREFIX = {_TOP: "$", _DECO: "$.decorations", _COLS: "$.columns"}
@@ -542,25 +604,34 @@ class _Scanner:
         self.field_of: list[Optional[int]] = [next(fields) if out else None for out in outputs]
         self.n_fields = sum(outputs)
         first_col = len(self.paths) - len(COLUMN_KEYS)
+        # The values the compiled scanner computes a fast row's event fields from.
+        self.derive = (
+            (TOP_KEYS.index("action"), *(first_col + COLUMN_KEYS.index(k) for k in DERIVE_INPUTS)),
+            tuple(t.encode() for t in PROJECT_TABLES),  # PROJECT_GROUPS' tables
+        )
         self.groups = tuple(
             tuple(first_col + COLUMN_KEYS.index(k) for k in g) for g in PROJECT_GROUPS
         )
         self.schema = pa.schema(
             [("file", pa.int32()), ("line", pa.int64()), ("raw", pa.large_string())]
             + [(f"f_{i + 1}", pa.string()) for i in range(self.n_fields)]
+            + [(name, getattr(pa, t)()) for name, t in _SCANNED_DERIVED]
         )
         # The compiled scanner takes at most 256 paths (many decoration keys: whole lines).
         self.native = native if len(self.paths) <= 256 else None
 
-    def scan(self, b: LineBatch) -> list[Any]:
+    def scan(self, b: LineBatch) -> tuple[list[Any], list[LineBatch]]:
+        """The batch's record batches, and its whole lines over BIG_LINE (set apart)."""
         pa = self.pa
         if self.native is None:
-            return [self._whole(b)]
-        n_fast, fast_lines, fields, n_slow, slow_lines, slow_offsets, slow_data = (
-            self.native.scan_results(b.data, b.first_line, self.paths, self.groups, 0)
+            return [self.whole(b)], []
+        n_fast, fast_lines, fields, n_slow, slow_lines, slow_offsets, slow_data, derived = (
+            self.native.scan_results(b.data, b.first_line, self.paths, self.groups, 0, self.derive)
         )
         out = []
         if n_fast:
+            tbl, kind, t, epid, eppid, sure, odd, idx, keep = derived
+            buf = pa.py_buffer
             out.append(
                 pa.record_batch(
                     [
@@ -572,19 +643,47 @@ class _Scanner:
                         pa.Array.from_buffers(
                             pa.string(), n_fast, [pa.py_buffer(v), pa.py_buffer(o), pa.py_buffer(d)]
                         )
-                        for v, o, d in fields
+                        for v, o, d in (*fields, tbl, kind, keep)
+                    ]
+                    + [
+                        pa.Array.from_buffers(pa.int64(), n_fast, [buf(v), buf(d)])
+                        for v, d in (t, epid, eppid)
+                    ]
+                    + [pa.Array.from_buffers(pa.int64(), n_fast, [None, buf(idx)])]
+                    + [
+                        pa.Array.from_buffers(pa.bool_(), n_fast, [buf(sure[0]), buf(sure[1])]),
+                        pa.Array.from_buffers(pa.bool_(), n_fast, [None, buf(odd)]),
                     ],
                     schema=self.schema,
                 )
             )
+        big: list[LineBatch] = []
+        if n_slow:
+            offsets = memoryview(slow_offsets).cast("q")
+            if len(slow_data) > BIG_LINE and any(
+                offsets[i + 1] - offsets[i] > BIG_LINE for i in range(n_slow)
+            ):
+                # Long whole lines are parsed apart, a group at a time (see load).
+                numbers = memoryview(slow_lines).cast("q")
+                keep = []
+                for i in range(n_slow):
+                    text = slow_data[offsets[i] : offsets[i + 1]]
+                    if len(text) > BIG_LINE:
+                        big.append(LineBatch(b.file_index, numbers[i], text, 1, True))
+                    else:
+                        keep.append((numbers[i], text))
+                n_slow = len(keep)
+                slow_lines = array("q", (n for n, _ in keep)).tobytes()
+                slow_offsets = array("q", accumulate((len(t) for _, t in keep), initial=0))
+                slow_data = b"".join(t for _, t in keep)
         if n_slow:
             text = [None, pa.py_buffer(slow_offsets), pa.py_buffer(slow_data)]
             raw = pa.Array.from_buffers(pa.large_string(), n_slow, text)
             lines = pa.Array.from_buffers(pa.int64(), n_slow, [None, pa.py_buffer(slow_lines)])
             out.append(self._batch(b.file_index, lines, raw))
-        return out
+        return out, big
 
-    def _whole(self, b: LineBatch) -> Any:
+    def whole(self, b: LineBatch) -> Any:
         """Every line whole: the pure-Python path (Arrow splits the text, in C, no copy)."""
         import pyarrow.compute as pc
 
@@ -606,6 +705,6 @@ class _Scanner:
         n = len(raw)
         return pa.record_batch(
             [self._file_column(file_index, n), lines, raw]
-            + [pa.nulls(n, pa.string())] * self.n_fields,
+            + [pa.nulls(n, f.type) for f in list(self.schema)[3:]],
             schema=self.schema,
         )
