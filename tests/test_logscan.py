@@ -412,3 +412,28 @@ def test_count_newlines_is_bytes_count(data: bytes, start: int, end: int) -> Non
     assert native is not None
     assert native.count_newlines(data, start, end) == data.count(b"\n", start, end)
     assert native.count_newlines(memoryview(data), start, end) == data.count(b"\n", start, end)
+
+
+def test_long_lines_scanned_or_set_apart_read_the_same(tmp_path: Path) -> None:
+    """Lines over BIG_LINE among short ones: the scanner reads the ones it can (a long
+    command line, a long batch line) and sets the others apart, DuckDB parses those apart
+    (a bracket bomb, a float pid); the tables are those of every line parsed whole."""
+    from readegress.fleet.duckdb_engine import BIG_LINE
+
+    base = {"name": "q", "hostIdentifier": "h1", "unixTime": 1700000000, "action": "added",
+            "columns": {"operation": "open", "pid": "10", "time": "1700000000",
+                        "path": "/etc/shadow", "executable": "/usr/bin/cat"}}  # fmt: skip
+    lines = []
+    for i in range(30):
+        row = dict(base["columns"], pid=str(100 + i))
+        lines.append(json.dumps(dict(base, columns=row)))
+        lines.append("[" * (BIG_LINE + 10 + i))  # long, not JSON
+        lines.append('{"x": 1.5}')  # short, no host
+        lines.append(json.dumps(dict(base, columns=dict(row, cmdline="a" * BIG_LINE))))
+        lines.append(json.dumps(dict(base, columns=dict(row, cmdline="a" * BIG_LINE, pid="1.5"))))
+        batch = {k: v for k, v in base.items() if k != "columns"}
+        lines.append(json.dumps(dict(batch, diffResults={"added": [row] * 200, "removed": []})))
+    path = tmp_path / "log"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert all(len(line) > BIG_LINE for line in lines[1::6] + lines[3::6] + lines[5::6])
+    _assert_same(path)
