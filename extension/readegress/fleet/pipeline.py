@@ -84,11 +84,7 @@ class Correlated:
 
     def add_host(self, found: list[Detection], events: int, stats: dict[str, int]) -> None:
         """One host's core: its candidates, how many events it was fed, its counters."""
-        self.candidates.extend(found)
-        self.events += events
-        self.hosts += 1
-        for name, count in stats.items():
-            self.core[name] = self.core.get(name, 0) + count
+        self.merge(Correlated(candidates=found, hosts=1, events=events, core=stats))
 
     def merge(self, other: Correlated) -> None:
         """Another set of hosts' results (candidates stay to be sorted)."""
