@@ -365,9 +365,7 @@ def test_fields_are_json_extract_strings() -> None:
     ),
     first=st.integers(0, 2**40),
 )  # fmt: skip
-def test_random_bytes_never_crash_and_every_line_comes_out(
-    lines: list[bytes], first: int
-) -> None:
+def test_random_bytes_never_crash_and_every_line_comes_out(lines: list[bytes], first: int) -> None:
     data = b"\n".join(lines)
     fast, slow, text = _scan(data, first)
     numbered = [(first + i, line) for i, line in enumerate(data.split(b"\n")) if line]
