@@ -384,6 +384,21 @@ static int add_elem(line_t *L, const unsigned char *start, int act, Py_ssize_t i
     return 0;
 }
 
+/* After a member or an element: 1 past a comma (another follows), 0 past `close`, or -1. */
+static inline int separator(line_t *L, char close) {
+    skip_ws(L);
+    if (L->p >= L->end) return -1;
+    if (*L->p == ',') {
+        L->p++;
+        return 1;
+    }
+    if (*L->p == close) {
+        L->p++;
+        return 0;
+    }
+    return -1;
+}
+
 /* A row array at L->p: its elements recorded (each an object: another element is a bad
  * row, which DuckDB reports). */
 static int scan_array(line_t *L, int act) {
@@ -399,65 +414,16 @@ static int scan_array(line_t *L, int act) {
         skip_ws(L);
         if (L->p >= L->end || *L->p != '{') return -1;
         if (add_elem(L, L->p, act, idx) < 0 || skip_value(L) < 0) return -1;
-        skip_ws(L);
-        if (L->p >= L->end) return -1;
-        if (*L->p == ',') {
-            L->p++;
-            continue;
-        }
-        if (*L->p == ']') {
-            L->p++;
-            return 0;
-        }
-        return -1;
+        int more = separator(L, ']');
+        if (more <= 0) return more;
     }
 }
 
-/* "diffResults" at L->p: an object whose "added" and "removed", when there, are row arrays. */
-static int scan_diff(line_t *L) {
-    const unsigned char *s;
-    Py_ssize_t n;
-    int esc, u, added = 0, removed = 0;
-    skip_ws(L);
-    if (L->p >= L->end || *L->p != '{') return -1;
-    L->p++;
-    skip_ws(L);
-    if (L->p < L->end && *L->p == '}') {
-        L->p++;
-        return 0;
-    }
-    for (;;) {
-        skip_ws(L);
-        if (L->p >= L->end || *L->p != '"') return -1;
-        if (scan_string(L, &s, &n, &esc, &u) < 0 || esc || u) return -1;
-        skip_ws(L);
-        if (L->p >= L->end || *L->p != ':') return -1;
-        L->p++;
-        if (n == 5 && memcmp(s, "added", 5) == 0) {
-            if (added++ || scan_array(L, ACT_ADDED) < 0) return -1;
-        } else if (n == 7 && memcmp(s, "removed", 7) == 0) {
-            if (removed++ || scan_array(L, ACT_REMOVED) < 0) return -1;
-        } else if (skip_value(L) < 0) {
-            return -1;
-        }
-        skip_ws(L);
-        if (L->p >= L->end) return -1;
-        if (*L->p == ',') {
-            L->p++;
-            continue;
-        }
-        if (*L->p == '}') {
-            L->p++;
-            return 0;
-        }
-        return -1;
-    }
-}
+/* The members of the object at L->p ('{'), whose keys have no escape: `member` reads each
+ * value (L->p at it, past the colon). */
+typedef int (*member_fn)(line_t *L, const unsigned char *key, Py_ssize_t n, void *ctx);
 
-/* An object at L->p whose wanted keys are in `scope`: 0 the line itself, whose "columns"
- * and "decorations" objects are scanned in turn as scopes 2 and 1. */
-static int scan_fields(line_t *L, int scope) {
-    const spec_t *S = L->spec;
+static inline int walk_object(line_t *L, member_fn member, void *ctx) {
     const unsigned char *s;
     Py_ssize_t n;
     int esc, u;
@@ -474,45 +440,62 @@ static int scan_fields(line_t *L, int scope) {
         skip_ws(L);
         if (L->p >= L->end || *L->p != ':') return -1;
         L->p++;
-        int i, inner = 0, *seen = NULL;
-        if (scope == 0 && n == 7 && memcmp(s, "columns", 7) == 0) {
-            inner = 2;
-            seen = &L->seen_columns;
-        } else if (scope == 0 && n == 11 && memcmp(s, "decorations", 11) == 0) {
-            inner = 1;
-            seen = &L->seen_decorations;
-        }
-        if (inner) {
-            /* once, and an object (else DuckDB's answer for its paths is not ours) */
-            skip_ws(L);
-            const unsigned char *start = L->p;
-            if ((*seen)++ || L->p >= L->end || *L->p != '{' || scan_fields(L, inner) < 0)
-                return -1;
-            if (inner == 2) {
-                L->cols_start = start;
-                L->cols_end = L->p;
-            }
-        } else if ((i = match(S, scope, s, n)) >= 0) {
-            if (take_value(L, i) < 0) return -1;
-        } else if (scope == 0 && S->derive && n == 11 && memcmp(s, "diffResults", 11) == 0) {
-            if (L->seen_diff++ || scan_diff(L) < 0) return -1;
-        } else if (scope == 0 && S->derive && n == 8 && memcmp(s, "snapshot", 8) == 0) {
-            if (L->seen_snapshot++ || scan_array(L, ACT_SNAPSHOT) < 0) return -1;
-        } else if (skip_value(L) < 0) {
-            return -1;
-        }
-        skip_ws(L);
-        if (L->p >= L->end) return -1;
-        if (*L->p == ',') {
-            L->p++;
-            continue;
-        }
-        if (*L->p == '}') {
-            L->p++;
-            return 0;
-        }
-        return -1;
+        if (member(L, s, n, ctx) < 0) return -1;
+        int more = separator(L, '}');
+        if (more <= 0) return more;
     }
+}
+
+/* A member of "diffResults": "added" and "removed", once each, are row arrays. */
+static int diff_member(line_t *L, const unsigned char *s, Py_ssize_t n, void *ctx) {
+    int *seen = ctx; /* added, removed */
+    if (n == 5 && memcmp(s, "added", 5) == 0) return seen[0]++ ? -1 : scan_array(L, ACT_ADDED);
+    if (n == 7 && memcmp(s, "removed", 7) == 0) return seen[1]++ ? -1 : scan_array(L, ACT_REMOVED);
+    return skip_value(L);
+}
+
+/* "diffResults" at L->p: an object whose "added" and "removed", when there, are row arrays. */
+static int scan_diff(line_t *L) {
+    int seen[2] = {0, 0};
+    skip_ws(L);
+    if (L->p >= L->end || *L->p != '{') return -1;
+    return walk_object(L, diff_member, seen);
+}
+
+static int field_member(line_t *L, const unsigned char *s, Py_ssize_t n, void *ctx);
+
+/* An object at L->p whose wanted keys are in `scope`: 0 the line itself, whose "columns"
+ * and "decorations" objects are scanned in turn as scopes 2 and 1. */
+static int scan_fields(line_t *L, int scope) { return walk_object(L, field_member, &scope); }
+
+static int field_member(line_t *L, const unsigned char *s, Py_ssize_t n, void *ctx) {
+    const spec_t *S = L->spec;
+    int scope = *(int *)ctx;
+    int i, inner = 0, *seen = NULL;
+    if (scope == 0 && n == 7 && memcmp(s, "columns", 7) == 0) {
+        inner = 2;
+        seen = &L->seen_columns;
+    } else if (scope == 0 && n == 11 && memcmp(s, "decorations", 11) == 0) {
+        inner = 1;
+        seen = &L->seen_decorations;
+    }
+    if (inner) {
+        /* once, and an object (else DuckDB's answer for its paths is not ours) */
+        skip_ws(L);
+        const unsigned char *start = L->p;
+        if ((*seen)++ || L->p >= L->end || *L->p != '{' || scan_fields(L, inner) < 0) return -1;
+        if (inner == 2) {
+            L->cols_start = start;
+            L->cols_end = L->p;
+        }
+        return 0;
+    }
+    if ((i = match(S, scope, s, n)) >= 0) return take_value(L, i);
+    if (scope == 0 && S->derive && n == 11 && memcmp(s, "diffResults", 11) == 0)
+        return L->seen_diff++ ? -1 : scan_diff(L);
+    if (scope == 0 && S->derive && n == 8 && memcmp(s, "snapshot", 8) == 0)
+        return L->seen_snapshot++ ? -1 : scan_array(L, ACT_SNAPSHOT);
+    return skip_value(L);
 }
 
 /* The first group whose paths all have a value (a row of a project table), or -1. */
