@@ -294,7 +294,7 @@ def test_hosts_fed_in_forked_jobs_give_what_one_process_gives(tmp_path: Path) ->
 
     from bench.fleet_log import write
 
-    from readegress.fleet.pipeline import FEED_COLUMNS, correlate_hosts
+    from readegress.fleet.pipeline import correlate_hosts, feed_columns
     from readegress.fleet.sql import feed_select
     from readegress.logs.results import BadLine
 
@@ -306,7 +306,7 @@ def test_hosts_fed_in_forked_jobs_give_what_one_process_gives(tmp_path: Path) ->
                     "time": "1764300100", "uid": "0", "auid": "0", "syscall": "execve"}  # fmt: skip
             f.write(json.dumps({"hostIdentifier": host, "columns": cols, "action": "added"}) + "\n")
     fr = run([str(path)], CONFIGS[1], lambda b: None, progress=False)
-    rows = fr.engine.fetch(feed_select(FEED_COLUMNS, True))
+    rows = fr.engine.fetch(feed_select(feed_columns(fr.engine), True))
     results = []
     for jobs in (1, 2, 3):
         bad: list[BadLine] = []

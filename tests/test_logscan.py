@@ -23,6 +23,8 @@ from tests.fleet_logs import results_logs
 
 from readegress import speedups
 from readegress.fleet.duckdb_engine import DuckDBEngine, _Scanner
+from readegress.fleet.pipeline import events_of_rows, feed_columns
+from readegress.fleet.sql import PACKED, feed_select
 from readegress.logs.lines import LineStats
 from readegress.logs.results import BadLine
 
@@ -34,13 +36,20 @@ pytestmark = pytest.mark.skipif(
 
 DECORATIONS = ("role", "hostname")
 
+#: A scanned row's packed columns (PACKED: NULL in the tables) read from its payload.
+UNPACKED = ", ".join(
+    f"COALESCE(c_{k}, NULLIF(string_split(payload, chr(31))[{i + 1}], chr(30))) AS c_{k}"
+    for i, k in enumerate(PACKED)
+)
 #: Each table, with the kept JSON (keep, cols) last: the scanner keeps a row's JSON as the
 #: log spells it, DuckDB as it re-serialises it, so it is compared parsed (_parsed); a
 #: line whose rows are its arrays' keeps '' once its rows are out (DuckDB: the line).
 TABLES = {
-    "lines": "SELECT * EXCLUDE (keep), CASE WHEN keep IS NOT NULL AND tbl IS NULL THEN ''"
-    " ELSE keep END FROM lines ORDER BY file, line",
-    "arows": "SELECT * EXCLUDE (keep), keep FROM arows ORDER BY file, line, action, idx",
+    "lines": f"SELECT * EXCLUDE (keep, payload) REPLACE ({UNPACKED}),"
+    " CASE WHEN keep IS NOT NULL AND tbl IS NULL THEN '' ELSE keep END"
+    " FROM lines ORDER BY file, line",
+    "arows": f"SELECT * EXCLUDE (keep, payload) REPLACE ({UNPACKED}), keep"
+    " FROM arows ORDER BY file, line, action, idx",
     "bad": "SELECT * FROM bad ORDER BY file, line",
     "proj": "SELECT * FROM proj ORDER BY file, line, idx",
     "hostinfo": "SELECT host, row_count, event_rows, list_sort(run_times), d_0, d_1"
@@ -65,6 +74,11 @@ def _tables(path: Path, compiled: bool) -> tuple[dict[str, list[Any]], list[str]
         got = {k: engine.fetch(q) for k, q in TABLES.items()}
         for k in KEPT_LAST:
             got[k] = [(*r[:-1], _parsed(r[-1])) for r in got[k]]
+        # Every event row as the feed reads it (a scanned row's packed columns from its
+        # payload) and the one row converter makes it an event, and the rows it refuses.
+        rows = engine.fetch(feed_select(feed_columns(engine), narrowed=False))
+        errors: list[BadLine] = []
+        got["events"] = [events_of_rows(rows, [str(path)], errors.append)[0], errors]
         return got, [str(b) for b in bad], stats
     finally:
         engine.close()
@@ -73,7 +87,7 @@ def _tables(path: Path, compiled: bool) -> tuple[dict[str, list[Any]], list[str]
 def _assert_same(path: Path) -> None:
     fast, fast_bad, fast_stats = _tables(path, True)
     whole, whole_bad, whole_stats = _tables(path, False)
-    for name in TABLES:
+    for name in [*TABLES, "events"]:
         assert fast[name] == whole[name], name
     assert fast_bad == whole_bad
     assert fast_stats == whole_stats
@@ -329,20 +343,27 @@ def test_fields_are_json_extract_strings() -> None:
         '"columns":{"pid":-3,"path":"/a\\tb","success":false,"cmdline":"x\\\\y\\n"}}'
     )
     assert native is not None
-    n_fast, _, fields, _, _, _, _, _ = native.scan_results(
+    n_fast, _, fields, _, _, _, _, derived = native.scan_results(
         line.encode(), 1, s.paths, s.groups, 0, s.derive
     )
     assert n_fast == 1
+    _, payload_data = derived[-1]  # the packed columns, in PACKED's order
+    packed = payload_data.decode().split("\x1f")
+    assert len(packed) == len(PACKED)
     con = duckdb.connect()
     for (scope, key, output), j in zip(s.paths, s.field_of):
-        if not output:
-            continue
-        assert j is not None
-        validity, offsets, data = fields[j]
         got: Optional[str] = None
-        if validity and validity[0] & 1:
-            start, end = struct.unpack("<2i", offsets)
-            got = data[start:end].decode()
+        if output == 2:
+            value = packed[PACKED.index(key.decode())]
+            got = None if value == "\x1e" else value
+        elif output == 1:
+            assert j is not None
+            validity, offsets, data = fields[j]
+            if validity and validity[0] & 1:
+                start, end = struct.unpack("<2i", offsets)
+                got = data[start:end].decode()
+        else:
+            continue
         prefix = {0: "$", 1: "$.decorations", 2: "$.columns"}[scope]
         want = con.execute(
             "SELECT json_extract_string(?, ?)", [line, prefix + "." + key.decode()]

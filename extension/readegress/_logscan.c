@@ -7,8 +7,10 @@
  *     and whose rows it can read, and extracts the wanted fields ("paths": (scope, key,
  *     output) with scope 0 a top-level key, 1 a key of "decorations", 2 of a row's columns)
  *     as DuckDB's json_extract_string gives them: the "fast" rows, already split into
- *     fields (one Arrow string column for each path with `output`; the others are only
- *     looked for, for `groups`). An event line ("columns" an object) is one row; with
+ *     fields (one Arrow string column for each path with `output` 1; with `derive`, the
+ *     paths with `output` 2 -- the columns only the feed reads -- packed into one,
+ *     "payload": their values joined by \x1f, \x1e for a NULL (a value holds neither: it
+ *     would take a \u escape); the others are only looked for, for `groups`). An event line ("columns" an object) is one row; with
  *     `derive`, a batch or snapshot line (row arrays: "diffResults" {"added", "removed"},
  *     or "snapshot" when there is no diffResults) is a row of its own, then one for each
  *     element of its arrays, numbered from 1 in its array;
@@ -74,7 +76,7 @@ static int buf_put(buf_t *b, const void *src, Py_ssize_t n) {
 
 typedef struct {
     int scope; /* 0 top level, 1 decorations, 2 columns */
-    int output; /* a field of the fast rows (else matched for `groups` only) */
+    int output; /* 1 a field of the fast rows, 2 packed in their payload (else matched only) */
     const char *key;
     Py_ssize_t key_len;
     int same;  /* the next path of the same scope and key, or -1 */
@@ -91,8 +93,9 @@ typedef struct {
 } found_t;
 
 typedef struct {
-    int n, n_out;
-    int out[MAX_PATHS]; /* the paths that are fields, in order */
+    int n, n_out, n_packed;
+    int out[MAX_PATHS];    /* the paths that are fields, in order */
+    int packed[MAX_PATHS]; /* the paths packed in the payload, in order */
     path_t paths[MAX_PATHS];
     int heads[3][HASH_SLOTS];
     uint64_t lengths[3]; /* length_bit of every key of the scope: most keys are rejected on it */
@@ -684,7 +687,7 @@ static int parse_spec(PyObject *paths, PyObject *groups, int host, PyObject *der
         return -1;
     }
     S->n = (int)n;
-    S->n_out = 0;
+    S->n_out = S->n_packed = 0;
     S->lengths[0] = S->lengths[1] = S->lengths[2] = 0;
     for (int s = 0; s < 3; s++)
         for (int h = 0; h < HASH_SLOTS; h++) S->heads[s][h] = -1;
@@ -697,7 +700,11 @@ static int parse_spec(PyObject *paths, PyObject *groups, int host, PyObject *der
             PyErr_SetString(PyExc_TypeError, "paths: (scope, key, output) tuples");
             return -1;
         }
-        if (!PyArg_ParseTuple(item, "iy#p", &scope, &key, &key_len, &output)) return -1;
+        if (!PyArg_ParseTuple(item, "iy#i", &scope, &key, &key_len, &output)) return -1;
+        if (output < 0 || output > 2) {
+            PyErr_SetString(PyExc_ValueError, "paths: output 0, 1 or 2");
+            return -1;
+        }
         if (scope < 0 || scope > 2) {
             PyErr_SetString(PyExc_ValueError, "paths: scope 0, 1 or 2");
             return -1;
@@ -705,7 +712,8 @@ static int parse_spec(PyObject *paths, PyObject *groups, int host, PyObject *der
         path_t *p = &S->paths[i];
         p->scope = scope;
         p->output = output;
-        if (output) S->out[S->n_out++] = (int)i;
+        if (output == 1) S->out[S->n_out++] = (int)i;
+        if (output == 2) S->packed[S->n_packed++] = (int)i;
         p->key = key;
         p->key_len = key_len;
         p->same = p->hnext = -1;
@@ -822,7 +830,7 @@ static int put_unescaped(buf_t *b, const unsigned char *s, Py_ssize_t n) {
  * boolean bitmaps). */
 enum { O_T, O_PID, O_PPID, O_N_INTS };
 typedef struct {
-    field_t tbl, kind, keep;
+    field_t tbl, kind, keep, payload;
     buf_t idx; /* int64: 0 for a line, the row's 1-based index in its array */
     buf_t int_valid[O_N_INTS], ints[O_N_INTS];
     buf_t sure_valid, sure, odd;
@@ -850,6 +858,7 @@ static void out_free(out_t *o, int n) {
     field_free(&o->d.tbl);
     field_free(&o->d.kind);
     field_free(&o->d.keep);
+    field_free(&o->d.payload);
     free(o->d.idx.p);
     for (int i = 0; i < O_N_INTS; i++) {
         free(o->d.int_valid[i].p);
@@ -884,7 +893,8 @@ static int grow_rows(out_t *o, const spec_t *S, Py_ssize_t need) {
     if (S->derive) {
         derived_out_t *d = &o->d;
         if (grow_field(&d->tbl, old, cap) < 0 || grow_field(&d->kind, old, cap) < 0 ||
-            grow_field(&d->keep, old, cap) < 0 || buf_reserve(&d->idx, cap * 8) < 0)
+            grow_field(&d->keep, old, cap) < 0 || grow_field(&d->payload, old, cap) < 0 ||
+            buf_reserve(&d->idx, cap * 8) < 0)
             return -1;
         for (int i = 0; i < O_N_INTS; i++)
             if (grow_bitmap(&d->int_valid[i], old, cap) < 0 || buf_reserve(&d->ints[i], cap * 8) < 0)
@@ -956,6 +966,20 @@ static int emit_row(out_t *o, const spec_t *S, const line_t *L, long long line,
         if (put_derived(&o->d, row, &dv) < 0 ||
             put_text(&o->d.keep, row, keep, keep_len, 0) < 0)
             return -1;
+        buf_t *pl = &o->d.payload.data;
+        for (int k = 0; k < S->n_packed; k++) {
+            const found_t *x = &L->found[S->packed[k]];
+            if (k && buf_put(pl, "\x1f", 1) < 0) return -1;
+            if (x->kind == F_SPAN || x->kind == F_ESCAPED) {
+                if ((x->kind == F_ESCAPED ? put_unescaped(pl, x->at, x->len)
+                                          : buf_put(pl, x->at, x->len)) < 0)
+                    return -1;
+            } else if (buf_put(pl, "\x1e", 1) < 0) {
+                return -1;
+            }
+        }
+        if (pl->len > INT32_MAX) return -1;
+        ((int32_t *)o->d.payload.offsets.p)[row + 1] = (int32_t)pl->len;
     }
     return 0;
 }
@@ -1033,8 +1057,8 @@ static int scan_all(const spec_t *S, const unsigned char *data, Py_ssize_t size,
     }
     if (S->derive) {
         derived_out_t *d = &o->d;
-        field_t *strings[] = {&d->tbl, &d->kind, &d->keep};
-        for (int i = 0; i < 3; i++) {
+        field_t *strings[] = {&d->tbl, &d->kind, &d->keep, &d->payload};
+        for (int i = 0; i < 4; i++) {
             strings[i]->offsets.len = (n + 1) * 4;
             strings[i]->validity.len = bits;
         }
@@ -1117,13 +1141,14 @@ PyObject *scan_results(PyObject *self, PyObject *args) {
         derived_out_t *d = &o->d;
         Py_DECREF(derived);
         derived = Py_BuildValue(
-            "((NNN)(NNN)(NN)(NN)(NN)(NN)NN(NNN))", as_bytes(&d->tbl.validity),
+            "((NNN)(NNN)(NN)(NN)(NN)(NN)NN(NNN)(NN))", as_bytes(&d->tbl.validity),
             as_bytes(&d->tbl.offsets), as_bytes(&d->tbl.data), as_bytes(&d->kind.validity),
             as_bytes(&d->kind.offsets), as_bytes(&d->kind.data), as_bytes(&d->int_valid[O_T]),
             as_bytes(&d->ints[O_T]), as_bytes(&d->int_valid[O_PID]), as_bytes(&d->ints[O_PID]),
             as_bytes(&d->int_valid[O_PPID]), as_bytes(&d->ints[O_PPID]),
             as_bytes(&d->sure_valid), as_bytes(&d->sure), as_bytes(&d->odd), as_bytes(&d->idx),
-            as_bytes(&d->keep.validity), as_bytes(&d->keep.offsets), as_bytes(&d->keep.data));
+            as_bytes(&d->keep.validity), as_bytes(&d->keep.offsets), as_bytes(&d->keep.data),
+            as_bytes(&d->payload.offsets), as_bytes(&d->payload.data));
         if (derived == NULL) {
             Py_DECREF(fields);
             goto done;

@@ -42,6 +42,7 @@ from readegress.fleet.sql import (
     COLUMN_KEYS,
     DUCKDB,
     EVENT_KEYS,
+    PACKED,
     PROJECT_GROUPS,
     PROJECT_TABLES,
     RECOGNITION_KEYS,
@@ -139,6 +140,7 @@ class DuckDBEngine:
         if threads:
             self.con.execute(f"SET threads = {int(threads)}")
         self.con.execute(f"SET memory_limit = {_lit(memory_limit)}")
+        self.payloads = False
         self.con.execute("SET preserve_insertion_order = false")
         # DuckDB draws a progress bar on stdout for statements over 2 s: on a
         # large log it landed in replay's JSON lines.
@@ -303,7 +305,7 @@ class DuckDBEngine:
                           AND (ty[3] IS NOT NULL OR ty[4] IS NOT NULL) THEN raw
                      WHEN ty[2] = 'OBJECT' AND ({_project_test(cv)})
                        THEN CAST(json_extract(raw, '$.columns') AS VARCHAR)
-                END AS keep
+                END AS keep, CAST(NULL AS VARCHAR) AS payload
               FROM (
                 SELECT *,
                   CASE WHEN {_plain_event_line(x[0], cv)} THEN {_PLAIN_TYPES}
@@ -319,6 +321,8 @@ class DuckDBEngine:
             return _event_rows(per_line)
 
         compiled = scanner.native is not None
+        #: The scanned rows' PACKED columns are in ``payload`` (pipeline.FEED_WITH_PAYLOAD).
+        self.payloads = compiled
         self.con.register("stream", pa.RecordBatchReader.from_batches(scanner.schema, batches()))
         if compiled:
             # The scanned lines come as lines' rows (fields and event fields): stored
@@ -328,12 +332,23 @@ class DuckDBEngine:
             # holds about half the log's size (25 sparse string columns: past the
             # memory limit for logs over 1 GB), and the narrowing's joins ran slower
             # on it (the same 1 GB replay: -0.07 s only).
-            self.con.execute("CREATE OR REPLACE TABLE stage AS SELECT * FROM stream")
+            # (the payloads stored as they are: compressing them cost more than it saved)
+            columns = ", ".join(
+                f"{f.name} {_SQL_TYPES[str(f.type)]}"
+                + (" USING COMPRESSION uncompressed" if f.name == "payload" else "")
+                for f in scanner.schema
+            )
+            self.con.execute(f"CREATE OR REPLACE TABLE stage ({columns})")
+            self.con.execute("INSERT INTO stage SELECT * FROM stream")
             self.con.unregister("stream")
             self.con.execute(f"CREATE OR REPLACE TABLE lines_raw AS {line_rows('stage')}")
             # A scanned row is a line's (idx 0) or, in batch and snapshot lines, an
             # element's of its arrays (idx from 1: a row of arows).
-            f = [None if j is None else f"f_{j + 1}" for j in scanner.field_of]
+            # (a packed column is NULL here: the feed reads it from the payload)
+            f = [
+                f"f_{j + 1}" if j is not None else "CAST(NULL AS VARCHAR)" if o == 2 else None
+                for j, (_, _, o) in zip(scanner.field_of, scanner.paths)
+            ]
             n_deco = len(deco)
             scanned = ", ".join(
                 ["file", "line", "{idx}", f"{f[0]} AS host", "CAST(NULL AS VARCHAR) AS bad"]
@@ -341,6 +356,7 @@ class DuckDBEngine:
                 + [f"{f[n_top + COLUMN_KEYS.index(k)]} AS c_{k}" for k in EVENT_KEYS]
                 + [f"COALESCE({f[5 + i]}, {f[5 + n_deco + i]}) AS d_{i}" for i in range(n_deco)]
                 + [name for name, _ in _SCANNED_DERIVED if name != "idx"]
+                + ["payload"]
             )
             self.con.execute(
                 f"""CREATE OR REPLACE VIEW lines AS
@@ -388,7 +404,8 @@ class DuckDBEngine:
         arow_fields = ", ".join(f"v[{i + 1}] AS c_{k}" for i, k in enumerate(COLUMN_KEYS))
         arow_select = f"""
             SELECT file, line, idx, host, CAST(NULL AS VARCHAR) AS bad, qname, unix_time,
-              act AS action, {arow_fields}{deco_names}, CAST(r AS VARCHAR) AS keep
+              act AS action, {arow_fields}{deco_names}, CAST(r AS VARCHAR) AS keep,
+              CAST(NULL AS VARCHAR) AS payload
             FROM (SELECT *, json_extract_string(r, {_path_list("$", COLUMN_KEYS)}) AS v
                   FROM exploded WHERE rty = 'OBJECT') x"""
         # A row's JSON is kept for the project's tables only (proj reads it).
@@ -403,6 +420,7 @@ class DuckDBEngine:
             arows = f"{scanned_arows} UNION ALL BY NAME {arows}"
         self.con.execute(f"CREATE OR REPLACE VIEW arows AS {arows}")
         keep_cols = ["file", "line", "idx", "host", "bad", "qname", "unix_time", "action"]
+        keep_cols += ["payload"]
         keep_cols += [f"c_{k}" for k in EVENT_KEYS] + [f"d_{i}" for i in range(len(deco))]
         self.con.execute(f"CREATE OR REPLACE VIEW rows AS {rows_sql(keep_cols)}")
         self.con.execute(
@@ -442,6 +460,12 @@ class DuckDBEngine:
         self.counts = tuple(got) if got is not None else (0, 0, 0, 0)
         self.con.execute("DROP TABLE exploded")
 
+
+#: The SQL type of each Arrow type of the scanner's schema.
+_SQL_TYPES = {
+    "int32": "INTEGER", "int64": "BIGINT", "string": "VARCHAR", "large_string": "VARCHAR",
+    "bool": "BOOLEAN",
+}  # fmt: skip
 
 #: DuckDB types that come out of Arrow as the same Python values as out of fetchall.
 _ARROW_EXACT = frozenset({"VARCHAR", "BIGINT", "INTEGER", "BOOLEAN", "DOUBLE"})
@@ -574,18 +598,20 @@ def _scan_json_path(scope: int, key: str) -> str:
 
 
 class _Scanner:
-    """Batches of lines → Arrow record batches of ``file, line, raw, f_1 .. f_N``.
+    """Batches of lines → Arrow record batches of ``file, line, raw, f_1 .. f_N``,
+    ``payload`` and the event fields (_SCANNED_DERIVED).
 
     The paths, in the order of ``x_1 .. x_N`` in the line pass: TOP_KEYS, the
     decorations nested, the decorations at the top level, COLUMN_KEYS. A row
-    has either its fields (``raw`` NULL: the compiled scanner proved it a plain
-    event line) or its ``raw`` line (fields NULL), which DuckDB parses.
+    has either its fields (``raw`` NULL: the compiled scanner read it) or its
+    ``raw`` line (fields NULL), which DuckDB parses.
 
     Not every path is a field: ``hostname`` only stands in for an empty
     ``hostIdentifier`` (never, on a scanned line) and RECOGNITION_KEYS only
-    recognise rows of the project's tables, which the scanner leaves whole
-    (``groups``); they are NULL on a scanned line (``field_of``: each path's
-    field number, or None). Fewer fields, less for DuckDB to take in.
+    recognise rows of the project's tables (``groups``); they are NULL on a
+    scanned line (``field_of``: each path's field number, or None). The
+    columns only the feed reads (PACKED, in that order) come in one string,
+    ``payload``. Fewer columns, less for DuckDB to store.
     """
 
     def __init__(self, pa: Any, deco: Sequence[str], native: Optional[Any]) -> None:
@@ -600,12 +626,13 @@ class _Scanner:
         skip = {TOP_KEYS.index("hostname")} | {
             len(self.str_paths) - len(COLUMN_KEYS) + COLUMN_KEYS.index(k) for k in RECOGNITION_KEYS
         }
-        outputs = [i not in skip for i in range(len(self.str_paths))]
+        first_col = len(self.str_paths) - len(COLUMN_KEYS)
+        packed = {first_col + COLUMN_KEYS.index(k) for k in PACKED}
+        outputs = [0 if i in skip else 2 if i in packed else 1 for i in range(len(self.str_paths))]
         self.paths = tuple((sc, k.encode(), out) for (sc, k), out in zip(self.str_paths, outputs))
         fields = iter(range(len(self.paths)))
-        self.field_of: list[Optional[int]] = [next(fields) if out else None for out in outputs]
-        self.n_fields = sum(outputs)
-        first_col = len(self.paths) - len(COLUMN_KEYS)
+        self.field_of: list[Optional[int]] = [next(fields) if o == 1 else None for o in outputs]
+        self.n_fields = outputs.count(1)
         # The values the compiled scanner computes a fast row's event fields from.
         self.derive = (
             (TOP_KEYS.index("action"), *(first_col + COLUMN_KEYS.index(k) for k in DERIVE_INPUTS)),
@@ -617,6 +644,7 @@ class _Scanner:
         self.schema = pa.schema(
             [("file", pa.int32()), ("line", pa.int64()), ("raw", pa.large_string())]
             + [(f"f_{i + 1}", pa.string()) for i in range(self.n_fields)]
+            + [("payload", pa.string())]
             + [(name, getattr(pa, t)()) for name, t in _SCANNED_DERIVED]
         )
         # The compiled scanner takes at most 256 paths (many decoration keys: whole lines).
@@ -632,7 +660,7 @@ class _Scanner:
         )
         out = []
         if n_fast:
-            tbl, kind, t, epid, eppid, sure, odd, idx, keep = derived
+            tbl, kind, t, epid, eppid, sure, odd, idx, keep, payload = derived
             buf = pa.py_buffer
             out.append(
                 pa.record_batch(
@@ -645,7 +673,16 @@ class _Scanner:
                         pa.Array.from_buffers(
                             pa.string(), n_fast, [pa.py_buffer(v), pa.py_buffer(o), pa.py_buffer(d)]
                         )
-                        for v, o, d in (*fields, tbl, kind, keep)
+                        for v, o, d in fields
+                    ]
+                    + [
+                        pa.Array.from_buffers(
+                            pa.string(), n_fast, [None, buf(payload[0]), buf(payload[1])]
+                        )
+                    ]
+                    + [
+                        pa.Array.from_buffers(pa.string(), n_fast, [buf(v), buf(o), buf(d)])
+                        for v, o, d in (tbl, kind, keep)
                     ]
                     + [
                         pa.Array.from_buffers(pa.int64(), n_fast, [buf(v), buf(d)])

@@ -30,6 +30,9 @@ from readegress.detect.config import Config
 from readegress.detect.core import Correlator, Detection
 from readegress.detect.events import Event, sort_key
 from readegress.fleet.sql import (
+    PACKED,
+    PAYLOAD_NULL,
+    PAYLOAD_SEP,
     closure_statements,
     feed_select,
     final_statements,
@@ -141,20 +144,37 @@ FEED_COLUMNS = ["host", "file", "line", "tbl"] + [
     f"c_{k}" for k in dict.fromkeys(k for keys in _ROW_KEYS.values() for k in keys)
 ]
 _INDEX = {c: i for i, c in enumerate(FEED_COLUMNS)}
+#: An engine that stores a row's PACKED columns in one string (``payload``: DuckDB's
+#: scanned rows) feeds these columns: its rows' packed columns are NULL.
+FEED_WITH_PAYLOAD = [*FEED_COLUMNS, "payload"]
+
+
+def feed_columns(engine: Engine) -> list[str]:
+    """The columns to fetch for the feed from ``engine``'s ``ev``."""
+    return FEED_WITH_PAYLOAD if getattr(engine, "payloads", False) else FEED_COLUMNS
 
 
 def events_of_rows(
     rows: Iterable[Sequence[Any]], files: Sequence[str], on_bad: Callable[[BadLine], None]
 ) -> tuple[dict[str, list[Event]], int]:
-    """Feed rows (``FEED_COLUMNS``, in log order) → each host's events, and row errors."""
+    """Feed rows (``FEED_COLUMNS`` or FEED_WITH_PAYLOAD, in log order) → each host's
+    events, and row errors."""
     per_host: dict[str, list[Event]] = {}
     errors = 0
     tbl_i, file_i, line_i, host_i = (_INDEX[c] for c in ("tbl", "file", "line", "host"))
     keys = {t: [(k, _INDEX["c_" + k]) for k in ks] for t, ks in _ROW_KEYS.items()}
+    packed = {t: [(k, PACKED.index(k)) for k in ks if k in PACKED] for t, ks in _ROW_KEYS.items()}
+    payload_i = len(FEED_COLUMNS)
     names = [display_name(f) for f in files]
     for r in rows:
         tbl = r[tbl_i]
         row = {k: r[i] for k, i in keys[tbl] if r[i] is not None}
+        payload = r[payload_i] if len(r) > payload_i else None
+        if payload is not None:
+            values = payload.split(PAYLOAD_SEP)
+            for k, place in packed[tbl]:
+                if values[place] != PAYLOAD_NULL:
+                    row[k] = values[place]
         f = r[file_i]
         file = names[f] if f < len(names) else "?"
         line = r[line_i]
@@ -196,7 +216,7 @@ def correlate(
         out.candidates.sort(key=report_order)
         return out
     with _cyclic_gc_paused():
-        rows = engine.fetch(feed_select(FEED_COLUMNS, narrowed))
+        rows = engine.fetch(feed_select(feed_columns(engine), narrowed))
         out = correlate_hosts(config, rows, files, on_bad, jobs=jobs)
     out.fed_rows = len(rows)
     return out
