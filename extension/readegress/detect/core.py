@@ -1342,13 +1342,11 @@ def _exec_time(p: _Proc) -> Optional[float]:
 def _exec_together(h: _Host, parent: Optional[int], t: float) -> list[_Proc]:
     """Children of ``parent`` exec'd (or forked) within EXEC_PIPELINE_SECONDS of ``t``."""
     out: list[_Proc] = []
-    procs = h.procs
-    # A busy parent (cron, a CI runner) has thousands of children: _exec_time inlined.
     for c in h.children.get(parent, ()) if parent is not None else ():
-        cs = procs.get(c)
+        cs = h.procs.get(c)
         if cs is None or cs.ppid != parent:
             continue
-        ct = cs.exec_time if cs.exec_time is not None else cs.born
+        ct = _exec_time(cs)
         if ct is not None and abs(ct - t) <= EXEC_PIPELINE_SECONDS:
             out.append(cs)
     return out

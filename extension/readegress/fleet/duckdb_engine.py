@@ -329,10 +329,10 @@ class DuckDBEngine:
             # as they come, with no SQL (a 1 GB log's line pass: 1.9-2.0 -> 1.6-1.7 s
             # in the same runs); the whole lines among them are parsed from there.
             # Stored compressed: in memory (a TEMP table) it is written faster, but it
-            # holds about half the log's size (25 sparse string columns: past the
-            # memory limit for logs over 1 GB), and the narrowing's joins ran slower
-            # on it (the same 1 GB replay: -0.07 s only).
-            # (the payloads stored as they are: compressing them cost more than it saved)
+            # held about half the log's size (sparse string columns: past the memory
+            # limit for logs over 1 GB), and the narrowing's joins ran slower on it
+            # (the same 1 GB replay: -0.07 s only). The payloads are stored as they
+            # are: compressing them cost more than it saved.
             columns = ", ".join(
                 f"{f.name} {_SQL_TYPES[str(f.type)]}"
                 + (" USING COMPRESSION uncompressed" if f.name == "payload" else "")
@@ -623,10 +623,10 @@ class _Scanner:
             + [(_COLS, k) for k in COLUMN_KEYS]
         )
         # (by position: "hostname" may be a decoration at the top level too, a field)
-        skip = {TOP_KEYS.index("hostname")} | {
-            len(self.str_paths) - len(COLUMN_KEYS) + COLUMN_KEYS.index(k) for k in RECOGNITION_KEYS
-        }
         first_col = len(self.str_paths) - len(COLUMN_KEYS)
+        skip = {TOP_KEYS.index("hostname")} | {
+            first_col + COLUMN_KEYS.index(k) for k in RECOGNITION_KEYS
+        }
         packed = {first_col + COLUMN_KEYS.index(k) for k in PACKED}
         outputs = [0 if i in skip else 2 if i in packed else 1 for i in range(len(self.str_paths))]
         self.paths = tuple((sc, k.encode(), out) for (sc, k), out in zip(self.str_paths, outputs))
