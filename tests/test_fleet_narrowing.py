@@ -310,7 +310,9 @@ def test_hosts_fed_in_forked_jobs_give_what_one_process_gives(tmp_path: Path) ->
     results = []
     for jobs in (1, 2, 3):
         bad: list[BadLine] = []
-        out = correlate_hosts(CONFIGS[1], rows, [str(path)], bad.append, jobs=jobs)
+        out = correlate_hosts(
+            CONFIGS[1], rows, [str(path)], bad.append, jobs=jobs, payloads=fr.engine.payloads
+        )
         results.append((out.candidates, out.events, out.hosts, out.row_errors, out.core, bad))
     assert results[0][0] and results[0][3] == 2
     assert results[1] == results[0] and results[2] == results[0]

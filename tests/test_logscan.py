@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from tests.fleet_logs import results_logs
 
 from readegress import speedups
-from readegress.fleet.duckdb_engine import DuckDBEngine, _Scanner
+from readegress.fleet.duckdb_engine import DuckDBEngine, _Payloads, _Scanner
 from readegress.fleet.pipeline import events_of_rows, feed_columns
 from readegress.fleet.sql import PACKED, feed_select
 from readegress.logs.lines import LineStats
@@ -36,20 +36,21 @@ pytestmark = pytest.mark.skipif(
 
 DECORATIONS = ("role", "hostname")
 
-#: A scanned row's packed columns (PACKED: NULL in the tables) read from its payload.
+#: A scanned row's packed columns (PACKED: NULL in the tables) read from its payload
+#: (``pay``: the engine's payloads as a table).
 UNPACKED = ", ".join(
-    f"COALESCE(c_{k}, NULLIF(string_split(payload, chr(31))[{i + 1}], chr(30))) AS c_{k}"
+    f"COALESCE(c_{k}, NULLIF(string_split(p.payload, chr(31))[{i + 1}], chr(30))) AS c_{k}"
     for i, k in enumerate(PACKED)
 )
 #: Each table, with the kept JSON (keep, cols) last: the scanner keeps a row's JSON as the
 #: log spells it, DuckDB as it re-serialises it, so it is compared parsed (_parsed); a
 #: line whose rows are its arrays' keeps '' once its rows are out (DuckDB: the line).
 TABLES = {
-    "lines": f"SELECT * EXCLUDE (keep, payload) REPLACE ({UNPACKED}),"
+    "lines": f"SELECT r.* EXCLUDE (keep, pos) REPLACE ({UNPACKED}),"
     " CASE WHEN keep IS NOT NULL AND tbl IS NULL THEN '' ELSE keep END"
-    " FROM lines ORDER BY file, line",
-    "arows": f"SELECT * EXCLUDE (keep, payload) REPLACE ({UNPACKED}), keep"
-    " FROM arows ORDER BY file, line, action, idx",
+    " FROM lines r LEFT JOIN pay p ON p.pos = r.pos ORDER BY file, line",
+    "arows": f"SELECT r.* EXCLUDE (keep, pos) REPLACE ({UNPACKED}), keep"
+    " FROM arows r LEFT JOIN pay p ON p.pos = r.pos ORDER BY file, line, action, idx",
     "bad": "SELECT * FROM bad ORDER BY file, line",
     "proj": "SELECT * FROM proj ORDER BY file, line, idx",
     "hostinfo": "SELECT host, row_count, event_rows, list_sort(run_times), d_0, d_1"
@@ -71,6 +72,9 @@ def _tables(path: Path, compiled: bool) -> tuple[dict[str, list[Any]], list[str]
     stats = LineStats()
     try:
         engine.load([str(path)], bad.append, stats, decoration_keys=DECORATIONS)
+        import pyarrow as pa
+
+        engine.con.register("pay", (engine.payloads or _Payloads()).table(pa))
         got = {k: engine.fetch(q) for k, q in TABLES.items()}
         for k in KEPT_LAST:
             got[k] = [(*r[:-1], _parsed(r[-1])) for r in got[k]]
@@ -78,7 +82,8 @@ def _tables(path: Path, compiled: bool) -> tuple[dict[str, list[Any]], list[str]
         # payload) and the one row converter makes it an event, and the rows it refuses.
         rows = engine.fetch(feed_select(feed_columns(engine), narrowed=False))
         errors: list[BadLine] = []
-        got["events"] = [events_of_rows(rows, [str(path)], errors.append)[0], errors]
+        events = events_of_rows(rows, [str(path)], errors.append, engine.payloads)[0]
+        got["events"] = [events, errors]
         return got, [str(b) for b in bad], stats
     finally:
         engine.close()

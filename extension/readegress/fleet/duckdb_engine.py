@@ -140,7 +140,8 @@ class DuckDBEngine:
         if threads:
             self.con.execute(f"SET threads = {int(threads)}")
         self.con.execute(f"SET memory_limit = {_lit(memory_limit)}")
-        self.payloads = False
+        #: The scanned rows' packed columns (pipeline.FEED_WITH_POS), by ``pos``.
+        self.payloads: Optional[_Payloads] = None
         self.con.execute("SET preserve_insertion_order = false")
         # DuckDB draws a progress bar on stdout for statements over 2 s: on a
         # large log it landed in replay's JSON lines.
@@ -254,12 +255,13 @@ class DuckDBEngine:
             workers = os.cpu_count() or 1
             big_bytes = None if scanner.native is not None else BIG_LINE
             with ThreadPoolExecutor(workers, thread_name_prefix="readegress-scan") as pool:
-                ahead: deque[Future[tuple[list[pa.RecordBatch], list[LineBatch]]]] = deque()
+                ahead: deque[Future[_Scanned]] = deque()
 
                 def done() -> Iterator[pa.RecordBatch]:
-                    got, big = ahead.popleft().result()
+                    got, big, packed = ahead.popleft().result()
                     for line in big:
                         big_lines.add(line)
+                    payloads.add(packed)  # in submission order: chunk numbers hold
                     yield from got
 
                 for b in line_batches(
@@ -268,7 +270,7 @@ class DuckDBEngine:
                     if b.big:
                         big_lines.add(b)
                         continue
-                    ahead.append(pool.submit(scanner.scan, b))
+                    ahead.append(pool.submit(scanner.scan, b, len(payloads) + len(ahead)))
                     if len(ahead) > workers:
                         yield from done()
                 while ahead:
@@ -305,7 +307,7 @@ class DuckDBEngine:
                           AND (ty[3] IS NOT NULL OR ty[4] IS NOT NULL) THEN raw
                      WHEN ty[2] = 'OBJECT' AND ({_project_test(cv)})
                        THEN CAST(json_extract(raw, '$.columns') AS VARCHAR)
-                END AS keep, CAST(NULL AS VARCHAR) AS payload
+                END AS keep, CAST(NULL AS BIGINT) AS pos
               FROM (
                 SELECT *,
                   CASE WHEN {_plain_event_line(x[0], cv)} THEN {_PLAIN_TYPES}
@@ -321,8 +323,8 @@ class DuckDBEngine:
             return _event_rows(per_line)
 
         compiled = scanner.native is not None
-        #: The scanned rows' PACKED columns are in ``payload`` (pipeline.FEED_WITH_PAYLOAD).
-        self.payloads = compiled
+        payloads = _Payloads()
+        self.payloads = payloads if compiled else None
         self.con.register("stream", pa.RecordBatchReader.from_batches(scanner.schema, batches()))
         if compiled:
             # The scanned lines come as lines' rows (fields and event fields): stored
@@ -331,13 +333,9 @@ class DuckDBEngine:
             # Stored compressed: in memory (a TEMP table) it is written faster, but it
             # held about half the log's size (sparse string columns: past the memory
             # limit for logs over 1 GB), and the narrowing's joins ran slower on it
-            # (the same 1 GB replay: -0.07 s only). The payloads are stored as they
-            # are: compressing them cost more than it saved.
-            columns = ", ".join(
-                f"{f.name} {_SQL_TYPES[str(f.type)]}"
-                + (" USING COMPRESSION uncompressed" if f.name == "payload" else "")
-                for f in scanner.schema
-            )
+            # (the same 1 GB replay: -0.07 s only). The packed columns stay out of it
+            # (_Payloads).
+            columns = ", ".join(f"{f.name} {_SQL_TYPES[str(f.type)]}" for f in scanner.schema)
             self.con.execute(f"CREATE OR REPLACE TABLE stage ({columns})")
             self.con.execute("INSERT INTO stage SELECT * FROM stream")
             self.con.unregister("stream")
@@ -356,7 +354,7 @@ class DuckDBEngine:
                 + [f"{f[n_top + COLUMN_KEYS.index(k)]} AS c_{k}" for k in EVENT_KEYS]
                 + [f"COALESCE({f[5 + i]}, {f[5 + n_deco + i]}) AS d_{i}" for i in range(n_deco)]
                 + [name for name, _ in _SCANNED_DERIVED if name != "idx"]
-                + ["payload"]
+                + ["pos"]
             )
             self.con.execute(
                 f"""CREATE OR REPLACE VIEW lines AS
@@ -405,7 +403,7 @@ class DuckDBEngine:
         arow_select = f"""
             SELECT file, line, idx, host, CAST(NULL AS VARCHAR) AS bad, qname, unix_time,
               act AS action, {arow_fields}{deco_names}, CAST(r AS VARCHAR) AS keep,
-              CAST(NULL AS VARCHAR) AS payload
+              CAST(NULL AS BIGINT) AS pos
             FROM (SELECT *, json_extract_string(r, {_path_list("$", COLUMN_KEYS)}) AS v
                   FROM exploded WHERE rty = 'OBJECT') x"""
         # A row's JSON is kept for the project's tables only (proj reads it).
@@ -420,7 +418,7 @@ class DuckDBEngine:
             arows = f"{scanned_arows} UNION ALL BY NAME {arows}"
         self.con.execute(f"CREATE OR REPLACE VIEW arows AS {arows}")
         keep_cols = ["file", "line", "idx", "host", "bad", "qname", "unix_time", "action"]
-        keep_cols += ["payload"]
+        keep_cols += ["pos"]
         keep_cols += [f"c_{k}" for k in EVENT_KEYS] + [f"d_{i}" for i in range(len(deco))]
         self.con.execute(f"CREATE OR REPLACE VIEW rows AS {rows_sql(keep_cols)}")
         self.con.execute(
@@ -593,13 +591,77 @@ _TOP, _DECO, _COLS = 0, 1, 2
 _SCOPE_PREFIX = {_TOP: "$", _DECO: "$.decorations", _COLS: "$.columns"}
 
 
+#: A scanned row's ``pos``: its chunk (line batch) number, shifted, plus its row in it.
+_CHUNK_SHIFT = 32
+
+#: What _Scanner.scan gives: record batches, long whole lines, packed payloads.
+_Scanned = tuple[list[Any], list[LineBatch], Optional[tuple[bytes, bytes]]]
+
+
+class _Payloads:
+    """The payloads of the scanned rows (PACKED columns in one string), by ``pos``.
+
+    Held in memory as the scanner made them, one chunk a line batch (offsets
+    into text), not stored in DuckDB: only the feed reads them, for the few rows
+    it feeds, and storing them was ~0.13 s of a 1 GB log's 1.7-s line pass. A
+    forked feed reads them as its parent's memory.
+    """
+
+    def __init__(self) -> None:
+        self._chunks: list[Optional[tuple[memoryview, bytes]]] = []
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    def add(self, packed: Optional[tuple[bytes, bytes]]) -> None:
+        """The next chunk's (int32 offsets, text); None: no scanned row."""
+        if packed is None:
+            self._chunks.append(None)
+        else:
+            offsets, text = packed
+            self._chunks.append((memoryview(offsets).cast("i"), text))
+
+    def __call__(self, pos: int) -> str:
+        """The payload of the row at ``pos``."""
+        chunk = self._chunks[pos >> _CHUNK_SHIFT]
+        if chunk is None:
+            raise KeyError(pos)
+        offsets, text = chunk
+        row = pos & ((1 << _CHUNK_SHIFT) - 1)
+        return text[offsets[row] : offsets[row + 1]].decode()
+
+    def table(self, pa: Any) -> Any:
+        """Every payload as an Arrow table ``(pos, payload)``: for SQL (the tests)."""
+        batches = []
+        for chunk, got in enumerate(self._chunks):
+            if got is None:
+                continue
+            offsets, text = got
+            n = len(offsets) - 1
+            first = chunk << _CHUNK_SHIFT
+            pos = pa.py_buffer(array("q", range(first, first + n)))
+            batches.append(
+                pa.record_batch(
+                    [
+                        pa.Array.from_buffers(pa.int64(), n, [None, pos]),
+                        pa.Array.from_buffers(
+                            pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(text)]
+                        ),
+                    ],
+                    names=["pos", "payload"],
+                )
+            )
+        schema = pa.schema([("pos", pa.int64()), ("payload", pa.string())])
+        return pa.Table.from_batches(batches, schema)
+
+
 def _scan_json_path(scope: int, key: str) -> str:
     return _SCOPE_PREFIX[scope] + _json_path(key)[1:]
 
 
 class _Scanner:
     """Batches of lines → Arrow record batches of ``file, line, raw, f_1 .. f_N``,
-    ``payload`` and the event fields (_SCANNED_DERIVED).
+    ``pos`` and the event fields (_SCANNED_DERIVED).
 
     The paths, in the order of ``x_1 .. x_N`` in the line pass: TOP_KEYS, the
     decorations nested, the decorations at the top level, COLUMN_KEYS. A row
@@ -610,8 +672,10 @@ class _Scanner:
     ``hostIdentifier`` (never, on a scanned line) and RECOGNITION_KEYS only
     recognise rows of the project's tables (``groups``); they are NULL on a
     scanned line (``field_of``: each path's field number, or None). The
-    columns only the feed reads (PACKED, in that order) come in one string,
-    ``payload``. Fewer columns, less for DuckDB to store.
+    columns only the feed reads (PACKED, in that order) come in one string a
+    row, its payload, which is not in the batch: :meth:`scan` hands it back
+    apart, to be held in a :class:`_Payloads` and found by the row's ``pos``.
+    Fewer columns, less for DuckDB to store.
     """
 
     def __init__(self, pa: Any, deco: Sequence[str], native: Optional[Any]) -> None:
@@ -644,24 +708,26 @@ class _Scanner:
         self.schema = pa.schema(
             [("file", pa.int32()), ("line", pa.int64()), ("raw", pa.large_string())]
             + [(f"f_{i + 1}", pa.string()) for i in range(self.n_fields)]
-            + [("payload", pa.string())]
+            + [("pos", pa.int64())]
             + [(name, getattr(pa, t)()) for name, t in _SCANNED_DERIVED]
         )
         # The compiled scanner takes at most 256 paths (many decoration keys: whole lines).
         self.native = native if len(self.paths) <= 256 else None
 
-    def scan(self, b: LineBatch) -> tuple[list[Any], list[LineBatch]]:
-        """The batch's record batches, and its whole lines over BIG_LINE (set apart)."""
+    def scan(self, b: LineBatch, chunk: int) -> _Scanned:
+        """The batch's record batches, its whole lines over BIG_LINE (set apart), and the
+        payloads of its scanned rows (offsets, text), which are chunk ``chunk``."""
         pa = self.pa
         if self.native is None:
-            return [self.whole(b)], []
+            return [self.whole(b)], [], None
         n_fast, fast_lines, fields, n_slow, slow_lines, slow_offsets, slow_data, derived = (
             self.native.scan_results(b.data, b.first_line, self.paths, self.groups, 0, self.derive)
         )
         out = []
+        tbl, kind, t, epid, eppid, sure, odd, idx, keep, payload = derived
         if n_fast:
-            tbl, kind, t, epid, eppid, sure, odd, idx, keep, payload = derived
             buf = pa.py_buffer
+            pos = array("q", range(chunk << _CHUNK_SHIFT, (chunk << _CHUNK_SHIFT) + n_fast))
             out.append(
                 pa.record_batch(
                     [
@@ -675,11 +741,7 @@ class _Scanner:
                         )
                         for v, o, d in fields
                     ]
-                    + [
-                        pa.Array.from_buffers(
-                            pa.string(), n_fast, [None, buf(payload[0]), buf(payload[1])]
-                        )
-                    ]
+                    + [pa.Array.from_buffers(pa.int64(), n_fast, [None, buf(pos)])]
                     + [
                         pa.Array.from_buffers(pa.string(), n_fast, [buf(v), buf(o), buf(d)])
                         for v, o, d in (tbl, kind, keep)
@@ -714,7 +776,7 @@ class _Scanner:
                     raw, lines = pc.filter(raw, short), pc.filter(lines, short)
             if len(raw):
                 out.append(self._batch(b.file_index, lines, raw))
-        return out, big
+        return out, big, payload if n_fast else None
 
     def whole(self, b: LineBatch) -> Any:
         """Every line whole: the pure-Python path (Arrow splits the text, in C, no copy)."""

@@ -144,34 +144,43 @@ FEED_COLUMNS = ["host", "file", "line", "tbl"] + [
     f"c_{k}" for k in dict.fromkeys(k for keys in _ROW_KEYS.values() for k in keys)
 ]
 _INDEX = {c: i for i, c in enumerate(FEED_COLUMNS)}
-#: An engine that stores a row's PACKED columns in one string (``payload``: DuckDB's
-#: scanned rows) feeds these columns: its rows' packed columns are NULL.
-FEED_WITH_PAYLOAD = [*FEED_COLUMNS, "payload"]
+#: An engine that holds some rows' PACKED columns apart, in one string a row (its
+#: ``payloads``, by the row's ``pos``: DuckDB's scanned rows) feeds these columns: those
+#: rows' packed columns are NULL.
+FEED_WITH_POS = [*FEED_COLUMNS, "pos"]
+
+#: A row's payload, by its ``pos`` (an engine's ``payloads``).
+Payloads = Callable[[int], str]
 
 
 def feed_columns(engine: Engine) -> list[str]:
     """The columns to fetch for the feed from ``engine``'s ``ev``."""
-    return FEED_WITH_PAYLOAD if getattr(engine, "payloads", False) else FEED_COLUMNS
+    return FEED_WITH_POS if getattr(engine, "payloads", None) is not None else FEED_COLUMNS
 
 
 def events_of_rows(
-    rows: Iterable[Sequence[Any]], files: Sequence[str], on_bad: Callable[[BadLine], None]
+    rows: Iterable[Sequence[Any]],
+    files: Sequence[str],
+    on_bad: Callable[[BadLine], None],
+    payloads: Optional[Payloads] = None,
 ) -> tuple[dict[str, list[Event]], int]:
-    """Feed rows (``FEED_COLUMNS`` or FEED_WITH_PAYLOAD, in log order) → each host's
+    """Feed rows (``FEED_COLUMNS`` or FEED_WITH_POS, in log order) → each host's
     events, and row errors."""
     per_host: dict[str, list[Event]] = {}
     errors = 0
     tbl_i, file_i, line_i, host_i = (_INDEX[c] for c in ("tbl", "file", "line", "host"))
     keys = {t: [(k, _INDEX["c_" + k]) for k in ks] for t, ks in _ROW_KEYS.items()}
     packed = {t: [(k, PACKED.index(k)) for k in ks if k in PACKED] for t, ks in _ROW_KEYS.items()}
-    payload_i = len(FEED_COLUMNS)
+    pos_i = len(FEED_COLUMNS)
     names = [display_name(f) for f in files]
     for r in rows:
         tbl = r[tbl_i]
         row = {k: r[i] for k, i in keys[tbl] if r[i] is not None}
-        payload = r[payload_i] if len(r) > payload_i else None
-        if payload is not None:
-            values = payload.split(PAYLOAD_SEP)
+        pos = r[pos_i] if len(r) > pos_i else None
+        if pos is not None:
+            if payloads is None:
+                raise ValueError("a feed row with a pos, and no payloads to read it from")
+            values = payloads(pos).split(PAYLOAD_SEP)
             for k, place in packed[tbl]:
                 if values[place] != PAYLOAD_NULL:
                     row[k] = values[place]
@@ -217,7 +226,8 @@ def correlate(
         return out
     with _cyclic_gc_paused():
         rows = engine.fetch(feed_select(feed_columns(engine), narrowed))
-        out = correlate_hosts(config, rows, files, on_bad, jobs=jobs)
+        payloads = getattr(engine, "payloads", None)
+        out = correlate_hosts(config, rows, files, on_bad, jobs=jobs, payloads=payloads)
     out.fed_rows = len(rows)
     return out
 
@@ -251,8 +261,9 @@ def correlate_hosts(
     on_bad: Callable[[BadLine], None],
     *,
     jobs: Optional[int] = None,
+    payloads: Optional[Payloads] = None,
 ) -> Correlated:
-    """Feed rows (``FEED_COLUMNS``, log order) to one Correlator per host; report order.
+    """Feed rows (``feed_columns``, log order) to one Correlator per host; report order.
 
     The hosts are independent, so with ``jobs`` > 1 (default: the CPUs, when
     there are enough rows) they are split into that many groups of about equal
@@ -273,7 +284,7 @@ def correlate_hosts(
         k = min(range(n), key=lambda j: (load[j], j))
         groups[k].append(host)
         load[k] += len(by_host[host])
-    calls = [functools.partial(_feed_group, config, by_host, g, files) for g in groups]
+    calls = [functools.partial(_feed_group, config, by_host, g, files, payloads) for g in groups]
     parts = [calls[0]()] if n == 1 else run_forked(calls, name="readegress-feed", first_here=True)
     out = Correlated(candidates=[])
     bad: list[BadLine] = []
@@ -292,12 +303,13 @@ def _feed_group(
     by_host: dict[str, list[tuple[Any, ...]]],
     hosts: list[str],
     files: Sequence[str],
+    payloads: Optional[Payloads] = None,
 ) -> tuple[Correlated, list[BadLine]]:
     """The hosts' results and row errors (each host's in log order)."""
     part = Correlated(candidates=[])
     bad: list[BadLine] = []
     for host in sorted(hosts):
-        per_host, errors = events_of_rows(by_host[host], files, bad.append)
+        per_host, errors = events_of_rows(by_host[host], files, bad.append, payloads)
         part.row_errors += errors
         for evs in per_host.values():
             found, stats = feed_host(config, evs)

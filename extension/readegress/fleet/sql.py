@@ -46,9 +46,9 @@ EVENT_KEYS = COLUMN_KEYS[: COLUMN_KEYS.index("id")]
 RECOGNITION_KEYS = COLUMN_KEYS[len(EVENT_KEYS) :]
 
 #: The columns of a row only the feed reads (events_of_rows), in COLUMN_KEYS order: the
-#: compiled scanner packs them into one string, ``payload`` (their values joined by
-#: ``\x1f``, ``\x1e`` for a NULL), which DuckDB stores uncompressed in place of 13
-#: columns (they took ~0.8 of its ~1.7 CPU-s to store a 1 GB log's rows).
+#: compiled scanner packs them into one string, the row's payload (their values joined
+#: by ``\x1f``, ``\x1e`` for a NULL), which the DuckDB engine holds apart, not stored
+#: (13 columns took ~0.8 of its ~1.7 CPU-s to store a 1 GB log's rows).
 PACKED = tuple(
     k for k in COLUMN_KEYS
     if k in {"operation", "pid", "ppid", "time", "action", "remote_port", "status", "success",
