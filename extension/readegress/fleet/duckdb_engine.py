@@ -172,11 +172,11 @@ class DuckDBEngine:
         """One row per element of the row arrays of ``table``'s kept lines (``lines``' columns)."""
         arrays = f"FROM {table} WHERE bad IS NULL AND keep IS NOT NULL AND tbl IS NULL"
         # Only what the rows need: unnest repeats every other column once per row.
-        cols = f"file, line, host, qname, unix_time{deco_names}"
+        cols = f"file, line, host, unix_time{deco_names}"
         # A line that is not bad has diffResults absent or an object, and its
         # arrays are lists: an absent or empty one unnests to no row.
         return f"""
-            SELECT file, line, idx, host, qname, unix_time, act, r,
+            SELECT file, line, idx, host, unix_time, act, r,
               try(json_type(r)) AS rty{deco_names}
             FROM (
               SELECT * EXCLUDE (l), unnest(l) AS r, unnest(generate_series(1, len(l))) AS idx
@@ -279,6 +279,7 @@ class DuckDBEngine:
         n = len(scanner.paths)
         x = [f"x_{i + 1}" for i in range(n)]
         n_top = len(TOP_KEYS) + 2 * len(deco)
+        top = dict(zip(TOP_KEYS, x))  # then the decorations: nested, at the top level
         paths_sql = "[" + ", ".join(_lit(_scan_json_path(*p)) for p in scanner.str_paths) + "]"
         type_paths = "[" + ", ".join(_lit(p) for p in TYPE_PATHS) + "]"
         cv = {k: x[n_top + i] for i, k in enumerate(COLUMN_KEYS)}
@@ -287,7 +288,8 @@ class DuckDBEngine:
             f" WHEN ty[8] = 'VARCHAR' AND {x[1]} <> '' THEN {x[1]} END"
         )
         decos = "".join(
-            f", COALESCE({x[5 + i]}, {x[5 + len(deco) + i]}) AS d_{i}" for i in range(len(deco))
+            f", COALESCE({x[len(top) + i]}, {x[len(top) + len(deco) + i]}) AS d_{i}"
+            for i in range(len(deco))
         )
         fields = ", ".join(f"{cv[k]} AS c_{k}" for k in COLUMN_KEYS)
         values = ", ".join(f"v[{i + 1}] AS {x[i]}" for i in range(n))
@@ -301,8 +303,8 @@ class DuckDBEngine:
             # character. The raw line is kept only when its rows sit in arrays
             # (batch/snapshot) or belong to the project's tables.
             per_line = f"""
-              SELECT file, line, 0 AS idx, {host} AS host, {_bad_sql(host, x)} AS bad,
-                {x[2]} AS qname, {x[3]} AS unix_time, {x[4]} AS action, {fields}{decos},
+              SELECT file, line, 0 AS idx, {host} AS host, {_bad_sql(host, top["action"])} AS bad,
+                {top["unixTime"]} AS unix_time, {top["action"]} AS action, {fields}{decos},
                 CASE WHEN ty[1] = 'OBJECT' AND ty[2] IS NULL
                           AND (ty[3] IS NOT NULL OR ty[4] IS NOT NULL) THEN raw
                      WHEN ty[2] = 'OBJECT' AND ({_project_test(cv)})
@@ -348,11 +350,16 @@ class DuckDBEngine:
                 for j, (_, _, o) in zip(scanner.field_of, scanner.paths)
             ]
             n_deco = len(deco)
+            ftop = dict(zip(TOP_KEYS, f))
             scanned = ", ".join(
-                ["file", "line", "{idx}", f"{f[0]} AS host", "CAST(NULL AS VARCHAR) AS bad"]
-                + [f"{f[2]} AS qname", f"{f[3]} AS unix_time", f"{f[4]} AS action"]
+                ["file", "line", "{idx}", f"{ftop['hostIdentifier']} AS host"]
+                + ["CAST(NULL AS VARCHAR) AS bad"]
+                + [f"{ftop['unixTime']} AS unix_time", f"{ftop['action']} AS action"]
                 + [f"{f[n_top + COLUMN_KEYS.index(k)]} AS c_{k}" for k in EVENT_KEYS]
-                + [f"COALESCE({f[5 + i]}, {f[5 + n_deco + i]}) AS d_{i}" for i in range(n_deco)]
+                + [
+                    f"COALESCE({f[len(ftop) + i]}, {f[len(ftop) + n_deco + i]}) AS d_{i}"
+                    for i in range(n_deco)
+                ]
                 + [name for name, _ in _SCANNED_DERIVED if name != "idx"]
                 + ["pos"]
             )
@@ -401,7 +408,7 @@ class DuckDBEngine:
         big_lines.close()
         arow_fields = ", ".join(f"v[{i + 1}] AS c_{k}" for i, k in enumerate(COLUMN_KEYS))
         arow_select = f"""
-            SELECT file, line, idx, host, CAST(NULL AS VARCHAR) AS bad, qname, unix_time,
+            SELECT file, line, idx, host, CAST(NULL AS VARCHAR) AS bad, unix_time,
               act AS action, {arow_fields}{deco_names}, CAST(r AS VARCHAR) AS keep,
               CAST(NULL AS BIGINT) AS pos
             FROM (SELECT *, json_extract_string(r, {_path_list("$", COLUMN_KEYS)}) AS v
@@ -417,7 +424,7 @@ class DuckDBEngine:
         if scanned_arows is not None:
             arows = f"{scanned_arows} UNION ALL BY NAME {arows}"
         self.con.execute(f"CREATE OR REPLACE VIEW arows AS {arows}")
-        keep_cols = ["file", "line", "idx", "host", "bad", "qname", "unix_time", "action"]
+        keep_cols = ["file", "line", "idx", "host", "bad", "unix_time", "action"]
         keep_cols += ["pos"]
         keep_cols += [f"c_{k}" for k in EVENT_KEYS] + [f"d_{i}" for i in range(len(deco))]
         self.con.execute(f"CREATE OR REPLACE VIEW rows AS {rows_sql(keep_cols)}")
@@ -429,7 +436,7 @@ class DuckDBEngine:
         # never does: 0.1 s of a 1 GB log's).
         self.con.execute(
             """CREATE OR REPLACE VIEW proj AS
-            SELECT file, line, idx, host, qname, unix_time, tbl, keep AS cols FROM rows
+            SELECT file, line, idx, host, unix_time, tbl, keep AS cols FROM rows
             WHERE action IN ('added', 'snapshot')
               AND tbl IN ('read_then_egress', 'readegress_health', 'process_net_bytes',
                           'socket_bytes')"""
@@ -499,15 +506,16 @@ def _plain_event_line(host: str, cv: dict[str, str]) -> str:
     )
 
 
-def _bad_sql(host: str, x: Sequence[str]) -> str:
-    """Why a line (types ``ty``, fields ``x``) is bad, or NULL: the results reader's reasons."""
+def _bad_sql(host: str, action: str) -> str:
+    """Why a line (types ``ty``; ``host`` and ``action`` its fields) is bad, or NULL: the
+    results reader's reasons."""
     return f"""CASE
         WHEN ty IS NULL THEN 'not JSON'
         WHEN ty[1] <> 'OBJECT' THEN 'not a JSON object but ' || lower(ty[1])
         WHEN {host} IS NULL THEN 'no host (hostIdentifier or hostname)'
         WHEN ty[2] IS NOT NULL
-          AND COALESCE({x[4]}, '') NOT IN ('added', 'removed', 'snapshot')
-          THEN 'action ' || COALESCE('''' || {x[4]} || '''', 'None')
+          AND COALESCE({action}, '') NOT IN ('added', 'removed', 'snapshot')
+          THEN 'action ' || COALESCE('''' || {action} || '''', 'None')
             || ' is not added, removed or snapshot'
         WHEN ty[2] IS NOT NULL AND ty[2] <> 'OBJECT' THEN 'columns not an object'
         WHEN ty[2] IS NULL AND ty[3] IS NOT NULL AND ty[3] <> 'OBJECT'

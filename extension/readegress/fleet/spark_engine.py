@@ -169,7 +169,8 @@ class SparkEngine:
         fields = ", ".join(
             f"variant_get(c, {_lit(_path(k))}, 'string') AS c_{k}" for k in COLUMN_KEYS
         )
-        decos = "".join(f", COALESCE({get(top[5 + i])}, {get(top[5 + n + i])}) AS d_{i}"
+        t = len(TOP_KEYS)
+        decos = "".join(f", COALESCE({get(top[t + i])}, {get(top[t + n + i])}) AS d_{i}"
                         for i in range(n))  # fmt: skip
         cv = {k: f"c_{k}" for k in COLUMN_KEYS}
         from readegress.fleet.duckdb_engine import _project_test
@@ -182,7 +183,7 @@ class SparkEngine:
             f" AND {get('$.hostname')} <> '' THEN {get('$.hostname')} END"
         )
         per_line = f"""
-          SELECT file, line, 0 AS idx, host, {_spark_bad()} AS bad, qname, unix_time, action,
+          SELECT file, line, 0 AS idx, host, {_spark_bad()} AS bad, unix_time, action,
             {", ".join(f"c_{k}" for k in COLUMN_KEYS)}{"".join(f", d_{i}" for i in range(n))},
             CASE WHEN t0 = 'OBJECT' AND t1 IS NULL AND (t2 IS NOT NULL OR t3 IS NOT NULL)
                    THEN raw
@@ -191,7 +192,7 @@ class SparkEngine:
           FROM (
             SELECT *, {fields} FROM (
               SELECT file, line, raw, j, {host} AS host,
-                {get("$.name")} AS qname, {get("$.unixTime")} AS unix_time,
+                {get("$.unixTime")} AS unix_time,
                 {get("$.action")} AS action{decos},
                 {_json_type("j")} AS t0,
                 {_json_type("variant_get(j, '$.columns')")} AS t1,
@@ -210,7 +211,7 @@ class SparkEngine:
         arrays = "FROM lines WHERE bad IS NULL AND keep IS NOT NULL AND tbl IS NULL"
         self.create(
             "exploded",
-            f"""SELECT file, line, pos + 1 AS idx, host, qname, unix_time, act, r,
+            f"""SELECT file, line, pos + 1 AS idx, host, unix_time, act, r,
                   {_json_type("r")} AS rty{deco_names}
                 FROM (
                   SELECT *, 'added' AS act, variant_get(parse_json(keep),
@@ -231,11 +232,11 @@ class SparkEngine:
             f"variant_get(r, {_lit(_path(k))}, 'string') AS c_{k}" for k in COLUMN_KEYS
         )
         arow_select = f"""
-            SELECT file, line, idx, host, CAST(NULL AS STRING) AS bad, qname, unix_time,
+            SELECT file, line, idx, host, CAST(NULL AS STRING) AS bad, unix_time,
               act AS action, {afields}{deco_names}, CAST(r AS STRING) AS keep
             FROM exploded WHERE rty = 'OBJECT'"""
         self.create("arows", derived_sql(SPARK, arow_select))
-        keep_cols = ["file", "line", "idx", "host", "bad", "qname", "unix_time", "action"]
+        keep_cols = ["file", "line", "idx", "host", "bad", "unix_time", "action"]
         keep_cols += [f"c_{k}" for k in COLUMN_KEYS] + [f"d_{i}" for i in range(n)]
         self.spark.sql(rows_sql(keep_cols)).createOrReplaceTempView("rows")
         self.spark.sql(
@@ -243,7 +244,7 @@ class SparkEngine:
         ).createOrReplaceTempView("ev")
         self.create(
             "proj",
-            """SELECT file, line, idx, host, qname, unix_time, tbl, keep AS cols FROM rows
+            """SELECT file, line, idx, host, unix_time, tbl, keep AS cols FROM rows
                WHERE action IN ('added', 'snapshot')
                  AND tbl IN ('read_then_egress', 'readegress_health', 'process_net_bytes',
                              'socket_bytes')""",

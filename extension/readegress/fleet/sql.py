@@ -29,7 +29,7 @@ COLUMN_KEYS = (
 )  # fmt: skip
 
 #: Top-level fields of a line (extracted with the columns, in the same parse).
-TOP_KEYS = ("hostIdentifier", "hostname", "name", "unixTime", "action")
+TOP_KEYS = ("hostIdentifier", "hostname", "unixTime", "action")
 
 #: A row holding every column of one of these groups is a row of a project table
 #: (``recognise_sql``): the engines keep its columns' JSON.
