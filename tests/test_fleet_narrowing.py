@@ -251,6 +251,33 @@ def test_a_pipeline_sibling_that_only_execs_is_kept(tmp_path: Path) -> None:
     _check(path, config)
 
 
+def test_pipeline_members_a_second_either_side_of_the_reader_are_kept(tmp_path: Path) -> None:
+    """cat exec'd at T+1 reads shadow, curl (exec'd with it) sends: base64 exec'd a second
+    before cat and age a second after are the chain's members (their rows fall in no second
+    of cat's); tar, 2 s after, is not, and is not fed."""
+    path = _log(tmp_path, [
+        _proc(102, 50, T - 2, "/usr/bin/bash", "fork"),
+        _proc(103, 50, T - 3, "/usr/bin/bash", "fork"),
+        _proc(104, 50, T - 3, "/usr/bin/bash", "fork"),
+        _proc(102, 50, T, "/usr/bin/base64", "execve"),
+        _proc(101, 50, T + 1, "/usr/bin/bash", "fork"),
+        _proc(105, 50, T + 1, "/usr/bin/bash", "fork"),
+        _proc(101, 50, T + 1, "/usr/bin/cat", "execve"),
+        _proc(105, 50, T + 1, "/usr/bin/curl", "execve"),
+        _proc(103, 50, T + 2, "/usr/bin/age", "execve"),
+        _read(101, 50, T + 2, "/usr/bin/cat", "/etc/shadow"),
+        _proc(104, 50, T + 3, "/usr/bin/tar", "execve"),
+        _conn(105, T + 3, "/usr/bin/curl"),
+    ])  # fmt: skip
+    config = CONFIGS[0]
+    narrowed = run([path], config, lambda b: None, progress=False)
+    (d,) = narrowed.correlated.candidates
+    assert d.scope == "pipeline"
+    assert "encoder_in_chain" in d.reasons and "encryptor_in_chain" in d.reasons
+    assert narrowed.correlated.events == 10  # tar's fork and exec are not fed
+    _check(path, config)
+
+
 def test_rows_of_one_batch_line_are_told_apart(tmp_path: Path) -> None:
     """A batch line's rows are numbered 1.. in the line: keeping its second row (a reader's
     read) must not bring in its first (an unrelated fork). Found by the Spark parity test:
@@ -391,3 +418,54 @@ def test_rows_in_arrays_read_the_same_in_memory_or_stored(
         )
         assert temporary == [(in_memory,)]
     assert found > 0
+
+
+_CHILDREN = st.lists(
+    st.tuples(
+        st.sampled_from([50, 50, 50, 51]),  # parent
+        st.integers(-2, 2),  # fork, seconds after the read
+        st.one_of(st.none(), st.integers(-2, 3)),  # exec, or none seen
+        st.sampled_from(["/usr/bin/bash", "/usr/bin/tar", "/usr/bin/base64", "/usr/bin/gpg"]),
+    ),
+    min_size=2,
+    max_size=6,
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    children=_CHILDREN,
+    roles=st.tuples(st.integers(0, 5), st.integers(0, 5), st.integers(0, 5)),
+    times=st.tuples(st.integers(0, 2), st.integers(0, 4)),
+)
+def test_pipeline_siblings_narrowed_equal_full(
+    children: list[tuple[int, int, Optional[int], str]],
+    roles: tuple[int, int, int],
+    times: tuple[int, int],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Children of one or two parents forked and exec'd around each other (osquery rows:
+    whole seconds); one reads shadow, one (maybe the same, maybe a child of another) sends.
+    Which siblings count as the chain's pipeline members hangs on their exec times being
+    within a second of the reader's: the narrowing keeps them all, and only those can matter."""
+    rows: list[dict[str, object]] = []
+    n = len(children)
+    for k, (parent, fork, execd, image) in enumerate(children):
+        pid = 101 + k
+        rows.append(_proc(pid, parent, T + fork, "/usr/bin/bash", "fork"))
+        if execd is not None:
+            rows.append(_proc(pid, parent, T + execd, image, "execve"))
+    reader, sender, grand = (r % n for r in roles)
+    read_at, send_after = times
+    rows.append(_read(101 + reader, children[reader][0], T + read_at, "/usr/bin/cat",
+                      "/etc/shadow"))  # fmt: skip
+    sender_pid = 101 + sender
+    if grand == sender:  # the sender is a grandchild: forked by a child
+        sender_pid = 201
+        rows.append(_proc(201, 101 + sender, T + read_at, "/usr/bin/bash", "fork"))
+        rows.append(_proc(201, 101 + sender, T + read_at, "/usr/bin/curl", "execve"))
+    rows.append(_conn(sender_pid, T + read_at + send_after, "/usr/bin/curl"))
+    rows.sort(key=lambda r: int(str(r["time"])))
+    path = _log(tmp_path_factory.mktemp("sib"), rows)
+    for config in CONFIGS:
+        _check(path, config)

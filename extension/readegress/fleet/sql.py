@@ -218,9 +218,9 @@ def narrowing_statements(window: float) -> list[tuple[str, str]]:
          senders); the senders' ancestors and descendants to the core's lineage
          depth (6), following every (pid, parent) pair the rows name, whatever
          the time, and the siblings of the sender and of each ancestor forked or
-         exec'd within 2 s of a reader or sender child of the same parent (the
-         core's pipeline members are children of one parent exec'd within
-         1 s of each other): a superset of what the
+         exec'd within 1 s of a reader child of the same parent (the core's
+         pipeline members are the children of the reader's parent exec'd within
+         1 s of the reader): a superset of what the
          core's lineage and pipeline can reach -- except a read or sure egress
          that 1-3 do not need and whose process observation (parent,
          executable, uid, auid) names nothing the previous event of its pid in
@@ -333,10 +333,10 @@ def closure_statements() -> list[tuple[str, str]]:
         (
             # The core's osquery-rows pipeline: a reader exec'd within 1 s of the
             # sender or of one of its ancestors, under the same parent, and every
-            # child of that parent exec'd then (the chain's members, for the
-            # encoder/encryptor reasons). Kept: the children of those parents
-            # with a fork/exec row within 2 s of a fork/exec row of a reader or
-            # sender child of the same parent (a superset: a process's exec
+            # child of that parent exec'd within 1 s of the reader (the chain's
+            # members, for the encoder/encryptor reasons). Kept: the children of
+            # those parents with a fork/exec row within 1 s of a fork/exec row of
+            # a reader child of the same parent (a superset: a process's exec
             # time is one of its exec rows' times, else its fork's).
             "sib_parents",
             f"""SELECT DISTINCT p.host, p.ppid FROM ({
@@ -360,18 +360,18 @@ def closure_statements() -> list[tuple[str, str]]:
     out.append(
         (
             "siblings",
-            # The readers' and senders' own fork/exec rows first, then their
-            # parents' other children near them, matched on 2-s buckets (|dt| <= 2
-            # spans at most two): a busy parent (cron, a CI runner) has
-            # thousands of children, and a band join of them all was quadratic.
+            # The readers' own fork/exec rows first, then their parents' other
+            # children with a row in the same second or the one before or after
+            # (times are whole seconds, t an integer): an equi-join, as a busy
+            # parent (cron, a CI runner) has thousands of children, and a band
+            # join of them all was quadratic.
             """SELECT DISTINCT k.host, k.pid FROM (
-                 SELECT DISTINCT s.host, s.ppid, s.t, CAST(FLOOR(s.t / 2) AS BIGINT) + o AS b
+                 SELECT DISTINCT s.host, s.ppid, s.t + o AS t
                  FROM sib_kids s
-                 JOIN seeds d ON d.host = s.host AND d.pid = s.pid
+                 JOIN (SELECT DISTINCT host, epid AS pid FROM need_ctx) d
+                   ON d.host = s.host AND d.pid = s.pid
                  CROSS JOIN (SELECT -1 AS o UNION ALL SELECT 0 UNION ALL SELECT 1) os) s
-               JOIN sib_kids k ON k.host = s.host AND k.ppid = s.ppid
-                 AND CAST(FLOOR(k.t / 2) AS BIGINT) = s.b
-                 AND k.t BETWEEN s.t - 2 AND s.t + 2""",
+               JOIN sib_kids k ON k.host = s.host AND k.ppid = s.ppid AND k.t = s.t""",
         )
     )
     parts.append("SELECT host, pid FROM siblings")
