@@ -341,6 +341,14 @@ def test_hosts_fed_in_forked_jobs_give_what_one_process_gives(tmp_path: Path) ->
             CONFIGS[1], rows, [str(path)], bad.append, jobs=jobs, payloads=fr.engine.payloads
         )
         results.append((out.candidates, out.events, out.hosts, out.row_errors, out.core, bad))
+        # Keeping some candidates (replay: those over the threshold) drops and counts the rest.
+        kept = correlate_hosts(
+            CONFIGS[1], rows, [str(path)], lambda b: None, jobs=jobs,
+            payloads=fr.engine.payloads, keep=lambda d: d.score >= 40,
+        )  # fmt: skip
+        assert kept.candidates and kept.candidates == [d for d in out.candidates if d.score >= 40]
+        assert 0 < kept.dropped == len(out.candidates) - len(kept.candidates)
+        assert (kept.events, kept.core) == (out.events, out.core)
     assert results[0][0] and results[0][3] == 2
     assert results[1] == results[0] and results[2] == results[0]
 

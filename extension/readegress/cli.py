@@ -291,13 +291,21 @@ def _replay_engine(args: argparse.Namespace, config: Any) -> int:
     on_bad = _BadLinePrinter(args.max_errors)
     try:
         with stopped_by_signals():
-            fr = run(args.logs, config, on_bad, engine=args.engine, master=args.master)
+            # Only the detections are written: the candidates below the threshold are counted.
+            fr = run(
+                args.logs,
+                config,
+                on_bad,
+                engine=args.engine,
+                master=args.master,
+                keep=lambda d: d.score >= config.threshold,
+            )
             fr.engine.close()  # the detections are out of it
     except EngineUnavailable as e:
         _err(f"error: {e} (or --engine python)")
         return EXIT_USAGE
     out = sys.stdout.buffer
-    found = [d for d in fr.correlated.candidates if d.score >= config.threshold]
+    found = fr.correlated.candidates
     for d in found:
         out.write(detection_json_line(d))
     out.flush()
@@ -307,7 +315,7 @@ def _replay_engine(args: argparse.Namespace, config: Any) -> int:
         f"readegress replay ({s['engine']}): {s['lines']} lines, {s['rows']} rows "
         f"({s['removed']} removed, {s['event_rows']} events, {s['fed_events']} fed after "
         f"narrowing), {s['bad_lines']} bad lines, {s['row_errors']} unusable rows; "
-        f"{len(found)} detections ({len(fr.correlated.candidates) - len(found)} below "
+        f"{len(found)} detections ({fr.correlated.dropped} below "
         f"threshold) on {s['correlated_hosts']} hosts; evicted_reads {s['evicted_reads']}, "
         f"evicted_processes {s['evicted_processes']}",
         file=sys.stderr,

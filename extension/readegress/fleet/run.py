@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from readegress.detect.config import Config
-from readegress.fleet.pipeline import Correlated, Engine, correlate
+from readegress.fleet.pipeline import Correlated, Engine, Keep, correlate
 from readegress.logs.lines import LineStats, Progress, expand_inputs, total_size
 from readegress.logs.results import BadLine, display_name
 
@@ -128,12 +128,14 @@ def run(
     master: Optional[str] = None,
     narrowed: bool = True,
     progress: Optional[bool] = None,
+    keep: Keep = None,
 ) -> FleetRun:
-    """Load the logs into the engine, narrow, and correlate per host."""
+    """Load the logs into the engine, narrow, and correlate per host (``keep``: the
+    candidates to keep, see :func:`~readegress.fleet.pipeline.correlate`)."""
     files = expand_inputs(inputs)
     eng: Any = open_engine(engine, master=master)
     try:
-        return _run(eng, files, config, on_bad, narrowed=narrowed, progress=progress)
+        return _run(eng, files, config, on_bad, narrowed=narrowed, progress=progress, keep=keep)
     except BaseException:
         eng.close()  # its files (DuckDB's database: hundreds of MB) go with it
         raise
@@ -147,6 +149,7 @@ def _run(
     *,
     narrowed: bool,
     progress: Optional[bool],
+    keep: Keep = None,
 ) -> FleetRun:
     show = sys.stderr.isatty() if progress is None else progress
     stats = LineStats()
@@ -170,7 +173,7 @@ def _run(
     ):
         count_bad(BadLine(display_name(files[file_index]), int(line), str(reason)))
     _, rows_n, removed_n, events_n = eng.counts
-    correlated = correlate(eng, config, files, on_bad, narrowed=narrowed)
+    correlated = correlate(eng, config, files, on_bad, narrowed=narrowed, keep=keep)
     return FleetRun(
         engine=eng,
         files=files,
