@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from readegress.detect.config import Config, parse_config
+from readegress.detect.config import Config, load_config, parse_config
 from readegress.detect.core import Correlator, Detection, enrich, is_encryptor
 from readegress.detect.events import Egress, Event, Exec, Proc, ProcessStart, SensitiveRead
 from readegress.sources.osquery_rows import (
@@ -816,3 +816,66 @@ def test_a_native_read_with_its_identity_cut_short_is_no_osquery_pipeline() -> N
         ]
     )
     assert [(d.pid, d.scope) for d in dets] == [(31, "process"), (33, "user")]
+
+
+# -- min_score: the candidates below it are counted, never built ---------------------------
+
+_IMAGES = ["/usr/bin/bash", "/usr/bin/curl", "/usr/bin/tar", "/usr/bin/base64", "/usr/bin/gpg",
+           "/usr/sbin/sshd", "/usr/bin/cat"]  # fmt: skip
+_PATHS = ["/etc/shadow", "/root/.ssh/id_rsa", "/etc/passwd", "/etc/hosts", "/root/.aws/credentials",
+          "/home/u1/.ssh/id_ed25519"]  # fmt: skip
+_STEP = st.tuples(
+    st.sampled_from(["read", "read", "mass", "exec", "fork", "conn", "conn", "transfer"]),
+    st.integers(1, 6),  # pid
+    st.integers(0, 3),  # seconds after the previous event
+    st.integers(0, 6),  # image, path, destination or parent, by kind
+)
+
+
+def _events(steps: list[tuple[str, int, int, int]]) -> list[Event]:
+    out: list[Event] = []
+    t = 1_764_300_000.0
+    for kind, pid, dt, k in steps:
+        t += dt
+        proc = Proc(pid=pid, ppid=1 + k % 3, executable=_IMAGES[k], uid=1000, auid=1000)
+        if kind == "read":
+            size = [None, 800, 3000, 50_000][k % 4]
+            out.append(SensitiveRead("h", t, proc, _PATHS[k % len(_PATHS)], "t", size=size))
+        elif kind == "mass":  # over MASS_READ_FILES alerting files in a second
+            out += [SensitiveRead("h", t, proc, f"/home/m{i}/.ssh/id_rsa", "t") for i in range(30)]
+        elif kind == "exec":
+            out.append(Exec("h", t, replace(proc, cmdline=f"{_IMAGES[k]} -c x"), "t"))
+        elif kind == "fork":
+            out.append(ProcessStart("h", t, replace(proc, pid=pid + 10, ppid=pid), "t"))
+        else:
+            addr = ["8.8.8.8", "45.33.32.156", "10.0.0.1", "1.1.1.1"][k % 4]
+            port = [443, 22, 4444, 80, 8443, 53, 25][k]
+            # bytes below, above and far above the files' sizes (and BULK_BYTES)
+            sent = (
+                [100, 1000, 4000, 60_000, 20_000_000, 700, 2500][k] if kind == "transfer" else None
+            )
+            out.append(Egress("h", t, proc, addr, port, "t", kind="transfer" if sent else
+                              "connect", bytes_sent=sent))  # fmt: skip
+    return out
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(_STEP, min_size=1, max_size=40), loose=st.booleans())
+def test_min_score_returns_the_candidates_over_it_and_counts_the_rest(
+    steps: list[tuple[str, int, int, int]], loose: bool
+) -> None:
+    """Whatever the events (mass reads that lift a score, byte transfers that rescore),
+    a core with min_score returns exactly the candidates of a core without it that score
+    at least that, counts the others, and keeps the same counters."""
+    config = load_config()  # the shipped catalogue and approvals
+    if loose:
+        config = replace(config, approved=())
+    events = _events(steps)
+    full = Correlator(config)
+    every = full.feed_many(events)
+    for min_score in (1, 20, 35, 50, 70, 90):
+        core = Correlator(config, min_score=min_score)
+        got = core.feed_many(events)
+        assert got == [d for d in every if d.score >= min_score]
+        assert core.below_min_score == len(every) - len(got)
+        assert core.stats == full.stats

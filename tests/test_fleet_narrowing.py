@@ -344,7 +344,7 @@ def test_hosts_fed_in_forked_jobs_give_what_one_process_gives(tmp_path: Path) ->
         # Keeping some candidates (replay: those over the threshold) drops and counts the rest.
         kept = correlate_hosts(
             CONFIGS[1], rows, [str(path)], lambda b: None, jobs=jobs,
-            payloads=fr.engine.payloads, keep=lambda d: d.score >= 40,
+            payloads=fr.engine.payloads, min_score=40,
         )  # fmt: skip
         assert kept.candidates and kept.candidates == [d for d in out.candidates if d.score >= 40]
         assert 0 < kept.dropped == len(out.candidates) - len(kept.candidates)

@@ -298,7 +298,7 @@ def _replay_engine(args: argparse.Namespace, config: Any) -> int:
                 on_bad,
                 engine=args.engine,
                 master=args.master,
-                keep=lambda d: d.score >= config.threshold,
+                min_score=config.threshold,
             )
             fr.engine.close()  # the detections are out of it
     except EngineUnavailable as e:

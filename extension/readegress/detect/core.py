@@ -624,8 +624,15 @@ class Correlator:
         max_destinations: int = 10_000,
         max_ids: int = 100_000,
         process_ttl: float = 3600.0,
+        min_score: Optional[int] = None,
     ) -> None:
+        """``min_score``: a candidate scoring below it is not returned but counted
+        (``below_min_score``), and not even built when its score is sure before (a batch
+        replay writes only the detections over its threshold; building the others was
+        half of a fleet log's correlation)."""
         self.config = config
+        self.min_score = min_score
+        self.below_min_score = 0
         self.window = config.window_seconds
         self.max_reads = config.max_reads
         self.max_processes = max_processes
@@ -750,7 +757,12 @@ class Correlator:
             self._add_read(h, e, cls)
             return []
         if isinstance(e, Egress):
-            return self._mark_mass_reads(h, self._egress(h, e))
+            found = self._mark_mass_reads(h, self._egress(h, e))
+            if self.min_score is not None and found:
+                kept = [d for d in found if d.score >= self.min_score]
+                self.below_min_score += len(found) - len(kept)
+                return kept
+            return found
         self._observe(h, e)
         return []
 
@@ -906,21 +918,25 @@ class Correlator:
             for key in [k for k, b in h.by_proc.items() if not b.files and b.last < lo]:
                 del h.by_proc[key]
 
+    def _mass_reader(self, h: _Host, reader_pid: int, egress_time: float) -> bool:
+        """Did the reader read MASS_READ_FILES alerting files in the window? (Counts the
+        process in ``mass_read_processes`` the first time.)"""
+        st = h.procs.get(reader_pid)
+        b = h.by_proc.get((reader_pid, st.gen)) if st is not None else None
+        if b is None or b.alerting_files(egress_time - self.window) < MASS_READ_FILES:
+            return False
+        if not b.mass:
+            b.mass = True
+            self.stats["mass_read_processes"] += 1
+        return True
+
     def _mark_mass_reads(self, h: _Host, dets: list[Detection]) -> list[Detection]:
         """Add ``mass_sensitive_reads`` when the reader read many alerting files."""
         out = []
         for d in dets:
-            st = h.procs.get(d.reader_pid)
-            b = h.by_proc.get((d.reader_pid, st.gen)) if st is not None else None
-            lo = d.egress_time - self.window
-            if (
-                b is not None
-                and "mass_sensitive_reads" not in d.reasons
-                and b.alerting_files(lo) >= MASS_READ_FILES
+            if "mass_sensitive_reads" not in d.reasons and self._mass_reader(
+                h, d.reader_pid, d.egress_time
             ):
-                if not b.mass:
-                    b.mass = True
-                    self.stats["mass_read_processes"] += 1
                 reasons = (*d.reasons, "mass_sensitive_reads")
                 new = score(d.class_weight, d.scope, reasons)
                 d = replace(
@@ -1176,9 +1192,29 @@ class Correlator:
             reasons.append("reader_copies_file")
         if rel.proven:
             reasons.append("pipe_shared")
-        # Context: every other catalogue read (low classes included) of the
-        # chain: in a scope at least as strong as the detection's, or session.
+        # Context reads count in a scope at least as strong as the detection's, or session.
         strong = max(SCOPES.index(scope), SCOPES.index("session"))
+        if any(c.path != r.path and SCOPES.index(relate(c).scope) <= strong for c in scored):
+            reasons.append("multiple_sensitive_files")
+        if scope == "process" and r.executable and images and images[-1] != r.executable:
+            reasons.append("exec_after_read")
+        if e.kind == "transfer":
+            reasons.append("transfer_on_existing_socket")
+        det_score = score(r.weight, scope, reasons)
+        if (
+            self.min_score is not None
+            and e.bytes_sent is None  # (enrich rescores by the bytes)
+            and det_score < self.min_score
+            # what _mark_mass_reads would make of it
+            and (
+                not self._mass_reader(h, r.pid, e.time)
+                or score(r.weight, scope, (*reasons, "mass_sensitive_reads")) < self.min_score
+            )
+        ):
+            self.stats["detections_emitted"] += 1
+            self.below_min_score += 1
+            return []
+        # Context: every other catalogue read (low classes included) of the chain.
         files: dict[str, FileRead] = {r.path: FileRead(r.path, r.cls, r.size, r.pid, scope, r.time)}
         for o in _in_window(h.reads, lo, e.time):
             if o.path in files:
@@ -1187,13 +1223,6 @@ class Correlator:
             if SCOPES.index(o_scope) <= strong:
                 files[o.path] = FileRead(o.path, o.cls, o.size, o.pid, o_scope, o.time)
         others = tuple(p_ for p_ in files if p_ != r.path)
-        if any(c.path != r.path and SCOPES.index(relate(c).scope) <= strong for c in scored):
-            reasons.append("multiple_sensitive_files")
-        if scope == "process" and r.executable and images and images[-1] != r.executable:
-            reasons.append("exec_after_read")
-        if e.kind == "transfer":
-            reasons.append("transfer_on_existing_socket")
-        det_score = score(r.weight, scope, reasons)
         d = Detection(
             id=det_id,
             host=e.host,

@@ -75,10 +75,6 @@ class Engine(Protocol):
     ) -> None: ...
 
 
-#: Which candidates a run keeps (None: all); the others are only counted.
-Keep = Optional[Callable[[Detection], bool]]
-
-
 @dataclass
 class Correlated:
     #: Every candidate the cores raised (any score) that the run keeps, in report order.
@@ -88,16 +84,17 @@ class Correlated:
     fed_rows: int = 0
     row_errors: int = 0
     core: dict[str, int] = field(default_factory=dict)
-    #: Candidates the run did not keep (replay keeps those over the threshold).
+    #: Candidates below the run's min_score: counted only (replay writes those over the
+    #: threshold).
     dropped: int = 0
 
     def add_host(
-        self, found: list[Detection], events: int, stats: dict[str, int], keep: Keep = None
+        self, found: list[Detection], events: int, stats: dict[str, int], dropped: int = 0
     ) -> None:
-        """One host's core: its candidates, how many events it was fed, its counters."""
-        kept = found if keep is None else [d for d in found if keep(d)]
-        self.merge(Correlated(candidates=kept, hosts=1, events=events, core=stats))
-        self.dropped += len(found) - len(kept)
+        """One host's core: its candidates (and how many below min_score it dropped), how
+        many events it was fed, its counters."""
+        self.merge(Correlated(candidates=found, hosts=1, events=events, core=stats))
+        self.dropped += dropped
 
     def merge(self, other: Correlated) -> None:
         """Another set of hosts' results (candidates stay to be sorted)."""
@@ -210,11 +207,14 @@ def events_of_rows(
     return per_host, errors
 
 
-def feed_host(config: Config, events: list[Event]) -> tuple[list[Detection], dict[str, int]]:
-    """One host's events, sorted stably by sort_key, through a Correlator of its own."""
+def feed_host(
+    config: Config, events: list[Event], min_score: Optional[int] = None
+) -> tuple[list[Detection], dict[str, int], int]:
+    """One host's events, sorted stably by sort_key, through a Correlator of its own:
+    its candidates, counters, and how many candidates below ``min_score`` it dropped."""
     events.sort(key=sort_key)
-    core = Correlator(config)
-    return core.feed_many(events), dict(core.stats)
+    core = Correlator(config, min_score=min_score)
+    return core.feed_many(events), dict(core.stats), core.below_min_score
 
 
 def correlate(
@@ -225,11 +225,11 @@ def correlate(
     *,
     narrowed: bool = True,
     jobs: Optional[int] = None,
-    keep: Keep = None,
+    min_score: Optional[int] = None,
 ) -> Correlated:
-    """``keep``: the candidates to return (the others are counted in ``dropped``): a
-    forked feed sends back only those (pickling a 1 GB log's 10k candidates below the
-    threshold, and unpickling them, took 60 ms of a replay)."""
+    """``min_score``: return only the candidates scoring at least that; the cores count
+    the others (``dropped``) without building them (on a 1 GB log, 10k candidates below
+    the threshold took half the cores' time, and 60 ms to pickle back from a fork)."""
     if narrowed:
         narrow(engine, config)
     distributed = getattr(engine, "correlate_rows", None)
@@ -237,8 +237,8 @@ def correlate(
         # The engine runs the per-host step where the rows are (Spark: one
         # group per host), with the same two functions.
         out: Correlated = distributed(narrowed, config, files, on_bad)
-        if keep is not None:
-            kept = [d for d in out.candidates if keep(d)]
+        if min_score is not None:
+            kept = [d for d in out.candidates if d.score >= min_score]
             out.dropped += len(out.candidates) - len(kept)
             out.candidates = kept
         out.candidates.sort(key=report_order)
@@ -246,7 +246,9 @@ def correlate(
     with _cyclic_gc_paused():
         rows = engine.fetch(feed_select(feed_columns(engine), narrowed))
         payloads = getattr(engine, "payloads", None)
-        out = correlate_hosts(config, rows, files, on_bad, jobs=jobs, payloads=payloads, keep=keep)
+        out = correlate_hosts(
+            config, rows, files, on_bad, jobs=jobs, payloads=payloads, min_score=min_score
+        )
     out.fed_rows = len(rows)
     return out
 
@@ -284,7 +286,7 @@ def correlate_hosts(
     *,
     jobs: Optional[int] = None,
     payloads: Optional[Payloads] = None,
-    keep: Keep = None,
+    min_score: Optional[int] = None,
 ) -> Correlated:
     """Feed rows (``feed_columns``, log order) to one Correlator per host; report order.
 
@@ -308,7 +310,8 @@ def correlate_hosts(
         groups[k].append(host)
         load[k] += len(by_host[host])
     calls = [
-        functools.partial(_feed_group, config, by_host, g, files, payloads, keep) for g in groups
+        functools.partial(_feed_group, config, by_host, g, files, payloads, min_score)
+        for g in groups
     ]
     parts = [calls[0]()] if n == 1 else run_forked(calls, name="readegress-feed", first_here=True)
     out = Correlated(candidates=[])
@@ -329,7 +332,7 @@ def _feed_group(
     hosts: list[str],
     files: Sequence[str],
     payloads: Optional[Payloads] = None,
-    keep: Keep = None,
+    min_score: Optional[int] = None,
 ) -> tuple[Correlated, list[BadLine]]:
     """The hosts' results and row errors (each host's in log order)."""
     part = Correlated(candidates=[])
@@ -338,8 +341,8 @@ def _feed_group(
         per_host, errors = events_of_rows(by_host[host], files, bad.append, payloads)
         part.row_errors += errors
         for evs in per_host.values():
-            found, stats = feed_host(config, evs)
-            part.add_host(found, len(evs), stats, keep)
+            found, stats, dropped = feed_host(config, evs, min_score)
+            part.add_host(found, len(evs), stats, dropped)
     return part, bad
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from readegress.detect.config import Config
-from readegress.fleet.pipeline import Correlated, Engine, Keep, correlate
+from readegress.fleet.pipeline import Correlated, Engine, correlate
 from readegress.logs.lines import LineStats, Progress, expand_inputs, total_size
 from readegress.logs.results import BadLine, display_name
 
@@ -128,14 +128,16 @@ def run(
     master: Optional[str] = None,
     narrowed: bool = True,
     progress: Optional[bool] = None,
-    keep: Keep = None,
+    min_score: Optional[int] = None,
 ) -> FleetRun:
-    """Load the logs into the engine, narrow, and correlate per host (``keep``: the
+    """Load the logs into the engine, narrow, and correlate per host (``min_score``: the
     candidates to keep, see :func:`~readegress.fleet.pipeline.correlate`)."""
     files = expand_inputs(inputs)
     eng: Any = open_engine(engine, master=master)
     try:
-        return _run(eng, files, config, on_bad, narrowed=narrowed, progress=progress, keep=keep)
+        return _run(
+            eng, files, config, on_bad, narrowed=narrowed, progress=progress, min_score=min_score
+        )
     except BaseException:
         eng.close()  # its files (DuckDB's database: hundreds of MB) go with it
         raise
@@ -149,7 +151,7 @@ def _run(
     *,
     narrowed: bool,
     progress: Optional[bool],
-    keep: Keep = None,
+    min_score: Optional[int] = None,
 ) -> FleetRun:
     show = sys.stderr.isatty() if progress is None else progress
     stats = LineStats()
@@ -173,7 +175,7 @@ def _run(
     ):
         count_bad(BadLine(display_name(files[file_index]), int(line), str(reason)))
     _, rows_n, removed_n, events_n = eng.counts
-    correlated = correlate(eng, config, files, on_bad, narrowed=narrowed, keep=keep)
+    correlated = correlate(eng, config, files, on_bad, narrowed=narrowed, min_score=min_score)
     return FleetRun(
         engine=eng,
         files=files,

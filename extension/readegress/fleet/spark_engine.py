@@ -303,7 +303,7 @@ class SparkEngine:
             per, _errors = events_of_rows(rows, files, bad.append)
             out_kind, out_payload = [], []
             for host, events in per.items():
-                found, stats = feed_host(config, events)
+                found, stats, _ = feed_host(config, events)
                 out_kind.append("detections")
                 out_payload.append(pickle.dumps((host, len(events), found, stats)))
             for b in bad:
