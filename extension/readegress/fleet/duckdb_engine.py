@@ -78,6 +78,36 @@ TYPE_PATHS = (
 )  # fmt: skip
 
 
+#: glibc's mallopt parameters, and what the line pass sets them to (_keep_freed_memory).
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_MALLOC_TUNING = (
+    (_M_MMAP_THRESHOLD, 32 << 20),
+    (_M_TRIM_THRESHOLD, 256 << 20),
+    (_M_TOP_PAD, 64 << 20),
+)
+
+
+def _keep_freed_memory() -> None:
+    """Have malloc keep what a line batch frees for the next (glibc; else nothing).
+
+    Each scan thread allocates and frees a few MB a batch (the batch, the scanner's
+    buffers, its output); glibc handed the freed top of each heap back to the kernel
+    and took it again page by page: ~60k of the 140k page faults of a 1 GB log's line
+    pass (load 1.36 -> 1.28 s, 0.35 -> 0.25 s of system time). Buffers under 32 MB
+    come from the heaps, which keep 64 MB spare and give back only past 256 MB free
+    (a smaller pad measured worse than the defaults: setting any of these turns off
+    glibc's own adjusting). The process is a batch run: its peak RSS grew ~25 MB.
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    for param, value in _MALLOC_TUNING:
+        mallopt(param, value)
+
+
 def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -246,6 +276,7 @@ class DuckDBEngine:
         """
         import pyarrow as pa
 
+        _keep_freed_memory()
         deco = list(decoration_keys)
         deco_names = "".join(f", d_{i}" for i in range(len(deco)))
         scanner = _Scanner(pa, deco, speedups.native if self.compiled else None)
