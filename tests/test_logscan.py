@@ -272,6 +272,36 @@ def test_every_hostile_value_in_every_wanted_field(tmp_path: Path) -> None:
     _assert_same(path)
 
 
+#: Bytes that do or do not end a run of plain string bytes, as JSON text: the escapes,
+#: raw control bytes (not JSON), the bytes either side of the control range, non-ASCII.
+STRING_STOPS = ('\\"', "\\\\", "\\u00e9", "\\n", "\x01", "\x1f", "\t", " ", "\x7f", "\u00e9")
+
+
+def test_every_string_stop_at_every_offset(tmp_path: Path) -> None:
+    """The scanner reads strings 16 bytes a step (SSE2): a stop byte at each offset of a
+    wanted and an unwanted value, and at the line's end, reads as DuckDB reads it."""
+    base = (
+        '{"hostIdentifier":"h1","calendarTime":"CAL","unixTime":1700000000,'
+        '"action":"added","columns":{"pid":"10","time":"1700000000",'
+        '"operation":"open","path":"PATH"}}'
+    )
+    lines = []
+    for stop in STRING_STOPS:
+        for at in range(40):
+            value = "a" * at + stop + "b" * (at % 7)
+            lines.append(base.replace("PATH", value).replace("CAL", "x"))
+            lines.append(base.replace("PATH", "/etc/hosts").replace("CAL", value))
+            # the stop the last byte of the line's last string, nothing after it
+            lines.append(
+                base.replace("CAL", "x").replace("PATH", "/")[:-2] + ',"z":"' + value + '"}}'
+            )
+    path = tmp_path / "log"
+    path.write_bytes(("\n".join(lines) + "\n").encode("utf-8"))
+    _assert_same(path)
+    fast, slow, _ = _scan(path.read_bytes())
+    assert len(fast) > len(lines) // 2 and slow  # most scanned, the invalid ones whole
+
+
 # ----- the scanner alone ---------------------------------------------------------
 
 

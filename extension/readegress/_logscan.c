@@ -43,6 +43,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "_logscan.h"
 
@@ -142,6 +145,28 @@ typedef struct {
 /* Bytes that end a run of plain string bytes: the quote, the backslash, control bytes. */
 static const unsigned char string_stop[256] = {[0 ... 0x1f] = 1, ['"'] = 1, ['\\'] = 1};
 
+/* The first byte at or after p (before end) that string_stop marks, or end. With SSE2
+ * (every x86-64), 16 bytes a step while 16 are left in the line, the rest one by one:
+ * most of a log is strings (keys, paths, numbers as strings), and the byte loop was a
+ * fifth of the scanner's time. */
+static inline const unsigned char *string_run(const unsigned char *p, const unsigned char *end) {
+#if defined(__SSE2__)
+    const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\');
+    const __m128i control = _mm_set1_epi8(0x1f);
+    while (end - p >= 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)p);
+        /* a control byte is one whose unsigned min with 0x1f is itself */
+        __m128i stop = _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash));
+        stop = _mm_or_si128(stop, _mm_cmpeq_epi8(_mm_min_epu8(v, control), v));
+        int bits = _mm_movemask_epi8(stop);
+        if (bits) return p + __builtin_ctz((unsigned)bits);
+        p += 16;
+    }
+#endif
+    while (p < end && !string_stop[*p]) p++;
+    return p;
+}
+
 /* Keys are short and few: their length and first two and last bytes tell them apart well
  * enough (a slot's chain is compared in full). */
 static uint32_t key_hash(const unsigned char *s, Py_ssize_t n) {
@@ -181,7 +206,7 @@ static int scan_string(line_t *L, const unsigned char **start, Py_ssize_t *len, 
     *escaped = 0;
     *has_u = 0;
     for (;;) {
-        while (p < end && !string_stop[*p]) p++;
+        p = string_run(p, end);
         if (p >= end || *p < 0x20) return -1;
         if (*p == '"') break;
         /* backslash */
