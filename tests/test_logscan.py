@@ -326,6 +326,21 @@ def _scan(data: bytes, first: int = 1) -> tuple[list[int], list[int], list[bytes
     )
 
 
+@settings(max_examples=200, deadline=None)
+@given(chunks=st.lists(st.tuples(st.integers(0, 2**31 - 1), st.integers(0, 70_000)), max_size=4))
+def test_positions_are_chunk_shifted_plus_row(chunks: list[tuple[int, int]]) -> None:
+    """A batch's ``pos`` column (bytes written into a copy of 0 .. n - 1, the table grown
+    past 65,536 rows) is chunk << 32 plus the row, as int64s: the payloads are found by it."""
+    from array import array
+
+    import pyarrow as pa
+
+    scanner = _Scanner(pa, DECORATIONS, native)
+    for chunk, n in chunks:
+        got = array("q", bytes(scanner._positions(chunk, n)))
+        assert got == array("q", range(chunk << 32, (chunk << 32) + n))
+
+
 def test_plain_osquery_lines_are_scanned_and_the_rest_go_whole() -> None:
     """The fast path is taken where it should be (else the speed-up silently vanishes)."""
     event = (

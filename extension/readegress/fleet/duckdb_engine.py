@@ -28,6 +28,7 @@ import contextlib
 import os
 import shutil
 import struct
+import sys
 import tempfile
 from array import array
 from collections import deque
@@ -756,6 +757,7 @@ class _Scanner:
         )
         # The compiled scanner takes at most 256 paths (many decoration keys: whole lines).
         self.native = native if len(self.paths) <= 256 else None
+        self._numbers = b""  # 0, 1, 2, ... as int64s, grown as needed (_positions)
 
     def scan(self, b: LineBatch, chunk: int) -> _Scanned:
         """The batch's record batches, its whole lines over BIG_LINE (set apart), and the
@@ -770,7 +772,7 @@ class _Scanner:
         tbl, kind, t, epid, eppid, sure, odd, idx, keep, payload = derived
         if n_fast:
             buf = pa.py_buffer
-            pos = array("q", range(chunk << _CHUNK_SHIFT, (chunk << _CHUNK_SHIFT) + n_fast))
+            pos = self._positions(chunk, n_fast)
             out.append(
                 pa.record_batch(
                     [
@@ -820,6 +822,23 @@ class _Scanner:
             if len(raw):
                 out.append(self._batch(b.file_index, lines, raw))
         return out, big, payload if n_fast else None
+
+    def _positions(self, chunk: int, n: int) -> bytearray:
+        """The ``pos`` of a chunk's n rows, chunk << _CHUNK_SHIFT | 0 .. n - 1, as int64s.
+
+        0 .. n - 1 copied from ``_numbers``, then the chunk's 4 bytes written into each
+        number's high half (_CHUNK_SHIFT is 32), by slice assignments, in C: array("q",
+        range) took 0.35 ms a batch, holding the GIL the scan threads share; this 0.015 ms.
+        """
+        numbers = self._numbers
+        if len(numbers) < 8 * n:
+            # (two scan threads may both grow it: either's copy is right)
+            numbers = self._numbers = array("q", range(max(n, 1 << 16))).tobytes()
+        out = bytearray(numbers[: 8 * n])
+        high = 4 if sys.byteorder == "little" else 0
+        for k, byte in enumerate(chunk.to_bytes(4, sys.byteorder)):
+            out[high + k :: 8] = bytes((byte,)) * n
+        return out
 
     def whole(self, b: LineBatch) -> Any:
         """Every line whole: the pure-Python path (Arrow splits the text, in C, no copy)."""
