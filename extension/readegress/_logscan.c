@@ -59,8 +59,7 @@ typedef struct {
     Py_ssize_t len, cap;
 } buf_t;
 
-static int buf_reserve(buf_t *b, Py_ssize_t more) {
-    if (b->len + more <= b->cap) return 0;
+static int buf_grow(buf_t *b, Py_ssize_t more) {
     Py_ssize_t cap = b->cap ? b->cap : 4096;
     while (cap < b->len + more) cap *= 2;
     char *p = realloc(b->p, (size_t)cap);
@@ -70,7 +69,12 @@ static int buf_reserve(buf_t *b, Py_ssize_t more) {
     return 0;
 }
 
-static int buf_put(buf_t *b, const void *src, Py_ssize_t n) {
+/* (inline: a few calls for every value of every line; growing is rare) */
+static inline int buf_reserve(buf_t *b, Py_ssize_t more) {
+    return b->len + more <= b->cap ? 0 : buf_grow(b, more);
+}
+
+static inline int buf_put(buf_t *b, const void *src, Py_ssize_t n) {
     if (buf_reserve(b, n) < 0) return -1;
     if (n) memcpy(b->p + b->len, src, (size_t)n);
     b->len += n;
