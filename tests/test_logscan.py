@@ -272,6 +272,39 @@ def test_every_hostile_value_in_every_wanted_field(tmp_path: Path) -> None:
     _assert_same(path)
 
 
+def test_every_table_and_kind_each_way(tmp_path: Path) -> None:
+    """A row of each project table and of each event kind, as an event line, in a batch
+    line and in a snapshot: ``tbl`` and ``kind`` (derive_row's, derived_sql's) are the same
+    both ways and are the right names."""
+    from readegress.fleet.sql import PROJECT_GROUPS, PROJECT_TABLES
+
+    rows = [dict.fromkeys(group, "1") for group in PROJECT_GROUPS]
+    rows += [dict(c) for c in EVENT_COLUMNS]
+    rows.append({**EVENT_COLUMNS[2], "syscall": "vfork"})
+    rows.append({**EVENT_COLUMNS[0], "operation": "write"})  # a file row of no kind
+    lines = []
+    for row in rows:
+        top = {"hostIdentifier": "h1", "unixTime": 1700000000}
+        lines.append(json.dumps({**top, "action": "added", "columns": row}))
+        lines.append(json.dumps({**top, "diffResults": {"added": [row], "removed": []}}))
+        lines.append(json.dumps({**top, "action": "snapshot", "snapshot": [row]}))
+    path = tmp_path / "log"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _assert_same(path)
+    fast, slow, _ = _scan(path.read_bytes())
+    assert not slow and len(fast) == 5 * len(rows)  # each line scanned (3 rows: + 2 lines)
+    engine = DuckDBEngine()
+    try:
+        engine.load([str(path)], lambda b: None, LineStats(), decoration_keys=DECORATIONS)
+        got = engine.fetch("SELECT tbl, kind, count(*) FROM rows GROUP BY ALL ORDER BY ALL")
+    finally:
+        engine.close()
+    want = {(t, None, 3) for t in PROJECT_TABLES}
+    want |= {("file", "read", 3), ("file", None, 3), ("socket", "conn", 6)}
+    want |= {("process", "exec", 3), ("process", "fork", 6)}
+    assert set(got) == want
+
+
 #: Bytes that do or do not end a run of plain string bytes, as JSON text: the escapes,
 #: raw control bytes (not JSON), the bytes either side of the control range, non-ASCII.
 STRING_STOPS = ('\\"', "\\\\", "\\u00e9", "\\n", "\x01", "\x1f", "\t", " ", "\x7f", "\u00e9")
