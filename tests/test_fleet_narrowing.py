@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from readegress.detect.config import Config, load_config
+from readegress.detect.core import Detection
 from readegress.net.classify import DestinationClass
 
 pytest.importorskip("duckdb")
@@ -231,6 +232,16 @@ def test_observations_of_one_sender_narrowed_equal_full(
         _check(path, config)
 
 
+def _the_detection(path: Path, fed: int) -> Detection:
+    """The one candidate of the narrowed run of ``path`` (CONFIGS[0]), which fed ``fed``
+    events, and the same as with every row (_check)."""
+    narrowed = run([path], CONFIGS[0], lambda b: None, progress=False)
+    (d,) = narrowed.correlated.candidates
+    assert narrowed.correlated.events == fed
+    _check(path, CONFIGS[0])
+    return d
+
+
 def test_a_pipeline_sibling_that_only_execs_is_kept(tmp_path: Path) -> None:
     """cat shadow | tar | curl: tar neither reads nor sends, yet makes the encoder reason."""
     path = _log(tmp_path, [
@@ -243,12 +254,8 @@ def test_a_pipeline_sibling_that_only_execs_is_kept(tmp_path: Path) -> None:
         _read(101, 50, T + 1, "/usr/bin/cat", "/etc/shadow"),
         _conn(103, T + 2, "/usr/bin/curl"),
     ])  # fmt: skip
-    config = CONFIGS[0]
-    narrowed = run([path], config, lambda b: None, progress=False)
-    (d,) = narrowed.correlated.candidates
+    d = _the_detection(path, fed=6)  # pid 104 is not fed
     assert d.scope == "pipeline" and "encoder_in_chain" in d.reasons
-    assert narrowed.correlated.events == 6  # pid 104 is not fed
-    _check(path, config)
 
 
 def test_pipeline_members_a_second_either_side_of_the_reader_are_kept(tmp_path: Path) -> None:
@@ -269,13 +276,9 @@ def test_pipeline_members_a_second_either_side_of_the_reader_are_kept(tmp_path: 
         _proc(104, 50, T + 3, "/usr/bin/tar", "execve"),
         _conn(105, T + 3, "/usr/bin/curl"),
     ])  # fmt: skip
-    config = CONFIGS[0]
-    narrowed = run([path], config, lambda b: None, progress=False)
-    (d,) = narrowed.correlated.candidates
+    d = _the_detection(path, fed=10)  # tar's fork and exec are not fed
     assert d.scope == "pipeline"
     assert "encoder_in_chain" in d.reasons and "encryptor_in_chain" in d.reasons
-    assert narrowed.correlated.events == 10  # tar's fork and exec are not fed
-    _check(path, config)
 
 
 def test_rows_of_one_batch_line_are_told_apart(tmp_path: Path) -> None:
