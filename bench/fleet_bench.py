@@ -115,7 +115,7 @@ def main(argv: Sequence[str]) -> int:
             took, mb = _timed([py, "-m", "readegress.cli", "replay", "--engine", "spark", path])
             print(f"spark local mode: {took:.1f} s, {mb:.0f} MB")
     finally:
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
+        # (with --keep the log is not in it: it holds the join's script only)
+        shutil.rmtree(tmp, ignore_errors=True)
     _ = resource
     return 0
